@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from oauth2_provider.models import get_application_model
+
+from example_project.demo import data
+from token_exchange.models import ClientPolicy, SecuritySettings
+
+
+class Command(BaseCommand):
+    help = "Create the demo organization (portal, aggregates, settings, users) and print the credentials."
+
+    @transaction.atomic
+    def handle(self, *args: Any, **options: Any) -> None:
+        User = get_user_model()
+        Application = get_application_model()
+        for spec in data.USERS:
+            user, _ = User.objects.update_or_create(
+                username=spec.username,
+                defaults={
+                    "first_name": spec.first_name,
+                    "last_name": spec.last_name,
+                    "email": f"{spec.username}@example.com",
+                    "is_staff": spec.is_staff,
+                    "is_superuser": spec.is_superuser,
+                    "is_active": True,
+                },
+            )
+            user.set_password(spec.password)
+            user.save()
+
+        portal, _ = Application.objects.update_or_create(
+            client_id=data.PORTAL_CLIENT_ID,
+            defaults={
+                "name": "portal",
+                "client_type": Application.CLIENT_CONFIDENTIAL,
+                "authorization_grant_type": Application.GRANT_AUTHORIZATION_CODE,
+                "redirect_uris": data.PORTAL_REDIRECT_URI,
+                "algorithm": Application.RS256_ALGORITHM,
+                "skip_authorization": True,
+                "client_secret": data.PORTAL_SECRET,
+                "hash_client_secret": True,
+            },
+        )
+        ClientPolicy.objects.update_or_create(application=portal, defaults={"token_exchange_enabled": True})
+        for name, secret in data.APIS:
+            Application.objects.update_or_create(
+                client_id=name,
+                defaults={
+                    "name": name,
+                    "client_type": Application.CLIENT_CONFIDENTIAL,
+                    "authorization_grant_type": Application.GRANT_CLIENT_CREDENTIALS,
+                    "client_secret": secret,
+                    "hash_client_secret": True,
+                },
+            )
+        SecuritySettings.load()
+
+        self.stdout.write("Demo data ready.\n")
+        self.stdout.write(f"  client portal      {data.PORTAL_CLIENT_ID} / {data.PORTAL_SECRET} (token exchange on)")
+        for name, secret in data.APIS:
+            self.stdout.write(f"  client {name:<11} {name} / {secret} (introspection)")
+        for spec in data.USERS:
+            self.stdout.write(f"  user   {spec.username:<11} password {spec.password}")

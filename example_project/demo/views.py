@@ -1,0 +1,48 @@
+"""Two resource servers of the guide's organization, as plain Django views.
+
+Each accepts a bearer token only when the token's audience contains its resource URI, and
+answers who the token is for (``sub``), what it may do (``scope``) and who is acting (``act``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.http import HttpRequest, JsonResponse
+from oauth2_provider.models import get_access_token_model
+
+from token_exchange.tokens import access_token_claims
+
+AGGREGATES = "https://aggregates.example.com/"
+SETTINGS = "https://settings.example.com/"
+
+
+def _bearer_api(request: HttpRequest, resource: str) -> JsonResponse:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    token = None
+    if scheme.lower() == "bearer" and value:
+        token = (
+            get_access_token_model()
+            .objects.select_related("user", "application", "exchanged")
+            .filter(token_checksum=hashlib.sha256(value.encode("utf-8")).hexdigest())
+            .first()
+        )
+    if token is None or not token.is_valid() or token.user is None:
+        response = JsonResponse({"error": "invalid_token"}, status=401)
+        response["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        return response
+    claims = access_token_claims(token)
+    if resource not in claims["audience"]:
+        return JsonResponse(
+            {"error": "insufficient_scope", "error_description": f"The token's audience lacks {resource}"},
+            status=403,
+        )
+    return JsonResponse({"sub": str(token.user.pk), "scope": token.scope, "act": claims["act"]})
+
+
+def aggregates(request: HttpRequest) -> JsonResponse:
+    return _bearer_api(request, AGGREGATES)
+
+
+def settings_api(request: HttpRequest) -> JsonResponse:
+    return _bearer_api(request, SETTINGS)

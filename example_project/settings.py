@@ -1,0 +1,133 @@
+"""The example identity provider: ZITADEL's token exchange guide, on Django and DOT.
+
+Not for production: DEBUG defaults on, and a development RSA key is generated on first start.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-token-exchange-demo-only")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "oauth2_provider",
+    "token_exchange",
+    "example_project.demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# DATABASE_URL=postgres://postgres@127.0.0.1:5432/test works too.
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{BASE_DIR / 'example_project' / 'db.sqlite3'}", conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = ":memory:"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/admin/"
+
+
+def _development_rsa_key() -> str:
+    """OIDC_RSA_PRIVATE_KEY from the environment, else a key generated once into the project."""
+    if os.environ.get("OIDC_RSA_PRIVATE_KEY"):
+        return os.environ["OIDC_RSA_PRIVATE_KEY"]
+    path = BASE_DIR / "example_project" / "dev-oidc-key.pem"
+    if not path.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pem)
+        os.replace(tmp, path)  # atomic: two processes starting at once agree on one key
+    return path.read_text()
+
+
+OAUTH2_PROVIDER = {
+    "OIDC_ENABLED": True,
+    # A fixed issuer, so tokens minted by `manage.py demo_login` match the running server.
+    "OIDC_ISS_ENDPOINT": os.environ.get("OIDC_ISS_ENDPOINT", "http://127.0.0.1:8000/o"),
+    "OIDC_RSA_PRIVATE_KEY": _development_rsa_key(),
+    "SCOPES": {
+        "openid": "OpenID Connect",
+        "profile": "Your name",
+        "email": "Your email address",
+        "offline_access": "Stay signed in",
+        "read": "Read your data",
+        "write": "Change your data",
+    },
+    "DEFAULT_SCOPES": ["openid"],
+    # token_exchange: the grant, its validator, and a backend that keeps repeated parameters.
+    # With OIDC on, DOT uses OIDC_SERVER_CLASS; without OIDC it would be
+    # "OAUTH2_SERVER_CLASS": "token_exchange.server.Server" (setting both turns OIDC off).
+    "OIDC_SERVER_CLASS": "token_exchange.server.OIDCServer",
+    "OAUTH2_VALIDATOR_CLASS": "example_project.demo.oidc.DemoValidator",
+    "OAUTH2_BACKEND_CLASS": "token_exchange.backend.TokenExchangeOAuthLibCore",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"token_exchange": {"handlers": ["console"], "level": "INFO"}},
+}
+
+# DOT's swappable token models, spelled out for `makemigrations` (DOT reads the same defaults).
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
+OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
+OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL = "oauth2_provider.RefreshToken"
+OAUTH2_PROVIDER_ID_TOKEN_MODEL = "oauth2_provider.IDToken"
+OAUTH2_PROVIDER_GRANT_MODEL = "oauth2_provider.Grant"

@@ -1,0 +1,12 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from example_project.demo import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("o/", include("token_exchange.urls")),
+    path("api/aggregates/", views.aggregates, name="api-aggregates"),
+    path("api/settings/", views.settings_api, name="api-settings"),
+]

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class TokenExchangeConfig(AppConfig):
+    name = "token_exchange"
+    verbose_name = _("Token exchange")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Wires the system checks; queries nothing.
+        from . import checks  # noqa: F401

@@ -1,0 +1,102 @@
+"""System checks: a site that forgets a setting finds out at startup, not from a client.
+
+Each id is stable; message and hint stay together here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.urls import NoReverseMatch, resolve, reverse
+from django.utils.module_loading import import_string
+from oauth2_provider.settings import oauth2_settings
+
+E001 = Error(
+    "The OAuth2 server class DOT uses does not register the token exchange grant.",
+    hint=(
+        "With OIDC_ENABLED, set OAUTH2_PROVIDER['OIDC_SERVER_CLASS'] = 'token_exchange.server.OIDCServer'; "
+        "without OIDC, set OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] = 'token_exchange.server.Server'."
+    ),
+    id="token_exchange.E001",
+)
+E002 = Error(
+    "OIDC_ENABLED is on but OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] is not an OpenID Connect server, "
+    "so DOT ignores OIDC_SERVER_CLASS and issues no ID tokens.",
+    hint=(
+        "Remove OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] and set "
+        "OAUTH2_PROVIDER['OIDC_SERVER_CLASS'] = 'token_exchange.server.OIDCServer'."
+    ),
+    id="token_exchange.E002",
+)
+E003 = Error(
+    "OAUTH2_PROVIDER['OAUTH2_VALIDATOR_CLASS'] is not a token exchange validator.",
+    hint=(
+        "Set OAUTH2_PROVIDER['OAUTH2_VALIDATOR_CLASS'] = "
+        "'token_exchange.validator.TokenExchangeValidator' (or a subclass)."
+    ),
+    id="token_exchange.E003",
+)
+E004 = Error(
+    "OAUTH2_PROVIDER['OAUTH2_BACKEND_CLASS'] drops repeated parameters of token exchange requests.",
+    hint=(
+        "Set OAUTH2_PROVIDER['OAUTH2_BACKEND_CLASS'] = "
+        "'token_exchange.backend.TokenExchangeOAuthLibCore' (or a subclass)."
+    ),
+    id="token_exchange.E004",
+)
+E005 = Error(
+    "The URL named 'oauth2_provider:token' is not served by token_exchange.views.TokenView.",
+    hint="Include 'token_exchange.urls' instead of 'oauth2_provider.urls', e.g. path('o/', include('token_exchange.urls')).",
+    id="token_exchange.E005",
+)
+W001 = Warning(
+    "OAUTH2_PROVIDER['OIDC_RSA_PRIVATE_KEY'] is not set: JWT access tokens cannot be issued.",
+    hint="Set OIDC_RSA_PRIVATE_KEY to an RSA private key in PEM form and OIDC_ENABLED to True.",
+    id="token_exchange.W001",
+)
+
+
+def _is_subclass(dotted_or_class: Any, base_path: str) -> bool:
+    try:
+        candidate = import_string(dotted_or_class) if isinstance(dotted_or_class, str) else dotted_or_class
+        return isinstance(candidate, type) and issubclass(candidate, import_string(base_path))
+    except ImportError:
+        return False
+
+
+@register()
+def check_dot_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    user_settings = oauth2_settings.user_settings or {}
+    defaults = oauth2_settings.defaults
+    errors: list[CheckMessage] = []
+    # DOT's effective server class: OIDC_SERVER_CLASS when OIDC is on, unless
+    # OAUTH2_SERVER_CLASS is set, which then wins (and turns OpenID Connect off).
+    server_class = oauth2_settings.OAUTH2_SERVER_CLASS
+    if not _is_subclass(server_class, "token_exchange.server._TokenExchangeMixin"):
+        errors.append(E001)
+    if oauth2_settings.OIDC_ENABLED and not _is_subclass(server_class, "oauthlib.openid.Server"):
+        errors.append(E002)
+    for name, base, message in (
+        ("OAUTH2_VALIDATOR_CLASS", "token_exchange.validator.TokenExchangeValidator", E003),
+        ("OAUTH2_BACKEND_CLASS", "token_exchange.backend.TokenExchangeOAuthLibCore", E004),
+    ):
+        if not _is_subclass(user_settings.get(name, defaults[name]), base):
+            errors.append(message)
+    if not user_settings.get("OIDC_RSA_PRIVATE_KEY"):
+        errors.append(W001)
+    return errors
+
+
+@register(Tags.urls)
+def check_token_view(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from .views import TokenView
+
+    try:
+        match = resolve(reverse("oauth2_provider:token"))
+    except NoReverseMatch:
+        return [E005]
+    view_class = getattr(match.func, "view_class", None)
+    if not (isinstance(view_class, type) and issubclass(view_class, TokenView)):
+        return [E005]
+    return []

@@ -1,0 +1,43 @@
+"""Identifiers from RFC 8693 and the private URN this package adds."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+
+# RFC 8693 §3: token type identifiers.
+ACCESS_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"
+REFRESH_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:refresh_token"
+ID_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:id_token"
+JWT_TYPE: Final = "urn:ietf:params:oauth:token-type:jwt"
+# Not a token: a Django user's primary key, accepted only together with an actor token
+# (ZITADEL's ``urn:zitadel:params:oauth:token-type:user_id`` under our own namespace).
+USER_ID_TYPE: Final = "urn:django-token-exchange:params:oauth:token-type:user_id"
+
+KNOWN_TOKEN_TYPES: Final = frozenset(
+    {ACCESS_TOKEN_TYPE, REFRESH_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TYPE, USER_ID_TYPE}
+)
+# Subject token types that are no proof of the subject's consent: only an actor may use them.
+ACTOR_ONLY_SUBJECT_TYPES: Final = frozenset({JWT_TYPE, USER_ID_TYPE})
+REQUESTABLE_TOKEN_TYPES: Final = frozenset({ACCESS_TOKEN_TYPE, JWT_TYPE, ID_TOKEN_TYPE})
+
+# RFC 8693 §2.2.1 token_type values.
+BEARER: Final = "Bearer"
+NOT_APPLICABLE: Final = "N_A"
+
+# Parameters that RFC 8693 §2.1 allows to repeat; every other one must appear at most once.
+REPEATABLE_PARAMETERS: Final = frozenset({"audience", "resource"})
+
+# Scopes that only ask for data about the subject (OIDC Core §5.4), as opposed to
+# authorization scopes that let a token do something.
+SUBJECT_DATA_SCOPES: Final = frozenset({"openid", "profile", "email"})
+OPENID: Final = "openid"
+OFFLINE_ACCESS: Final = "offline_access"
+
+# RFC 9068 §2.1: the media type of JWT access tokens, carried in the JOSE "typ" header.
+JWT_ACCESS_TOKEN_TYP: Final = "at+jwt"
+
+# Claim names (RFC 7519, RFC 8693 §4).
+ACT: Final = "act"
+MAY_ACT: Final = "may_act"

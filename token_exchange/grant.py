@@ -1,0 +1,252 @@
+"""The RFC 8693 token exchange grant, as an oauthlib grant type.
+
+Reads the request, authenticates the client, asks the readers to verify the presented tokens,
+asks the policy what may be issued and hands the decision to minting. It runs no SQL of its own
+beyond what those modules do, and it is the only place that turns a ``Refusal`` into an OAuth
+error, so every refusal is logged in one way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+from oauth2_provider.oauth2_validators import is_valid_resource_uri
+from oauth2_provider.scopes import get_scopes_backend
+from oauth2_provider.settings import oauth2_settings
+from oauthlib.common import Request
+from oauthlib.oauth2.rfc6749 import errors
+from oauthlib.oauth2.rfc6749.grant_types.base import GrantTypeBase
+
+from . import policy
+from .conf import token_exchange_settings
+from .constants import (
+    ACCESS_TOKEN_TYPE,
+    ACTOR_ONLY_SUBJECT_TYPES,
+    GRANT_TYPE,
+    ID_TOKEN_TYPE,
+    JWT_TYPE,
+    KNOWN_TOKEN_TYPES,
+    OPENID,
+    REFRESH_TOKEN_TYPE,
+    REPEATABLE_PARAMETERS,
+    REQUESTABLE_TOKEN_TYPES,
+)
+from .exceptions import InvalidSubjectToken, InvalidTargetError, Refusal, ScopeRefusal
+from .minting import Issuance, mint
+from .models import ClientPolicy, SecuritySettings
+from .tokens import VerifiedToken, read_token
+
+logger = logging.getLogger("token_exchange")
+
+# Far above any token this server issues (a JWT with a deep act chain is a few KB), far below
+# anything that would make hashing or JSON parsing expensive.
+MAX_TOKEN_LENGTH = 16 * 1024
+
+# Parameters that carry credentials: they must never travel in a URL (RFC 9700 §4.3.2).
+_BODY_ONLY = frozenset({"subject_token", "actor_token", "client_secret", "client_assertion"})
+
+
+@dataclass(frozen=True)
+class ExchangeParameters:
+    """The RFC 8693 §2.1 request parameters, checked for shape but not yet for meaning."""
+
+    subject_token: str
+    subject_token_type: str
+    actor_token: str | None
+    actor_token_type: str | None
+    requested_token_type: str
+    scope: frozenset[str]
+    audience: tuple[str, ...]
+    resource: tuple[str, ...]
+
+    @property
+    def target(self) -> tuple[str, ...]:
+        """RFC 8693 §2.1: audience and resource together name where the token will be used."""
+        return tuple(dict.fromkeys([*self.audience, *self.resource]))
+
+
+def _invalid_request(description: str) -> errors.InvalidRequestError:
+    return errors.InvalidRequestError(description=description)
+
+
+def parse_parameters(request: Request) -> ExchangeParameters:
+    """Read the form body into :class:`ExchangeParameters` or raise ``invalid_request``."""
+    body: list[tuple[str, str]] = list(request.decoded_body or [])
+    values: dict[str, list[str]] = {}
+    for key, value in body:
+        values.setdefault(key, []).append(value)
+
+    def single(name: str, *, required: bool = False) -> str | None:
+        found = values.get(name, [])
+        if not found or found == [""]:
+            if required:
+                raise _invalid_request(f"Missing {name} parameter.")
+            return None
+        return found[0]
+
+    subject_token = single("subject_token", required=True)
+    subject_token_type = single("subject_token_type", required=True)
+    actor_token = single("actor_token")
+    actor_token_type = single("actor_token_type")
+    requested_token_type = single("requested_token_type") or ACCESS_TOKEN_TYPE
+    assert subject_token is not None and subject_token_type is not None
+
+    for token in (subject_token, actor_token):
+        if token is not None and len(token) > MAX_TOKEN_LENGTH:
+            raise _invalid_request("A token parameter is too long.")
+    for token_type in (subject_token_type, actor_token_type, requested_token_type):
+        if token_type is not None and token_type not in KNOWN_TOKEN_TYPES:
+            raise _invalid_request("Unsupported token type.")
+    if (actor_token is None) != (actor_token_type is None):
+        raise _invalid_request("actor_token and actor_token_type must be sent together.")
+    if subject_token_type == REFRESH_TOKEN_TYPE or actor_token_type == REFRESH_TOKEN_TYPE:
+        raise _invalid_request("Refresh tokens cannot be exchanged; use the refresh_token grant.")
+    if subject_token_type in ACTOR_ONLY_SUBJECT_TYPES and actor_token is None:
+        raise _invalid_request("This subject_token_type is only accepted together with an actor_token.")
+    if requested_token_type not in REQUESTABLE_TOKEN_TYPES:
+        raise _invalid_request("Unsupported requested_token_type.")
+
+    resource = tuple(values.get("resource", []))
+    if any(not is_valid_resource_uri(value) for value in resource):
+        raise InvalidTargetError(description="A resource is not an absolute URI without a fragment.")
+    audience = tuple(values.get("audience", []))
+    if any(not value for value in audience):
+        raise InvalidTargetError(description="An audience value is empty.")
+
+    return ExchangeParameters(
+        subject_token=subject_token,
+        subject_token_type=subject_token_type,
+        actor_token=actor_token,
+        actor_token_type=actor_token_type,
+        requested_token_type=requested_token_type,
+        scope=frozenset((single("scope") or "").split()),
+        audience=audience,
+        resource=resource,
+    )
+
+
+class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
+    """``grant_type=urn:ietf:params:oauth:grant-type:token-exchange`` (RFC 8693 §2)."""
+
+    def create_token_response(self, request: Request, token_handler: Any) -> tuple[dict[str, str], str, int]:
+        headers: dict[str, str] = self._get_default_headers()
+        try:
+            response = self.exchange(request, token_handler)
+        except errors.OAuth2Error as error:
+            headers.update(error.headers)
+            return headers, error.json, error.status_code
+        return headers, json.dumps(response), 200
+
+    # The steps, in the order RFC 6749 §5.2 lets a client learn about its mistakes.
+
+    def exchange(self, request: Request, token_handler: Any) -> dict[str, Any]:
+        if request.grant_type != GRANT_TYPE:
+            raise errors.UnsupportedGrantTypeError()
+        if not SecuritySettings.load().token_exchange_enabled:
+            raise errors.UnsupportedGrantTypeError(description="Token exchange is disabled.")
+        self.check_request_shape(request)
+        client = self.authenticate_client(request)
+        params = parse_parameters(request)
+        try:
+            issuance = self.decide(request, client, params)
+        except Refusal as refusal:
+            logger.info(
+                "Token exchange refused for client %s: %s", client.client_id, refusal.reason
+            )
+            raise refusal.as_oauth2_error() from refusal
+        return mint(
+            issuance,
+            new_access_token=lambda: str(token_handler.token_generator(request)),
+            new_refresh_token=lambda: str(token_handler.refresh_token_generator(request)),
+        )
+
+    def check_request_shape(self, request: Request) -> None:
+        duplicates = set(request.duplicate_params) - REPEATABLE_PARAMETERS
+        if duplicates:
+            raise _invalid_request(f"Duplicate {sorted(duplicates)[0]} parameter.")
+        if _BODY_ONLY & {key for key, _value in request.uri_query_params}:
+            raise _invalid_request("Credentials and tokens must be sent in the request body.")
+
+    def authenticate_client(self, request: Request) -> Any:
+        """Only confidential clients that authenticate, and whose policy allows it, may exchange."""
+        if not self.request_validator.authenticate_client(request):
+            raise errors.InvalidClientError()
+        client = request.client
+        if client.client_type != client.CLIENT_CONFIDENTIAL:
+            # ZITADEL's guide warns against it; we refuse it: a leaked token plus a public
+            # client_id must never be enough to mint new tokens.
+            raise errors.InvalidClientError(description="Public clients cannot use token exchange.")
+        request.client_id = client.client_id
+        if not ClientPolicy.objects.filter(application=client, token_exchange_enabled=True).exists():
+            raise errors.UnauthorizedClientError(
+                description="This client is not allowed to use token exchange."
+            )
+        return client
+
+    def decide(self, request: Request, client: Any, params: ExchangeParameters) -> Issuance:
+        if params.actor_token is not None:
+            # Impersonation needs SecuritySettings.allow_impersonation, impersonator roles and
+            # the audit trail; until those exist, an actor token is refused outright.
+            raise Refusal("impersonation_unavailable")
+
+        issuer = self.request_validator.get_oidc_issuer_endpoint(request)
+        subject = read_token(
+            params.subject_token_type, params.subject_token, InvalidSubjectToken, issuer=issuer
+        )
+        if not policy.may_present(
+            client_id=client.client_id, token_client_id=subject.client_id, token_audience=subject.audience
+        ):
+            raise InvalidSubjectToken("token_of_another_client")
+
+        client_scopes = frozenset(
+            get_scopes_backend().get_available_scopes(application=client, request=request)
+        )
+        scope = policy.resolve_scope(
+            requested=params.scope, subject_scope=subject.scope, client_scopes=client_scopes
+        )
+        audience = policy.resolve_audience(requested=params.target, allowed=subject.audience)
+        requested = params.requested_token_type
+        issue_id_token = policy.issues_id_token(requested_token_type=requested, scope=scope)
+        if requested == ID_TOKEN_TYPE and OPENID not in scope:
+            raise ScopeRefusal("id_token_without_openid")
+        if (issue_id_token or requested == ID_TOKEN_TYPE) and not client.algorithm:
+            raise Refusal("client_cannot_sign_id_tokens")
+        if requested == JWT_TYPE and not oauth2_settings.OIDC_RSA_PRIVATE_KEY:
+            raise Refusal("no_signing_key")
+
+        subject_claims: dict[str, Any] = {}
+        request.user = subject.user
+        request.scopes = sorted(scope)
+        if issue_id_token or requested == ID_TOKEN_TYPE:
+            subject_claims = self.request_validator.get_oidc_claims(None, None, request)
+
+        return Issuance(
+            client=client,
+            user=subject.user,
+            requested_token_type=requested,
+            scope=scope,
+            audience=audience,
+            # Narrowed tokens are restricted to exactly their audience; otherwise the token
+            # is as restricted (or not) as the one it was exchanged for.
+            resource=audience if params.target else subject.resource,
+            expires_in=self.lifetime(subject, requested),
+            issue_refresh_token=policy.issues_refresh_token(requested_token_type=requested, scope=scope),
+            issue_id_token=issue_id_token,
+            issuer=issuer,
+            subject_claims=subject_claims,
+            act=subject.act,
+        )
+
+    def lifetime(self, subject: VerifiedToken, requested_token_type: str) -> int:
+        if requested_token_type == ID_TOKEN_TYPE:
+            default = token_exchange_settings.ID_TOKEN_EXPIRE_SECONDS or oauth2_settings.ID_TOKEN_EXPIRE_SECONDS
+        else:
+            default = (
+                token_exchange_settings.ACCESS_TOKEN_EXPIRE_SECONDS
+                or oauth2_settings.ACCESS_TOKEN_EXPIRE_SECONDS
+            )
+        return policy.lifetime_seconds(now=timezone.now(), default_seconds=int(default), not_after=subject.expires)

@@ -1,0 +1,44 @@
+"""``urn:ietf:params:oauth:token-type:access_token``: an opaque or JWT access token we issued.
+
+Both kinds are rows of DOT's AccessToken table (JWTs are stored too), so one checksum lookup
+finds either; the row, not the JWT's signature, is the authority on whether it is still live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from oauth2_provider.models import get_access_token_model
+
+from ..exceptions import Refusal
+from .base import VerifiedToken, access_token_claims
+
+
+def read_access_token(value: str, token_type: str, refusal: type[Refusal]) -> VerifiedToken:
+    checksum = hashlib.sha256(value.encode("utf-8")).hexdigest()
+    token = (
+        get_access_token_model()
+        .objects.select_related("user", "application", "exchanged")
+        .filter(token_checksum=checksum)
+        .first()
+    )
+    if token is None:
+        raise refusal("unknown_token")
+    if token.is_expired():
+        raise refusal("expired_token")
+    if token.application is None:
+        # A resource server's cache of a foreign server's token (DOT introspection), not ours.
+        raise refusal("foreign_token")
+    if token.user is None:
+        raise refusal("token_without_user")  # client_credentials: no subject to act for
+    if not token.user.is_active:
+        raise refusal("inactive_user")
+
+    return VerifiedToken(
+        token_type=token_type,
+        user=token.user,
+        client_id=token.application.client_id,
+        scope=frozenset(token.scope.split()),
+        expires=token.expires,
+        **access_token_claims(token),
+    )

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+
+if TYPE_CHECKING:
+    from ..models import ExchangedToken
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """What the grant knows about a presented token once it has been verified.
+
+    ``audience`` follows one definition throughout this package: a token's RFC 8707 resource
+    indicators plus the client_id it was issued to, or, for a token minted by an exchange,
+    exactly the audience that exchange issued. ``resource`` is the part DOT's resource servers
+    enforce; empty means unrestricted.
+    """
+
+    token_type: str  # the RFC 8693 identifier it was presented as
+    user: AbstractBaseUser
+    client_id: str  # the client the token was issued to
+    scope: frozenset[str]
+    audience: tuple[str, ...]
+    resource: tuple[str, ...]
+    expires: datetime.datetime
+    reference: str  # a loggable identifier (a jti or a row id), never the token itself
+    act: dict[str, Any] | None = None
+    may_act: dict[str, Any] | None = None
+
+
+def native_audience(resource: list[str] | None, client_id: str) -> tuple[str, ...]:
+    """The audience of a token DOT issued: its resource indicators plus its client."""
+    return tuple(dict.fromkeys([*(resource or []), client_id]))
+
+
+def exchanged_claims(row: ExchangedToken) -> dict[str, Any]:
+    """The audience, resource, act and reference an exchange stored for one of its tokens."""
+    return {
+        "audience": tuple(row.audience),
+        "resource": tuple(row.resource),
+        "act": row.act,
+        "reference": row.jti,
+    }
+
+
+def access_token_claims(token: Any) -> dict[str, Any]:
+    """audience, resource, act and reference of one of DOT's AccessToken rows.
+
+    Select ``exchanged`` with the token (``select_related("application", "exchanged")``) to
+    keep this free of queries.
+    """
+    exchanged = getattr(token, "exchanged", None)
+    if exchanged is not None:
+        return exchanged_claims(exchanged)
+    client_id = token.application.client_id if token.application is not None else None
+    return {
+        "audience": native_audience(token.resource, client_id) if client_id else tuple(token.resource or []),
+        "resource": tuple(token.resource or []),
+        "act": None,
+        "reference": f"access_token:{token.pk}",
+    }

@@ -1,0 +1,94 @@
+"""``urn:ietf:params:oauth:token-type:id_token``: an unexpired ID token this server issued.
+
+The key is never chosen from the token: the unverified ``jti`` only finds DOT's IDToken row,
+and the signature is then checked with that row's application key under that application's
+algorithm alone. A forged or altered token fails the signature; a revoked one has no row.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import uuid
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from oauth2_provider.models import get_id_token_model
+
+from .. import jose
+from ..constants import SUBJECT_DATA_SCOPES
+from ..exceptions import Refusal
+from .base import VerifiedToken, exchanged_claims
+
+
+def _audience_claim(claims: dict[str, Any]) -> list[str]:
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        return [aud]
+    if isinstance(aud, list) and all(isinstance(item, str) for item in aud):
+        return aud
+    return []
+
+
+def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer: str) -> VerifiedToken:
+    try:
+        _header, unverified = jose.peek(value)
+        jti = uuid.UUID(str(unverified.get("jti", "")))
+    except (jose.JoseError, ValueError) as exc:
+        raise refusal("malformed_id_token") from exc
+
+    row = (
+        get_id_token_model()
+        .objects.select_related("user", "application", "access_token", "exchanged")
+        .filter(jti=jti)
+        .first()
+    )
+    if row is None or row.application is None or row.user is None:
+        raise refusal("unknown_token")
+    application = row.application
+    try:
+        key = application.jwk_key
+    except ImproperlyConfigured as exc:
+        raise refusal("client_cannot_sign") from exc
+    try:
+        _header, claims = jose.verify(value, key, application.algorithm)
+    except jose.JoseError as exc:
+        raise refusal("bad_signature") from exc
+
+    audience = _audience_claim(claims)
+    exp = claims.get("exp")
+    if claims.get("iss") != issuer:
+        raise refusal("wrong_issuer")
+    if claims.get("sub") != str(row.user.pk):
+        raise refusal("wrong_subject")
+    if application.client_id not in audience:
+        raise refusal("wrong_audience")
+    if not isinstance(exp, int) or isinstance(exp, bool) or exp <= time.time() or row.is_expired():
+        raise refusal("expired_token")
+    if not row.user.is_active:
+        raise refusal("inactive_user")
+
+    exchanged = getattr(row, "exchanged", None)
+    if exchanged is not None:
+        token_claims = exchanged_claims(exchanged)
+    else:
+        # DOT issued it at login, with an access token for the same authorization: that
+        # token's RFC 8707 resource indicators belong to the ID token's audience too.
+        linked = getattr(row, "access_token", None)
+        resource = tuple(linked.resource or []) if linked is not None else ()
+        token_claims = {
+            "audience": tuple(dict.fromkeys([*audience, *resource])),
+            "resource": resource,
+            "reference": str(jti),
+        }
+    may_act = claims.get("may_act")
+    return VerifiedToken(
+        token_type=token_type,
+        user=row.user,
+        client_id=application.client_id,
+        # An ID token says who the user is; it authorizes nothing beyond the subject data.
+        scope=frozenset(row.scope.split()) & SUBJECT_DATA_SCOPES,
+        expires=min(row.expires, datetime.datetime.fromtimestamp(exp, tz=datetime.timezone.utc)),
+        may_act=may_act if isinstance(may_act, dict) else None,
+        **token_claims,
+    )

@@ -1,0 +1,18 @@
+"""Which reader handles which RFC 8693 token type identifier."""
+
+from __future__ import annotations
+
+from ..constants import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE
+from ..exceptions import Refusal
+from .access_token import read_access_token
+from .base import VerifiedToken
+from .id_token import read_id_token
+
+
+def read_token(token_type: str, value: str, refusal: type[Refusal], *, issuer: str) -> VerifiedToken:
+    """Verify ``value`` as a token of ``token_type`` or raise ``refusal`` with a reason code."""
+    if token_type == ACCESS_TOKEN_TYPE:
+        return read_access_token(value, token_type, refusal)
+    if token_type == ID_TOKEN_TYPE:
+        return read_id_token(value, token_type, refusal, issuer=issuer)
+    raise refusal("unsupported_token_type")

@@ -1,0 +1,36 @@
+"""DOT's URLs with the token, introspection and discovery views of this package.
+
+Use it instead of ``oauth2_provider.urls``::
+
+    path("o/", include("token_exchange.urls")),
+
+The namespace stays ``oauth2_provider`` and every URL name is DOT's, so nothing that reverses
+DOT's URLs has to change.
+"""
+
+from __future__ import annotations
+
+from django.urls import URLPattern, URLResolver
+from oauth2_provider import urls as oauth2_urls
+
+from . import views
+
+app_name = "oauth2_provider"
+
+_REPLACEMENTS = {
+    "token": views.TokenView,
+    "introspect": views.IntrospectTokenView,
+    "oauth-server-metadata": views.OAuthServerMetadataView,
+    "oauth-server-metadata-issuer": views.OAuthServerMetadataView,
+    "oidc-connect-discovery-info": views.ConnectDiscoveryInfoView,
+}
+
+
+def _replace(pattern: URLPattern | URLResolver) -> URLPattern | URLResolver:
+    view_class = _REPLACEMENTS.get(getattr(pattern, "name", None) or "")
+    if view_class is None or not isinstance(pattern, URLPattern):
+        return pattern
+    return URLPattern(pattern.pattern, view_class.as_view(), name=pattern.name)
+
+
+urlpatterns = [_replace(pattern) for pattern in oauth2_urls.urlpatterns]

@@ -1,0 +1,136 @@
+"""DOT's token, introspection and discovery views, extended for token exchange.
+
+``token_exchange.urls`` mounts them under DOT's own URL names, so everything that reverses
+``oauth2_provider:token`` keeps working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
+from oauth2_provider import views as oauth2_views
+from oauth2_provider.models import get_access_token_model
+from oauth2_provider.settings import oauth2_settings
+from oauth2_provider.signals import app_authorized
+
+from .constants import ACT, BEARER, GRANT_TYPE
+from .tokens import access_token_claims
+
+# Every form parameter of the token endpoint that is, or proves possession of, a credential.
+SENSITIVE_POST_PARAMETERS = (
+    "password",
+    "client_secret",
+    "client_assertion",
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "subject_token",
+    "actor_token",
+)
+
+
+class TokenView(oauth2_views.TokenView):  # type: ignore[misc]
+    """DOT's token endpoint; hides token parameters from error reports, knows N_A responses."""
+
+    @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS))
+    def authorization_flow_token_response(
+        self, request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        _url, headers, body, status = self.create_token_response(request)
+        if status == 200:
+            access_token = json.loads(body).get("access_token")
+            # An exchange may answer with an ID token in access_token (token_type N_A): there
+            # is no access token row, and no application was authorized to access anything.
+            token = (
+                get_access_token_model()
+                .objects.filter(token_checksum=hashlib.sha256(access_token.encode("utf-8")).hexdigest())
+                .first()
+                if access_token
+                else None
+            )
+            if token is not None:
+                app_authorized.send(sender=self, request=request, token=token)
+        response = HttpResponse(content=body, status=status)
+        for key, value in headers.items():
+            response[key] = value
+        return response
+
+
+def _epoch(moment: Any) -> int:
+    return int(moment.timestamp())
+
+
+class IntrospectTokenView(oauth2_views.IntrospectTokenView):  # type: ignore[misc]
+    """RFC 7662 introspection with the JWT claims of the token: sub, iss, aud, jti, iat, act."""
+
+    def introspect(self, request: HttpRequest, token_value: str | None) -> JsonResponse:
+        if token_value is None:
+            return JsonResponse(
+                {"error": "invalid_request", "error_description": "Token parameter is missing."}, status=400
+            )
+        checksum = hashlib.sha256(token_value.encode("utf-8")).hexdigest()
+        token = (
+            get_access_token_model()
+            .objects.select_related("user", "application", "exchanged")
+            .filter(token_checksum=checksum)
+            .first()
+        )
+        if token is None or not token.is_valid():
+            return JsonResponse({"active": False})
+        claims = access_token_claims(token)
+        data: dict[str, Any] = {
+            "active": True,
+            "scope": token.scope,
+            "exp": _epoch(token.expires),
+            "iat": _epoch(token.created),
+            "nbf": _epoch(token.created),
+            "iss": oauth2_settings.oidc_issuer(request),
+            "token_type": BEARER,
+            "jti": claims["reference"],
+        }
+        if claims["audience"]:
+            data["aud"] = list(claims["audience"])
+        if claims["act"] is not None:
+            data[ACT] = claims["act"]
+        if token.application is not None:
+            data["client_id"] = token.application.client_id
+        if token.user is not None:
+            data["sub"] = str(token.user.pk)
+            data["username"] = token.user.get_username()
+        return JsonResponse(data)
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        return self.introspect(request, request.GET.get("token"))
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        return self.introspect(request, request.POST.get("token"))
+
+
+def _with_grant_type(response: HttpResponse, grant_types: list[str]) -> HttpResponse:
+    data = json.loads(response.content)
+    data["grant_types_supported"] = list(dict.fromkeys([*data.get("grant_types_supported", grant_types), GRANT_TYPE]))
+    response.content = json.dumps(data).encode("utf-8")
+    return response
+
+
+class OAuthServerMetadataView(oauth2_views.OAuthServerMetadataView):  # type: ignore[misc]
+    """RFC 8414 metadata that lists the token exchange grant."""
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return _with_grant_type(super().get(request, *args, **kwargs), [])
+
+
+class ConnectDiscoveryInfoView(oauth2_views.ConnectDiscoveryInfoView):  # type: ignore[misc]
+    """OIDC discovery that lists the grant types, the token exchange grant among them."""
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = super().get(request, *args, **kwargs)
+        if response.status_code != 200:
+            return response
+        # DOT's discovery omits grant_types_supported; its RFC 8414 setting is the best source.
+        return _with_grant_type(response, list(oauth2_settings.OAUTH2_GRANT_TYPES_SUPPORTED))
