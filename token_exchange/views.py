@@ -56,6 +56,10 @@ class TokenView(oauth2_views.TokenView):  # type: ignore[misc]
             if token is not None:
                 app_authorized.send(sender=self, request=request, token=token)
         response = HttpResponse(content=body, status=status)
+        # Errors raised while saving a token reach DOT's backend without oauthlib's default
+        # headers; every token endpoint response is JSON and must not be cached (RFC 6749 §5).
+        response["Content-Type"] = "application/json"
+        response["Cache-Control"] = "no-store"
         for key, value in headers.items():
             response[key] = value
         return response

@@ -1,0 +1,126 @@
+"""Fixtures are people and clients, as in ZITADEL's guide: the portal web app exchanges tokens,
+aggregates and settings are APIs, ``end_user`` is the customer and ``mallory`` an attacker."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+from django.conf import settings
+from django.test import Client
+from oauth2_provider.models import get_access_token_model, get_application_model
+
+from example_project.demo import data
+from example_project.demo.login import authorization_code_login
+from token_exchange.constants import GRANT_TYPE
+from token_exchange.models import ClientPolicy
+
+Application = get_application_model()
+CRM = "https://crm.example.com/"
+AccessToken = get_access_token_model()
+
+
+def pytest_configure() -> None:
+    # Client secrets are hashed with the first password hasher; PBKDF2 would cost ~0.2 s a request.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def basic(client_id: str, secret: str) -> str:
+    """RFC 6749 §2.3.1: both parts are form-urlencoded before they are joined."""
+    credentials = f"{quote_plus(client_id)}:{quote_plus(secret)}"
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def make_app(name: str, *, exchange: bool | None = True, client_id: str | None = None, **fields: Any) -> Any:
+    secret = f"{name}-secret"
+    app = Application.objects.create(
+        name=name,
+        client_id=client_id or name,
+        client_secret=secret,
+        client_type=fields.pop("client_type", Application.CLIENT_CONFIDENTIAL),
+        authorization_grant_type=fields.pop("authorization_grant_type", Application.GRANT_AUTHORIZATION_CODE),
+        redirect_uris=fields.pop("redirect_uris", f"http://127.0.0.1:8000/{name}/callback/"),
+        algorithm=fields.pop("algorithm", Application.RS256_ALGORITHM),
+        skip_authorization=True,
+        **fields,
+    )
+    app.plain_secret = secret
+    if exchange is not None:
+        ClientPolicy.objects.create(application=app, token_exchange_enabled=exchange)
+    return app
+
+
+@pytest.fixture
+def end_user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(
+        "end-user", "end-user@example.com", "pw", first_name="end", last_name="user"
+    )
+
+
+@pytest.fixture
+def mallory(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("mallory", "mallory@example.com", "pw")
+
+
+@pytest.fixture
+def portal(db: None) -> Any:
+    return make_app(data.PORTAL_CLIENT_ID, redirect_uris=data.PORTAL_REDIRECT_URI)
+
+
+@pytest.fixture
+def crm(db: None) -> Any:
+    """A second confidential client with token exchange enabled, whose client_id is the
+    resource URI of its API, so that a login can name it as an audience (RFC 8707)."""
+    return make_app("crm", client_id=CRM)
+
+
+@pytest.fixture
+def aggregates(db: None) -> Any:
+    """The aggregates API: a confidential client that introspects tokens."""
+    return make_app("aggregates", exchange=None, authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS)
+
+
+@pytest.fixture
+def login(portal: Any) -> Callable[..., dict[str, Any]]:
+    """Run the authorization code flow for a user at the portal (or another client)."""
+
+    def run(user: Any, app: Any = None, **kwargs: Any) -> dict[str, Any]:
+        app = app or portal
+        return authorization_code_login(
+            user,
+            client_id=app.client_id,
+            client_secret=app.plain_secret,
+            redirect_uri=app.redirect_uris,
+            **kwargs,
+        )
+
+    return run
+
+
+@pytest.fixture
+def user_tokens(login: Callable[..., dict[str, Any]], end_user: Any) -> dict[str, Any]:
+    """The end user's tokens after logging in to the portal, as in the guide."""
+    return login(end_user)
+
+
+class TokenEndpoint:
+    """A client of /o/token/ that posts forms, as a real one would."""
+
+    def __init__(self) -> None:
+        self.http = Client()
+
+    def post(self, data: Any, *, auth: tuple[str, str] | None = None, **extra: Any) -> Any:
+        headers = {"HTTP_AUTHORIZATION": basic(*auth)} if auth else {}
+        return self.http.post("/o/token/", data, **headers, **extra)
+
+    def exchange(self, app: Any, *, auth: tuple[str, str] | None = None, **params: Any) -> Any:
+        form = {"grant_type": GRANT_TYPE, **params}
+        return self.post(form, auth=auth or (app.client_id, app.plain_secret))
+
+
+@pytest.fixture
+def token_endpoint() -> TokenEndpoint:
+    return TokenEndpoint()
