@@ -80,7 +80,9 @@ def crm(db: None) -> Any:
 @pytest.fixture
 def aggregates(db: None) -> Any:
     """The aggregates API: a confidential client that introspects tokens."""
-    return make_app("aggregates", exchange=None, authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS)
+    return make_app(
+        "aggregates", exchange=None, authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS
+    )
 
 
 @pytest.fixture

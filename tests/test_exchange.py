@@ -61,7 +61,8 @@ def test_reduce_audience_and_scope(token_endpoint, portal, aggregates, user_toke
     assert claims["client_id"] == "portal"
     assert claims["iss"] == "http://127.0.0.1:8000/o"
     assert claims["token_type"] == "Bearer"
-    assert claims["jti"] and claims["iat"] <= claims["exp"]
+    assert claims["jti"]
+    assert claims["iat"] <= claims["exp"]
     assert "act" not in claims
 
     _header, id_claims = verify(body["id_token"])
@@ -99,7 +100,8 @@ def test_change_token_type_to_jwt_keeps_scope_and_audience(token_endpoint, porta
     assert claims["aud"] == [data.AGGREGATES_URI, data.SETTINGS_URI, "portal"]
     assert claims["client_id"] == "portal"
     assert claims["scope"] == body["scope"]
-    assert claims["nbf"] == claims["iat"] and claims["exp"] - claims["iat"] == body["expires_in"]
+    assert claims["nbf"] == claims["iat"]
+    assert claims["exp"] - claims["iat"] == body["expires_in"]
     assert claims["jti"]
     # Stored like any token: DOT finds it by its value.
     checksum = hashlib.sha256(body["access_token"].encode()).hexdigest()
@@ -261,7 +263,10 @@ def test_a_client_outside_the_audience_may_not_exchange(token_endpoint, portal, 
     )
 
     assert response.status_code == 400
-    assert response.json() == {"error": "invalid_request", "error_description": "The subject_token is invalid."}
+    assert response.json() == {
+        "error": "invalid_request",
+        "error_description": "The subject_token is invalid.",
+    }
 
 
 def test_resource_parameter_narrows_like_audience(token_endpoint, portal, aggregates, user_tokens):
@@ -307,6 +312,8 @@ def test_revoked_exchanged_token_is_inactive(token_endpoint, portal, aggregates,
     assert introspect(token, aggregates) == {"active": False}
 
 
-@pytest.mark.parametrize("path", ["/o/.well-known/openid-configuration", "/o/.well-known/oauth-authorization-server"])
+@pytest.mark.parametrize(
+    "path", ["/o/.well-known/openid-configuration", "/o/.well-known/oauth-authorization-server"]
+)
 def test_discovery_lists_the_grant(path):
     assert GRANT_TYPE in Client().get(path).json()["grant_types_supported"]

@@ -29,9 +29,7 @@ class SecuritySettingsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponseRedirect:
         # One row, one page: the list would only ever show a single link to it.
         obj = SecuritySettings.load()
-        return HttpResponseRedirect(
-            reverse("admin:token_exchange_securitysettings_change", args=[obj.pk])
-        )
+        return HttpResponseRedirect(reverse("admin:token_exchange_securitysettings_change", args=[obj.pk]))
 
 
 @admin.register(ClientPolicy)

@@ -47,7 +47,10 @@ E004 = Error(
 )
 E005 = Error(
     "The URL named 'oauth2_provider:token' is not served by token_exchange.views.TokenView.",
-    hint="Include 'token_exchange.urls' instead of 'oauth2_provider.urls', e.g. path('o/', include('token_exchange.urls')).",
+    hint=(
+        "Include 'token_exchange.urls' instead of 'oauth2_provider.urls', "
+        "e.g. path('o/', include('token_exchange.urls'))."
+    ),
     id="token_exchange.E005",
 )
 W001 = Warning(

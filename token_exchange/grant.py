@@ -93,7 +93,8 @@ def parse_parameters(request: Request) -> ExchangeParameters:
     actor_token = single("actor_token")
     actor_token_type = single("actor_token_type")
     requested_token_type = single("requested_token_type") or ACCESS_TOKEN_TYPE
-    assert subject_token is not None and subject_token_type is not None
+    assert subject_token is not None
+    assert subject_token_type is not None
 
     for token in (subject_token, actor_token):
         if token is not None and len(token) > MAX_TOKEN_LENGTH:
@@ -154,9 +155,7 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         try:
             issuance = self.decide(request, client, params)
         except Refusal as refusal:
-            logger.info(
-                "Token exchange refused for client %s: %s", client.client_id, refusal.reason
-            )
+            logger.info("Token exchange refused for client %s: %s", client.client_id, refusal.reason)
             raise refusal.as_oauth2_error() from refusal
         return mint(
             issuance,
@@ -174,7 +173,7 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
     def authenticate_client(self, request: Request) -> Any:
         """Only confidential clients that authenticate, and whose policy allows it, may exchange."""
         if not self.request_validator.authenticate_client(request):
-            raise errors.InvalidClientError()
+            raise errors.InvalidClientError(description="Client authentication failed.")
         client = request.client
         if client.client_type != client.CLIENT_CONFIDENTIAL:
             # ZITADEL's guide warns against it; we refuse it: a leaked token plus a public
@@ -243,10 +242,14 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
 
     def lifetime(self, subject: VerifiedToken, requested_token_type: str) -> int:
         if requested_token_type == ID_TOKEN_TYPE:
-            default = token_exchange_settings.ID_TOKEN_EXPIRE_SECONDS or oauth2_settings.ID_TOKEN_EXPIRE_SECONDS
+            default = (
+                token_exchange_settings.ID_TOKEN_EXPIRE_SECONDS or oauth2_settings.ID_TOKEN_EXPIRE_SECONDS
+            )
         else:
             default = (
                 token_exchange_settings.ACCESS_TOKEN_EXPIRE_SECONDS
                 or oauth2_settings.ACCESS_TOKEN_EXPIRE_SECONDS
             )
-        return policy.lifetime_seconds(now=timezone.now(), default_seconds=int(default), not_after=subject.expires)
+        return policy.lifetime_seconds(
+            now=timezone.now(), default_seconds=int(default), not_after=subject.expires
+        )

@@ -72,7 +72,9 @@ def _at_hash(access_token: str) -> str:
     return base64.urlsafe_b64encode(digest[: len(digest) // 2]).decode("ascii").rstrip("=")
 
 
-def _jwt_access_token(issuance: Issuance, *, jti: str, now: datetime.datetime, expires: datetime.datetime) -> str:
+def _jwt_access_token(
+    issuance: Issuance, *, jti: str, now: datetime.datetime, expires: datetime.datetime
+) -> str:
     """An RFC 9068 access token, signed with DOT's OIDC key under the kid its JWKS publishes."""
     key = jose.server_key(oauth2_settings.OIDC_RSA_PRIVATE_KEY)
     claims: dict[str, Any] = {

@@ -54,9 +54,7 @@ def resolve_audience(*, requested: tuple[str, ...], allowed: tuple[str, ...]) ->
     return tuple(dict.fromkeys(requested))
 
 
-def lifetime_seconds(
-    *, now: datetime.datetime, default_seconds: int, not_after: datetime.datetime
-) -> int:
+def lifetime_seconds(*, now: datetime.datetime, default_seconds: int, not_after: datetime.datetime) -> int:
     """Seconds the issued token lives: the configured lifetime, cut at the subject's expiry."""
     seconds = min(default_seconds, int((not_after - now).total_seconds()))
     if seconds <= 0:

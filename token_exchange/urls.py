@@ -10,6 +10,8 @@ DOT's URLs has to change.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.urls import URLPattern, URLResolver
 from oauth2_provider import urls as oauth2_urls
 
@@ -17,7 +19,7 @@ from . import views
 
 app_name = "oauth2_provider"
 
-_REPLACEMENTS = {
+_REPLACEMENTS: dict[str, Any] = {
     "token": views.TokenView,
     "introspect": views.IntrospectTokenView,
     "oauth-server-metadata": views.OAuthServerMetadataView,

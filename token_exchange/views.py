@@ -117,7 +117,9 @@ class IntrospectTokenView(oauth2_views.IntrospectTokenView):  # type: ignore[mis
 
 def _with_grant_type(response: HttpResponse, grant_types: list[str]) -> HttpResponse:
     data = json.loads(response.content)
-    data["grant_types_supported"] = list(dict.fromkeys([*data.get("grant_types_supported", grant_types), GRANT_TYPE]))
+    data["grant_types_supported"] = list(
+        dict.fromkeys([*data.get("grant_types_supported", grant_types), GRANT_TYPE])
+    )
     response.content = json.dumps(data).encode("utf-8")
     return response
 
@@ -133,7 +135,7 @@ class ConnectDiscoveryInfoView(oauth2_views.ConnectDiscoveryInfoView):  # type: 
     """OIDC discovery that lists the grant types, the token exchange grant among them."""
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        response = super().get(request, *args, **kwargs)
+        response: HttpResponse = super().get(request, *args, **kwargs)
         if response.status_code != 200:
             return response
         # DOT's discovery omits grant_types_supported; its RFC 8414 setting is the best source.

@@ -61,7 +61,9 @@ class Command(BaseCommand):
         SecuritySettings.load()
 
         self.stdout.write("Demo data ready.\n")
-        self.stdout.write(f"  client portal      {data.PORTAL_CLIENT_ID} / {data.PORTAL_SECRET} (token exchange on)")
+        self.stdout.write(
+            f"  client portal      {data.PORTAL_CLIENT_ID} / {data.PORTAL_SECRET} (token exchange on)"
+        )
         for name, secret in data.APIS:
             self.stdout.write(f"  client {name:<11} {name} / {secret} (introspection)")
         for spec in data.USERS:

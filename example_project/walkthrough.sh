@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# ZITADEL's token exchange examples against `make demo` (http://127.0.0.1:8000).
+# Paste the commands one by one in a second terminal, or run: bash example_project/walkthrough.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+TOKEN=http://127.0.0.1:8000/o/token/
+EXCHANGE=urn:ietf:params:oauth:grant-type:token-exchange
+AT=urn:ietf:params:oauth:token-type:access_token
+show() { "$PY" -m json.tool; }
+field() { "$PY" -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+# 0. The end user logs in to the portal (authorization code flow with PKCE, resource
+#    indicators for both APIs): sets ACCESS_TOKEN, ID_TOKEN and REFRESH_TOKEN.
+eval "$("$PY" manage.py demo_login end-user)"
+
+# 1. Reduce audience and scope: a token only the aggregates API accepts, with scope openid.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$ACCESS_TOKEN" -d subject_token_type=$AT \
+  -d scope=openid -d audience=https://aggregates.example.com/ | tee /tmp/narrowed.json | show
+NARROWED=$(field access_token < /tmp/narrowed.json)
+#    The aggregates API introspects it with its own credentials ...
+curl -s -u aggregates:aggregates-secret http://127.0.0.1:8000/o/introspect/ -d token="$NARROWED" | show
+#    ... accepts it, while the settings API refuses it (403).
+curl -s http://127.0.0.1:8000/api/aggregates/ -H "Authorization: Bearer $NARROWED" | show
+curl -s -o /dev/null -w "settings API: %{http_code}\n" http://127.0.0.1:8000/api/settings/ -H "Authorization: Bearer $NARROWED"
+
+# 2. Change the token type: opaque -> JWT (RFC 9068, same scope and audience) ...
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$ACCESS_TOKEN" -d subject_token_type=$AT \
+  -d requested_token_type=urn:ietf:params:oauth:token-type:jwt | tee /tmp/jwt.json | show
+JWT=$(field access_token < /tmp/jwt.json)
+#    ... and the JWT back to an opaque token.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$JWT" -d subject_token_type=$AT | show
+
+# 3. Request an ID token: it comes back in access_token, with token_type N_A.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$ACCESS_TOKEN" -d subject_token_type=$AT \
+  -d requested_token_type=urn:ietf:params:oauth:token-type:id_token | show
+
+# 4. The ID token as subject: an access token with the subject-data scopes only.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$ID_TOKEN" -d subject_token_type=urn:ietf:params:oauth:token-type:id_token | show
+
+# 5. Refresh after exchange: offline_access gives a refresh token for the refresh_token grant.
+REFRESH=$(field refresh_token < /tmp/jwt.json)
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=refresh_token -d refresh_token="$REFRESH" | show
+
+# 6. A refused exchange: an audience the subject token never had.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$ACCESS_TOKEN" -d subject_token_type=$AT \
+  -d audience=https://evil.example.com/ | show

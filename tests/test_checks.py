@@ -1,0 +1,74 @@
+"""Each system check id, with its exact message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+from oauth2_provider.settings import oauth2_settings
+
+from token_exchange import checks
+
+
+def dot(**changes: Any) -> Any:
+    return override_settings(OAUTH2_PROVIDER={**settings.OAUTH2_PROVIDER, **changes})
+
+
+@pytest.fixture(autouse=True)
+def _reload_dot_settings():
+    yield
+    oauth2_settings.reload()
+
+
+def run() -> list[str]:
+    oauth2_settings.reload()
+    return [message.id for message in checks.check_dot_settings() + checks.check_token_view()]
+
+
+def test_example_project_passes():
+    assert run() == []
+
+
+def test_e001_server_without_the_grant():
+    with dot(OIDC_SERVER_CLASS="oauthlib.openid.Server"):
+        assert run() == ["token_exchange.E001"]
+    assert checks.E001.msg == "The OAuth2 server class DOT uses does not register the token exchange grant."
+
+
+def test_e002_oauth2_server_class_hides_oidc():
+    with dot(OAUTH2_SERVER_CLASS="token_exchange.server.Server"):
+        assert run() == ["token_exchange.E002"]
+    assert "ignores OIDC_SERVER_CLASS" in checks.E002.msg
+
+
+def test_e003_validator():
+    with dot(OAUTH2_VALIDATOR_CLASS="oauth2_provider.oauth2_validators.OAuth2Validator"):
+        assert run() == ["token_exchange.E003"]
+    assert checks.E003.msg == "OAUTH2_PROVIDER['OAUTH2_VALIDATOR_CLASS'] is not a token exchange validator."
+
+
+def test_e004_backend():
+    with dot(OAUTH2_BACKEND_CLASS="oauth2_provider.oauth2_backends.OAuthLibCore"):
+        assert run() == ["token_exchange.E004"]
+    assert "drops repeated parameters" in checks.E004.msg
+
+
+def test_e005_urls(settings):
+    settings.ROOT_URLCONF = "tests.urls_without_token_exchange"
+    assert run() == ["token_exchange.E005"]
+    assert (
+        checks.E005.msg
+        == "The URL named 'oauth2_provider:token' is not served by token_exchange.views.TokenView."
+    )
+
+
+def test_w001_no_rsa_key():
+    with dot(
+        OIDC_RSA_PRIVATE_KEY="",
+        OIDC_ENABLED=False,
+        OIDC_SERVER_CLASS="oauthlib.openid.Server",
+        OAUTH2_SERVER_CLASS="token_exchange.server.Server",
+    ):
+        assert run() == ["token_exchange.W001"]
