@@ -19,7 +19,7 @@ from oauth2_provider.settings import oauth2_settings
 from oauth2_provider.signals import app_authorized
 
 from .constants import ACT, BEARER, GRANT_TYPE
-from .tokens import access_token_claims
+from .tokens import access_token_claims, load_access_token
 
 # Every form parameter of the token endpoint that is, or proves possession of, a credential.
 SENSITIVE_POST_PARAMETERS = (
@@ -77,13 +77,7 @@ class IntrospectTokenView(oauth2_views.IntrospectTokenView):  # type: ignore[mis
             return JsonResponse(
                 {"error": "invalid_request", "error_description": "Token parameter is missing."}, status=400
             )
-        checksum = hashlib.sha256(token_value.encode("utf-8")).hexdigest()
-        token = (
-            get_access_token_model()
-            .objects.select_related("user", "application", "exchanged")
-            .filter(token_checksum=checksum)
-            .first()
-        )
+        token = load_access_token(token_value)
         if token is None or not token.is_valid():
             return JsonResponse({"active": False})
         claims = access_token_claims(token)

@@ -6,12 +6,9 @@ answers who the token is for (``sub``), what it may do (``scope``) and who is ac
 
 from __future__ import annotations
 
-import hashlib
-
 from django.http import HttpRequest, JsonResponse
-from oauth2_provider.models import get_access_token_model
 
-from token_exchange.tokens import access_token_claims
+from token_exchange.tokens import access_token_claims, load_access_token
 
 AGGREGATES = "https://aggregates.example.com/"
 SETTINGS = "https://settings.example.com/"
@@ -21,12 +18,7 @@ def _bearer_api(request: HttpRequest, resource: str) -> JsonResponse:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     token = None
     if scheme.lower() == "bearer" and value:
-        token = (
-            get_access_token_model()
-            .objects.select_related("user", "application", "exchanged")
-            .filter(token_checksum=hashlib.sha256(value.encode("utf-8")).hexdigest())
-            .first()
-        )
+        token = load_access_token(value)
     if token is None or not token.is_valid() or token.user is None:
         response = JsonResponse({"error": "invalid_token"}, status=401)
         response["WWW-Authenticate"] = 'Bearer error="invalid_token"'

@@ -7,6 +7,7 @@ finds either; the row, not the JWT's signature, is the authority on whether it i
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from oauth2_provider.models import get_access_token_model
 
@@ -14,14 +15,19 @@ from ..exceptions import Refusal
 from .base import VerifiedToken, access_token_claims
 
 
-def read_access_token(value: str, token_type: str, refusal: type[Refusal]) -> VerifiedToken:
+def load_access_token(value: str) -> Any:
+    """DOT's AccessToken row for a token value (or None), with what the claims are made of."""
     checksum = hashlib.sha256(value.encode("utf-8")).hexdigest()
-    token = (
+    return (
         get_access_token_model()
         .objects.select_related("user", "application", "exchanged")
         .filter(token_checksum=checksum)
         .first()
     )
+
+
+def read_access_token(value: str, token_type: str, refusal: type[Refusal]) -> VerifiedToken:
+    token = load_access_token(value)
     if token is None:
         raise refusal("unknown_token")
     if token.is_expired():
