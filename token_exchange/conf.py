@@ -6,9 +6,11 @@ nothing is cached per process. Defaults live here, never written back into ``set
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 
 class TokenExchangeSettings:
@@ -34,6 +36,57 @@ class TokenExchangeSettings:
         """Lifetime of ID tokens minted by an exchange; ``None`` means DOT's ``ID_TOKEN_EXPIRE_SECONDS``."""
         value = self._get("ID_TOKEN_EXPIRE_SECONDS", None)
         return None if value is None else int(value)
+
+    @property
+    def IMPERSONATION_TOKEN_EXPIRE_SECONDS(self) -> int:
+        """Upper bound on the lifetime of impersonated tokens (default one hour).
+
+        Whatever the value, an impersonated token never outlives its actor token.
+        """
+        return int(self._get("IMPERSONATION_TOKEN_EXPIRE_SECONDS", 3600))
+
+    @property
+    def MAX_ACT_DEPTH(self) -> int:
+        """How many actors one token may name, outermost ``act`` included (RFC 8693 §4.1 nesting)."""
+        return int(self._get("MAX_ACT_DEPTH", 4))
+
+    @property
+    def ORGANIZATION_MODEL(self) -> str:
+        """``app_label.ModelName`` of the organizations impersonator grants are scoped to.
+
+        Like ``AUTH_USER_MODEL``, choose it before the first ``migrate``.
+        """
+        return str(self._get("ORGANIZATION_MODEL", "auth.Group"))
+
+    @property
+    def USER_ORGANIZATIONS(self) -> Callable[[Any], Any]:
+        """``callable(user)`` returning the primary keys of the user's organizations.
+
+        Default: the user's groups (``token_exchange.impersonation.user_groups``).
+        """
+        return self._callable("USER_ORGANIZATIONS", "token_exchange.impersonation.user_groups")
+
+    @property
+    def IS_ADMIN_SUBJECT(self) -> Callable[[Any], bool]:
+        """``callable(user)``: is this user an "admin" that only admin impersonators may impersonate?
+
+        Default: staff, superusers and holders of any impersonator grant
+        (``token_exchange.impersonation.is_admin_subject``).
+        """
+        return self._callable("IS_ADMIN_SUBJECT", "token_exchange.impersonation.is_admin_subject")
+
+    @property
+    def PRIVILEGED_URL_PREFIXES(self) -> tuple[str, ...] | None:
+        """URL path prefixes where ``ImpersonationGuardMiddleware`` refuses impersonated tokens.
+
+        ``None`` (the default) means the Django admin's prefix, when the admin is installed.
+        """
+        value = self._get("PRIVILEGED_URL_PREFIXES", None)
+        return None if value is None else tuple(value)
+
+    def _callable(self, name: str, default: str) -> Callable[..., Any]:
+        value = self._get(name, default)
+        return import_string(value) if isinstance(value, str) else value  # type: ignore[no-any-return]
 
 
 token_exchange_settings = TokenExchangeSettings()

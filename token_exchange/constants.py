@@ -18,6 +18,8 @@ USER_ID_TYPE: Final = "urn:django-token-exchange:params:oauth:token-type:user_id
 KNOWN_TOKEN_TYPES: Final = frozenset(
     {ACCESS_TOKEN_TYPE, REFRESH_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TYPE, USER_ID_TYPE}
 )
+# Token types an actor may present (RFC 8693 §2.1 actor_token_type): tokens this server issued.
+ACTOR_TOKEN_TYPES: Final = frozenset({ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE})
 # Subject token types that are no proof of the subject's consent: only an actor may use them.
 ACTOR_ONLY_SUBJECT_TYPES: Final = frozenset({JWT_TYPE, USER_ID_TYPE})
 REQUESTABLE_TOKEN_TYPES: Final = frozenset({ACCESS_TOKEN_TYPE, JWT_TYPE, ID_TOKEN_TYPE})
@@ -41,3 +43,7 @@ JWT_ACCESS_TOKEN_TYP: Final = "at+jwt"
 # Claim names (RFC 7519, RFC 8693 §4).
 ACT: Final = "act"
 MAY_ACT: Final = "may_act"
+
+# ImpersonatorGrant roles (ZITADEL's *_ADMIN_IMPERSONATOR and *_END_USER_IMPERSONATOR).
+ADMIN_IMPERSONATOR: Final = "admin_impersonator"
+END_USER_IMPERSONATOR: Final = "end_user_impersonator"

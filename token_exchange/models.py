@@ -1,6 +1,7 @@
 """Models of the token exchange app.
 
-``SecuritySettings`` and ``ClientPolicy`` are public API. ``ExchangedToken`` keeps what DOT's
+``SecuritySettings``, ``ClientPolicy``, ``ImpersonatorGrant`` and ``AuditEvent`` are public
+API. ``ExchangedToken`` keeps what DOT's
 token tables have no column for (the RFC 8693 audience, the ``act`` claim, a ``jti``) for every
 access and refresh token that an exchange, or a refresh of an exchanged token, issues.
 """
@@ -10,10 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import django
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from oauth2_provider.settings import oauth2_settings
+
+from . import constants
+from .conf import token_exchange_settings
 
 
 def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
@@ -154,3 +160,116 @@ class ExchangedToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.issued_token_type} {self.jti}"
+
+
+class ImpersonatorGrant(models.Model):
+    """A role that lets ``user`` impersonate others, instance-wide or within one organization.
+
+    ZITADEL's four roles are role by organization: IAM Admin Impersonator is an
+    ``ADMIN_IMPERSONATOR`` grant without organization, Org End User Impersonator an
+    ``END_USER_IMPERSONATOR`` grant for one organization, and so on. Who is covered by which
+    grant is decided in ``token_exchange.impersonation``.
+    """
+
+    class Role(models.TextChoices):
+        ADMIN_IMPERSONATOR = constants.ADMIN_IMPERSONATOR, _("Admin impersonator")
+        END_USER_IMPERSONATOR = constants.END_USER_IMPERSONATOR, _("End user impersonator")
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="impersonator_grants",
+        verbose_name=_("user"),
+    )
+    role = models.CharField(_("role"), max_length=32, choices=Role.choices)
+    organization = models.ForeignKey(
+        token_exchange_settings.ORGANIZATION_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("organization"),
+        help_text=_("Empty: every user of the instance. Otherwise only members of this organization."),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("impersonator grant")
+        verbose_name_plural = _("impersonator grants")
+        ordering = ["user_id", "role", "organization_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "role", "organization"],
+                name="token_exchange_impersonatorgrant_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "role"],
+                condition=Q(organization__isnull=True),
+                name="token_exchange_impersonatorgrant_unique_instance",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} — {self.zitadel_name}"
+
+    @property
+    def zitadel_name(self) -> str:
+        """The name a ZITADEL user knows this role by (IAM or Org, Admin or End User Impersonator)."""
+        where = "Org" if self.organization_id is not None else "IAM"
+        who = "Admin Impersonator" if self.role == self.Role.ADMIN_IMPERSONATOR else "End User Impersonator"
+        return f"{where} {who}"
+
+
+class AuditEvent(models.Model):
+    """One row per impersonated token, per exchange and per refused exchange. Never updated.
+
+    The foreign keys are ``SET_NULL`` so that rows outlive the users and applications they
+    name; their ids are also copied into ``payload`` so a row stays readable afterwards.
+    ``payload`` never holds a token, only token ids (``jti``).
+    """
+
+    class EventType(models.TextChoices):
+        USER_IMPERSONATED = "user.impersonated", _("User impersonated")
+        TOKEN_EXCHANGED = "token.exchanged", _("Token exchanged")
+        TOKEN_EXCHANGE_REFUSED = "token.exchange_refused", _("Token exchange refused")
+
+    event_type = models.CharField(_("event type"), max_length=64, choices=EventType.choices)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("actor"),
+    )
+    subject = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("subject"),
+    )
+    application = models.ForeignKey(
+        oauth2_settings.APPLICATION_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("application"),
+    )
+    payload = models.JSONField(_("payload"), default=dict)
+    client_ip = models.GenericIPAddressField(_("client IP"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit events")
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="te_audit_created"),
+            models.Index(fields=["event_type", "-created_at"], name="te_audit_type_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} at {self.created_at:%Y-%m-%d %H:%M:%S}"

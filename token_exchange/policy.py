@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
-from .constants import ID_TOKEN_TYPE, OFFLINE_ACCESS, OPENID
-from .exceptions import InvalidSubjectToken, ScopeRefusal, TargetRefusal
+from .constants import (
+    ACT,
+    ADMIN_IMPERSONATOR,
+    END_USER_IMPERSONATOR,
+    ID_TOKEN_TYPE,
+    OFFLINE_ACCESS,
+    OPENID,
+    SUBJECT_DATA_SCOPES,
+)
+from .exceptions import InvalidSubjectToken, Refusal, ScopeRefusal, TargetRefusal
 
 
 def may_present(*, client_id: str, token_client_id: str, token_audience: Iterable[str]) -> bool:
@@ -54,9 +64,13 @@ def resolve_audience(*, requested: tuple[str, ...], allowed: tuple[str, ...]) ->
     return tuple(dict.fromkeys(requested))
 
 
-def lifetime_seconds(*, now: datetime.datetime, default_seconds: int, not_after: datetime.datetime) -> int:
-    """Seconds the issued token lives: the configured lifetime, cut at the subject's expiry."""
-    seconds = min(default_seconds, int((not_after - now).total_seconds()))
+def lifetime_seconds(
+    *, now: datetime.datetime, default_seconds: int, not_after: datetime.datetime | None
+) -> int:
+    """Seconds the issued token lives: the configured lifetime, cut at the presented tokens' expiry."""
+    seconds = default_seconds
+    if not_after is not None:
+        seconds = min(seconds, int((not_after - now).total_seconds()))
     if seconds <= 0:
         raise InvalidSubjectToken("expired_token")
     return seconds
@@ -70,3 +84,133 @@ def issues_refresh_token(*, requested_token_type: str, scope: frozenset[str]) ->
 def issues_id_token(*, requested_token_type: str, scope: frozenset[str]) -> bool:
     """An ``id_token`` field with ``openid``, unless the ID token already is the ``access_token``."""
     return OPENID in scope and requested_token_type != ID_TOKEN_TYPE
+
+
+# Impersonation: who may act for whom (in the spirit of django-hijack's permission checks).
+
+
+@dataclass(frozen=True)
+class Party:
+    """What the impersonation rules know about one user: plain values, gathered beforehand."""
+
+    id: str
+    is_active: bool = True
+    is_superuser: bool = False
+    is_admin: bool = False  # TOKEN_EXCHANGE["IS_ADMIN_SUBJECT"]: staff, superuser, or impersonator
+    organizations: frozenset[Any] = frozenset()
+
+
+@dataclass(frozen=True)
+class Role:
+    """One ImpersonatorGrant of the actor: a role, instance-wide (``organization=None``) or not."""
+
+    role: str
+    organization: Any = None
+
+
+def covers(role: Role, subject: Party) -> bool:
+    """Does this grant cover the subject? Superusers are handled by ``impersonation_refusal``."""
+    if role.organization is not None and role.organization not in subject.organizations:
+        return False
+    if role.role == ADMIN_IMPERSONATOR:
+        return True
+    return role.role == END_USER_IMPERSONATOR and not subject.is_admin
+
+
+def impersonation_refusal(
+    *, allowed: bool, actor: Party, subject: Party, actor_roles: Iterable[Role]
+) -> str | None:
+    """``None`` if ``actor`` may obtain tokens for ``subject``; else the reason code.
+
+    ``allowed`` is the instance switch (``SecuritySettings.allow_impersonation``). A superuser
+    can be impersonated only by a superuser holding an instance-wide admin-impersonator grant:
+    an organization admin must never become the instance's owner.
+    """
+    if not allowed:
+        return "impersonation_disabled"
+    if not actor.is_active:
+        return "actor_inactive"
+    if not subject.is_active:
+        return "subject_inactive"
+    if actor.id == subject.id:
+        return "actor_is_subject"
+    roles = tuple(actor_roles)
+    if not roles:
+        return "actor_not_impersonator"
+    if subject.is_superuser:
+        instance_admin = any(r.role == ADMIN_IMPERSONATOR and r.organization is None for r in roles)
+        return None if actor.is_superuser and instance_admin else "subject_is_superuser"
+    if any(covers(role, subject) for role in roles):
+        return None
+    return "subject_not_covered"
+
+
+def may_impersonate(*, allowed: bool, actor: Party, subject: Party, actor_roles: Iterable[Role]) -> bool:
+    return (
+        impersonation_refusal(allowed=allowed, actor=actor, subject=subject, actor_roles=actor_roles) is None
+    )
+
+
+def actor_chain(act: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The actors an ``act`` claim names, the current one first (RFC 8693 §4.1)."""
+    chain: list[dict[str, Any]] = []
+    while isinstance(act, dict):
+        chain.append(act)
+        act = act.get(ACT)
+    return chain
+
+
+def act_claim(*, issuer: str, actor_id: str, prior: dict[str, Any] | None, max_depth: int) -> dict[str, Any]:
+    """The ``act`` of an impersonated token; a prior ``act`` is nested, never dropped (§4.1)."""
+    act: dict[str, Any] = {"iss": issuer, "sub": actor_id}
+    if prior is not None:
+        if len(actor_chain(prior)) + 1 > max_depth:
+            raise Refusal("act_chain_too_deep")
+        act[ACT] = prior
+    return act
+
+
+def satisfies_may_act(*, may_act: dict[str, Any] | None, issuer: str, actor_id: str) -> bool:
+    """RFC 8693 §4.4: a subject token's ``may_act`` names who may act for it; none = anyone."""
+    if may_act is None:
+        return True
+    return may_act.get("sub") == actor_id and may_act.get("iss", issuer) == issuer
+
+
+def resolve_impersonation_scope(
+    *,
+    requested: frozenset[str],
+    subject_scope: frozenset[str],
+    subject_authorizes: bool,
+    actor_scope: frozenset[str],
+    client_scopes: frozenset[str],
+) -> frozenset[str]:
+    """The scope of an impersonated token.
+
+    An access-token subject carries the customer's own authorization: the scope stays within
+    it. A subject that carries none (a user id, an ID token, a self-signed JWT) lends only
+    subject-data scopes (``openid profile email``, if the client may ask for them); every
+    authorization scope must come from the actor token. Omitted: the subject's, else the actor's.
+    """
+    if subject_authorizes:
+        return resolve_scope(requested=requested, subject_scope=subject_scope, client_scopes=client_scopes)
+    if not requested:
+        granted = (subject_scope or actor_scope) & client_scopes
+        if not granted:
+            raise ScopeRefusal("no_scope_left")
+        return granted
+    if not requested <= client_scopes:
+        raise ScopeRefusal("scope_not_allowed_for_client")
+    if not (requested - SUBJECT_DATA_SCOPES) <= actor_scope:
+        raise ScopeRefusal("scope_exceeds_actor")
+    return requested
+
+
+def resolve_impersonation_audience(
+    *, requested: tuple[str, ...], subject_audience: tuple[str, ...], actor_audience: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Within the subject and actor audiences together; omitted: the subject's, else the actor's."""
+    if not requested:
+        return subject_audience or actor_audience
+    allowed = tuple(dict.fromkeys([*subject_audience, *actor_audience]))
+    return resolve_audience(requested=requested, allowed=allowed)

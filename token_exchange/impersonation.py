@@ -1,0 +1,82 @@
+"""Gathers the facts the impersonation rules in ``policy`` decide on.
+
+``policy.impersonation_refusal`` is pure; this module is the only one that asks the database
+who is an admin, which organizations a user belongs to and which grants an actor holds. The
+grant calls it for an exchange with an actor token, the validator for every refresh of an
+impersonated token, and the admin (later) to decide whether to show "Impersonate".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib.auth import get_user_model
+
+from .conf import token_exchange_settings
+from .models import ImpersonatorGrant
+from .policy import Party, Role, actor_chain, impersonation_refusal
+
+
+def user_groups(user: Any) -> Iterable[Any]:
+    """Default ``USER_ORGANIZATIONS``: the primary keys of the user's ``auth`` groups."""
+    return user.groups.values_list("pk", flat=True)  # type: ignore[no-any-return]
+
+
+def is_admin_subject(user: Any) -> bool:
+    """Default ``IS_ADMIN_SUBJECT``: staff, superusers and anyone holding an impersonator grant."""
+    if user.is_staff or user.is_superuser:
+        return True
+    return ImpersonatorGrant.objects.filter(user=user).exists()
+
+
+def roles_of(user: Any) -> tuple[Role, ...]:
+    rows = ImpersonatorGrant.objects.filter(user=user).values_list("role", "organization_id")
+    return tuple(Role(role=role, organization=organization) for role, organization in rows)
+
+
+def actor_party(user: Any) -> Party:
+    return Party(id=str(user.pk), is_active=user.is_active, is_superuser=user.is_superuser)
+
+
+def subject_party(user: Any) -> Party:
+    return Party(
+        id=str(user.pk),
+        is_active=user.is_active,
+        is_superuser=user.is_superuser,
+        is_admin=bool(token_exchange_settings.IS_ADMIN_SUBJECT(user)),
+        organizations=frozenset(token_exchange_settings.USER_ORGANIZATIONS(user)),
+    )
+
+
+def refusal(*, allowed: bool, actor: Any, subject: Any) -> str | None:
+    """Why ``actor`` may not impersonate ``subject`` now, or ``None`` if they may."""
+    if not allowed:
+        return "impersonation_disabled"
+    return impersonation_refusal(
+        allowed=allowed,
+        actor=actor_party(actor),
+        subject=subject_party(subject),
+        actor_roles=roles_of(actor),
+    )
+
+
+def recheck(*, allowed: bool, act: dict[str, Any], subject: Any, issuer: str) -> str | None:
+    """Re-decide a token's ``act`` chain: every actor it names must still be allowed.
+
+    Used when an impersonated token is refreshed: the switch may have been turned off, a grant
+    withdrawn, the actor or the customer deactivated since the token was issued.
+    """
+    if not allowed:
+        return "impersonation_disabled"
+    User = get_user_model()
+    for link in actor_chain(act):
+        if link.get("iss") != issuer:
+            return "foreign_actor"
+        actor = User._default_manager.filter(pk=str(link.get("sub"))).first()
+        if actor is None:
+            return "actor_deleted"
+        reason = refusal(allowed=allowed, actor=actor, subject=subject)
+        if reason is not None:
+            return reason
+    return None
