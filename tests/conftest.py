@@ -1,5 +1,6 @@
 """Fixtures are people and clients, as in ZITADEL's guide: the portal web app exchanges tokens,
-aggregates and settings are APIs, ``end_user`` is the customer and ``mallory`` an attacker."""
+aggregates and settings are APIs, ``end_user`` is the customer, ``support`` an impersonator of
+the customer's organization (ACME) and ``mallory`` an attacker."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from oauth2_provider.models import get_access_token_model, get_application_model
 from example_project.demo import data
 from example_project.demo.login import authorization_code_login
 from token_exchange.constants import GRANT_TYPE
-from token_exchange.models import ClientPolicy
+from token_exchange.models import AuditEvent, ClientPolicy, ImpersonatorGrant, SecuritySettings
 
 Application = get_application_model()
 CRM = "https://crm.example.com/"
@@ -61,6 +62,41 @@ def end_user(django_user_model: Any) -> Any:
 
 
 @pytest.fixture
+def acme(db: None) -> Any:
+    """The customer's organization (an auth.Group, the default organization model)."""
+    from django.contrib.auth.models import Group
+
+    return Group.objects.create(name="ACME")
+
+
+def grant(
+    user: Any, role: str = ImpersonatorGrant.Role.END_USER_IMPERSONATOR, organization: Any = None
+) -> Any:
+    return ImpersonatorGrant.objects.create(user=user, role=role, organization=organization)
+
+
+@pytest.fixture
+def support(django_user_model: Any, acme: Any) -> Any:
+    """ORG_END_USER_IMPERSONATOR of ACME, as in the guide; a member of ACME like the customer."""
+    user = django_user_model.objects.create_user("support", "support@example.com", "pw")
+    user.groups.add(acme)
+    grant(user, ImpersonatorGrant.Role.END_USER_IMPERSONATOR, acme)
+    return user
+
+
+@pytest.fixture
+def impersonation_allowed(db: None) -> SecuritySettings:
+    settings_row = SecuritySettings.load()
+    settings_row.allow_impersonation = True
+    settings_row.save()
+    return settings_row
+
+
+def refusals() -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(event_type=AuditEvent.EventType.TOKEN_EXCHANGE_REFUSED))
+
+
+@pytest.fixture
 def mallory(django_user_model: Any) -> Any:
     return django_user_model.objects.create_user("mallory", "mallory@example.com", "pw")
 
@@ -100,6 +136,18 @@ def login(portal: Any) -> Callable[..., dict[str, Any]]:
         )
 
     return run
+
+
+@pytest.fixture
+def end_user_in_acme(end_user: Any, acme: Any) -> Any:
+    end_user.groups.add(acme)
+    return end_user
+
+
+@pytest.fixture
+def support_tokens(login: Callable[..., dict[str, Any]], support: Any) -> dict[str, Any]:
+    """The impersonator's own tokens after logging in to the portal (the actor tokens)."""
+    return login(support)
 
 
 @pytest.fixture

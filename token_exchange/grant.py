@@ -8,6 +8,7 @@ error, so every refusal is logged in one way.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 from dataclasses import dataclass
@@ -21,11 +22,12 @@ from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 from oauthlib.oauth2.rfc6749.grant_types.base import GrantTypeBase
 
-from . import policy
+from . import audit, impersonation, policy
 from .conf import token_exchange_settings
 from .constants import (
     ACCESS_TOKEN_TYPE,
     ACTOR_ONLY_SUBJECT_TYPES,
+    ACTOR_TOKEN_TYPES,
     GRANT_TYPE,
     ID_TOKEN_TYPE,
     JWT_TYPE,
@@ -35,7 +37,7 @@ from .constants import (
     REPEATABLE_PARAMETERS,
     REQUESTABLE_TOKEN_TYPES,
 )
-from .exceptions import InvalidSubjectToken, InvalidTargetError, Refusal, ScopeRefusal
+from .exceptions import InvalidActorToken, InvalidSubjectToken, InvalidTargetError, Refusal, ScopeRefusal
 from .minting import Issuance, mint
 from .models import ClientPolicy, SecuritySettings
 from .tokens import VerifiedToken, read_token
@@ -48,6 +50,17 @@ MAX_TOKEN_LENGTH = 16 * 1024
 
 # Parameters that carry credentials: they must never travel in a URL (RFC 9700 §4.3.2).
 _BODY_ONLY = frozenset({"subject_token", "actor_token", "client_secret", "client_assertion"})
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What the rules allow the issued tokens to be: scope, target, ``act`` and latest expiry."""
+
+    scope: frozenset[str]
+    audience: tuple[str, ...]
+    resource: tuple[str, ...]
+    act: dict[str, Any] | None
+    not_after: datetime.datetime | None
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,8 @@ def parse_parameters(request: Request) -> ExchangeParameters:
         raise _invalid_request("actor_token and actor_token_type must be sent together.")
     if subject_token_type == REFRESH_TOKEN_TYPE or actor_token_type == REFRESH_TOKEN_TYPE:
         raise _invalid_request("Refresh tokens cannot be exchanged; use the refresh_token grant.")
+    if actor_token_type is not None and actor_token_type not in ACTOR_TOKEN_TYPES:
+        raise _invalid_request("Unsupported actor_token_type.")
     if subject_token_type in ACTOR_ONLY_SUBJECT_TYPES and actor_token is None:
         raise _invalid_request("This subject_token_type is only accepted together with an actor_token.")
     if requested_token_type not in REQUESTABLE_TOKEN_TYPES:
@@ -147,21 +162,33 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
     def exchange(self, request: Request, token_handler: Any) -> dict[str, Any]:
         if request.grant_type != GRANT_TYPE:
             raise errors.UnsupportedGrantTypeError()
-        if not SecuritySettings.load().token_exchange_enabled:
+        security = SecuritySettings.load()
+        if not security.token_exchange_enabled:
             raise errors.UnsupportedGrantTypeError(description="Token exchange is disabled.")
         self.check_request_shape(request)
         client = self.authenticate_client(request)
-        params = parse_parameters(request)
+        # From here on the client is known: every refusal is logged and audited.
+        context = audit.AuditContext(application=client, client_ip=audit.client_ip(request.headers))
+        context.note_types(request.decoded_body or [])
         try:
-            issuance = self.decide(request, client, params)
+            self.check_client_policy(client)
+            params = parse_parameters(request)
+            issuance = self.decide(request, client, params, security, context)
         except Refusal as refusal:
-            logger.info("Token exchange refused for client %s: %s", client.client_id, refusal.reason)
+            self.refuse(context, refusal.reason, refusal.error_class.error)
             raise refusal.as_oauth2_error() from refusal
+        except errors.OAuth2Error as error:
+            self.refuse(context, error.error, error.error)
+            raise
         return mint(
             issuance,
             new_access_token=lambda: str(token_handler.token_generator(request)),
             new_refresh_token=lambda: str(token_handler.refresh_token_generator(request)),
         )
+
+    def refuse(self, context: audit.AuditContext, reason: str, error: str) -> None:
+        logger.info("Token exchange refused for client %s: %s", context.application.client_id, reason)
+        audit.refused(context, reason=reason, error=error)
 
     def check_request_shape(self, request: Request) -> None:
         duplicates = set(request.duplicate_params) - REPEATABLE_PARAMETERS
@@ -171,7 +198,7 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             raise _invalid_request("Credentials and tokens must be sent in the request body.")
 
     def authenticate_client(self, request: Request) -> Any:
-        """Only confidential clients that authenticate, and whose policy allows it, may exchange."""
+        """Only confidential clients that authenticate may exchange."""
         if not self.request_validator.authenticate_client(request):
             raise errors.InvalidClientError(description="Client authentication failed.")
         client = request.client
@@ -180,23 +207,33 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             # client_id must never be enough to mint new tokens.
             raise errors.InvalidClientError(description="Public clients cannot use token exchange.")
         request.client_id = client.client_id
+        return client
+
+    def check_client_policy(self, client: Any) -> None:
         if not ClientPolicy.objects.filter(application=client, token_exchange_enabled=True).exists():
             raise errors.UnauthorizedClientError(
                 description="This client is not allowed to use token exchange."
             )
-        return client
 
-    def decide(self, request: Request, client: Any, params: ExchangeParameters) -> Issuance:
-        if params.actor_token is not None:
-            # Impersonation needs SecuritySettings.allow_impersonation, impersonator roles and
-            # the audit trail; until those exist, an actor token is refused outright.
-            raise Refusal("impersonation_unavailable")
-
+    def decide(
+        self,
+        request: Request,
+        client: Any,
+        params: ExchangeParameters,
+        security: SecuritySettings,
+        context: audit.AuditContext,
+    ) -> Issuance:
         issuer = self.request_validator.get_oidc_issuer_endpoint(request)
+        context.issuer = issuer
+        if params.actor_token is not None and not security.allow_impersonation:
+            # Before any token is read: with the switch off, nothing about them is revealed.
+            raise Refusal("impersonation_disabled")
+
         subject = read_token(
             params.subject_token_type, params.subject_token, InvalidSubjectToken, issuer=issuer
         )
-        if not policy.may_present(
+        context.subject = subject.user
+        if subject.client_id is not None and not policy.may_present(
             client_id=client.client_id, token_client_id=subject.client_id, token_audience=subject.audience
         ):
             raise InvalidSubjectToken("token_of_another_client")
@@ -204,10 +241,13 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         client_scopes = frozenset(
             get_scopes_backend().get_available_scopes(application=client, request=request)
         )
-        scope = policy.resolve_scope(
-            requested=params.scope, subject_scope=subject.scope, client_scopes=client_scopes
-        )
-        audience = policy.resolve_audience(requested=params.target, allowed=subject.audience)
+        if params.actor_token is None:
+            terms = self.exchange_terms(params, subject, client_scopes)
+        else:
+            actor = self.read_actor(params, client, issuer, context)
+            terms = self.impersonation_terms(params, subject, actor, client_scopes, security, issuer)
+
+        scope = terms.scope
         requested = params.requested_token_type
         issue_id_token = policy.issues_id_token(requested_token_type=requested, scope=scope)
         if requested == ID_TOKEN_TYPE and OPENID not in scope:
@@ -228,19 +268,93 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             user=subject.user,
             requested_token_type=requested,
             scope=scope,
-            audience=audience,
-            # Narrowed tokens are restricted to exactly their audience; otherwise the token
-            # is as restricted (or not) as the one it was exchanged for.
-            resource=audience if params.target else subject.resource,
-            expires_in=self.lifetime(subject, requested),
+            audience=terms.audience,
+            resource=terms.resource,
+            expires_in=self.lifetime(requested, terms.not_after, impersonated=terms.act is not None),
             issue_refresh_token=policy.issues_refresh_token(requested_token_type=requested, scope=scope),
             issue_id_token=issue_id_token,
             issuer=issuer,
             subject_claims=subject_claims,
-            act=subject.act,
+            audit_context=context,
+            act=terms.act,
         )
 
-    def lifetime(self, subject: VerifiedToken, requested_token_type: str) -> int:
+    def exchange_terms(
+        self, params: ExchangeParameters, subject: VerifiedToken, client_scopes: frozenset[str]
+    ) -> Terms:
+        """An exchange without an actor: within the subject token, and keeping its ``act``."""
+        scope = policy.resolve_scope(
+            requested=params.scope, subject_scope=subject.scope, client_scopes=client_scopes
+        )
+        audience = policy.resolve_audience(requested=params.target, allowed=subject.audience)
+        return Terms(
+            scope=scope,
+            audience=audience,
+            # Narrowed tokens are restricted to exactly their audience; otherwise the token
+            # is as restricted (or not) as the one it was exchanged for.
+            resource=audience if params.target else subject.resource,
+            act=subject.act,
+            not_after=subject.expires,
+        )
+
+    def read_actor(
+        self, params: ExchangeParameters, client: Any, issuer: str, context: audit.AuditContext
+    ) -> VerifiedToken:
+        assert params.actor_token is not None
+        assert params.actor_token_type is not None
+        actor = read_token(params.actor_token_type, params.actor_token, InvalidActorToken, issuer=issuer)
+        context.actor = actor.user
+        assert actor.client_id is not None  # actors present tokens, never bare user ids
+        if not policy.may_present(
+            client_id=client.client_id, token_client_id=actor.client_id, token_audience=actor.audience
+        ):
+            raise InvalidActorToken("token_of_another_client")
+        if actor.act is not None:
+            # An impersonated token acting again would hide who really acts behind a new act.
+            raise InvalidActorToken("actor_token_carries_act")
+        return actor
+
+    def impersonation_terms(
+        self,
+        params: ExchangeParameters,
+        subject: VerifiedToken,
+        actor: VerifiedToken,
+        client_scopes: frozenset[str],
+        security: SecuritySettings,
+        issuer: str,
+    ) -> Terms:
+        """An exchange with an actor: the impersonation rules, then scope, audience and ``act``."""
+        actor_id = str(actor.user.pk)
+        if not policy.satisfies_may_act(may_act=subject.may_act, issuer=issuer, actor_id=actor_id):
+            raise Refusal("may_act_mismatch")
+        reason = impersonation.refusal(
+            allowed=security.allow_impersonation, actor=actor.user, subject=subject.user
+        )
+        if reason is not None:
+            raise Refusal(reason)
+        act = policy.act_claim(
+            issuer=issuer,
+            actor_id=actor_id,
+            prior=subject.act,
+            max_depth=token_exchange_settings.MAX_ACT_DEPTH,
+        )
+        scope = policy.resolve_impersonation_scope(
+            requested=params.scope,
+            subject_scope=subject.scope,
+            subject_authorizes=subject.token_type == ACCESS_TOKEN_TYPE,
+            actor_scope=actor.scope,
+            client_scopes=client_scopes,
+        )
+        audience = policy.resolve_impersonation_audience(
+            requested=params.target, subject_audience=subject.audience, actor_audience=actor.audience
+        )
+        resource = audience if params.target else subject.resource if subject.audience else actor.resource
+        expiries = [moment for moment in (subject.expires, actor.expires) if moment is not None]
+        return Terms(scope=scope, audience=audience, resource=resource, act=act, not_after=min(expiries))
+
+    def lifetime(
+        self, requested_token_type: str, not_after: datetime.datetime | None, *, impersonated: bool
+    ) -> int:
         if requested_token_type == ID_TOKEN_TYPE:
             default = (
                 token_exchange_settings.ID_TOKEN_EXPIRE_SECONDS or oauth2_settings.ID_TOKEN_EXPIRE_SECONDS
@@ -250,6 +364,7 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
                 token_exchange_settings.ACCESS_TOKEN_EXPIRE_SECONDS
                 or oauth2_settings.ACCESS_TOKEN_EXPIRE_SECONDS
             )
-        return policy.lifetime_seconds(
-            now=timezone.now(), default_seconds=int(default), not_after=subject.expires
-        )
+        seconds = int(default)
+        if impersonated:
+            seconds = min(seconds, token_exchange_settings.IMPERSONATION_TOKEN_EXPIRE_SECONDS)
+        return policy.lifetime_seconds(now=timezone.now(), default_seconds=seconds, not_after=not_after)

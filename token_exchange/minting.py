@@ -27,7 +27,7 @@ from oauth2_provider.models import (
 )
 from oauth2_provider.settings import oauth2_settings
 
-from . import jose
+from . import audit, jose
 from .constants import (
     ACT,
     BEARER,
@@ -55,6 +55,7 @@ class Issuance:
     issue_id_token: bool
     issuer: str
     subject_claims: dict[str, Any]  # OIDC claims about the user (sub, profile, email), by scope
+    audit_context: audit.AuditContext
     act: dict[str, Any] | None = None
 
 
@@ -154,8 +155,8 @@ def mint(
 ) -> dict[str, Any]:
     """Create and store the tokens; return the RFC 8693 §2.2.1 response body.
 
-    All rows are written in one transaction: either every token of the response exists, or
-    none does.
+    All rows, the audit rows included, are written in one transaction: either every token of
+    the response and its audit trail exist, or none does.
     """
     now = timezone.now()
     expires = now + datetime.timedelta(seconds=issuance.expires_in)
@@ -165,11 +166,14 @@ def mint(
         "scope": _scope_string(issuance.scope),
     }
     AccessToken = get_access_token_model()
-    with transaction.atomic(using=router.db_for_write(AccessToken)):
+    using = router.db_for_write(AccessToken)
+    with transaction.atomic(using=using):
         if issuance.requested_token_type == ID_TOKEN_TYPE:
             # RFC 8693 §2.2.1: the ID token travels in access_token and is no bearer token.
             id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=None)
-            _record(issuance, ID_TOKEN_TYPE, id_token=id_row).save()
+            record = _record(issuance, ID_TOKEN_TYPE, id_token=id_row)
+            record.save()
+            _audit(issuance, [record], using)
             response.update(access_token=id_token, token_type=NOT_APPLICABLE)
             return response
 
@@ -214,4 +218,18 @@ def mint(
             response["refresh_token"] = refresh_token
 
         ExchangedToken.objects.bulk_create(records)
+        _audit(issuance, records, using)
     return response
+
+
+def _audit(issuance: Issuance, records: list[ExchangedToken], using: str) -> None:
+    audit.issued(
+        issuance.audit_context,
+        tokens=records,
+        issued_token_type=issuance.requested_token_type,
+        scope=_scope_string(issuance.scope),
+        audience=issuance.audience,
+        expires_in=issuance.expires_in,
+        act=issuance.act,
+        using=using,
+    )

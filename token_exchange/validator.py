@@ -1,24 +1,38 @@
 """DOT's request validator, taught to refresh exchanged tokens without losing their claims.
 
 An exchanged token's audience may name clients as well as RFC 8707 resource URIs, and it may
-carry ``act``. When the refresh_token grant rotates such a token, the new access and refresh
-tokens keep the audience, resource restriction and ``act`` of the old one, and a refresh may
+carry ``act``. When the refresh_token grant rotates such a token, the new access, refresh and
+ID tokens keep the audience, resource restriction and ``act`` of the old one, and a refresh may
 narrow the audience but never widen it.
+
+A refresh of an impersonated token (one with ``act``) is an impersonation again: the policy is
+re-decided (switch on, grants still held, everyone still active) or the refresh fails with
+``invalid_grant``; the new access token is capped at ``IMPERSONATION_TOKEN_EXPIRE_SECONDS``, and
+the refresh is audited as ``user.impersonated`` in the transaction that stores the tokens.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.db import router
+from oauth2_provider.models import get_access_token_model
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 
-from .constants import ACCESS_TOKEN_TYPE, REFRESH_TOKEN_TYPE
-from .models import ExchangedToken
+from . import audit, impersonation
+from .conf import token_exchange_settings
+from .constants import ACCESS_TOKEN_TYPE, ACT, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
+from .models import ExchangedToken, SecuritySettings
+
+logger = logging.getLogger("token_exchange")
 
 _RECORD = "token_exchange_refreshed"
+_ISSUED = "token_exchange_issued"
 
 
 class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
@@ -26,10 +40,42 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         self, refresh_token: str, client: Any, request: Request, *args: Any, **kwargs: Any
     ) -> bool:
         valid: bool = super().validate_refresh_token(refresh_token, client, request, *args, **kwargs)
-        if valid:
-            instance = request.refresh_token_instance
-            setattr(request, _RECORD, ExchangedToken.objects.filter(refresh_token=instance).first())
-        return valid
+        if not valid:
+            return False
+        instance = request.refresh_token_instance
+        record = ExchangedToken.objects.filter(refresh_token=instance).first()
+        setattr(request, _RECORD, record)
+        setattr(request, _ISSUED, [])
+        if record is not None and record.act is not None:
+            return self._recheck_impersonation(record.act, client, request)
+        return True
+
+    def _refresh_context(self, request: Request, act: dict[str, Any]) -> audit.AuditContext:
+        context = audit.AuditContext(
+            application=request.client,
+            client_ip=audit.client_ip(request.headers),
+            grant_type="refresh_token",
+            subject=request.user,
+            issuer=self.get_oidc_issuer_endpoint(request),
+        )
+        context.actor = get_user_model()._default_manager.filter(pk=str(act.get("sub"))).first()
+        return context
+
+    def _recheck_impersonation(self, act: dict[str, Any], client: Any, request: Request) -> bool:
+        """The impersonation rules again, as of now; a refusal is logged and audited."""
+        context = self._refresh_context(request, act)
+        request.token_exchange_context = context
+        reason = impersonation.recheck(
+            allowed=SecuritySettings.load().allow_impersonation,
+            act=act,
+            subject=request.user,
+            issuer=context.issuer or "",
+        )
+        if reason is None:
+            return True
+        logger.info("Refresh of an impersonated token refused for client %s: %s", client.client_id, reason)
+        audit.refused(context, reason=reason, error="invalid_grant")
+        return False
 
     def _validate_resource_uris(self, request: Request, resources: list[str]) -> None:
         # Audience values this server itself bound to the refresh token (client_ids among
@@ -54,14 +100,48 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             return
         # DOT has set request.resource to the refresh token's restriction, or to the narrower
         # one the client asked for (checked above).
-        ExchangedToken.objects.create(
+        created = ExchangedToken.objects.create(
             jti=uuid.uuid4().hex,
             issued_token_type=issued_token_type,
-            audience=list(request.resource) or record.audience,
-            resource=list(request.resource),
+            audience=list(getattr(request, "resource", None) or []) or record.audience,
+            resource=list(getattr(request, "resource", None) or []),
             act=record.act,
             **token,
         )
+        getattr(request, _ISSUED).append(created)
+
+    def _save_bearer_token(self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any) -> Any:
+        # DOT runs this inside a transaction on the access token database: the audit row of an
+        # impersonated refresh is written, or rolled back, together with the tokens.
+        record: ExchangedToken | None = getattr(request, _RECORD, None)
+        if record is None or record.act is None:
+            return super()._save_bearer_token(token, request, *args, **kwargs)
+        cap = token_exchange_settings.IMPERSONATION_TOKEN_EXPIRE_SECONDS
+        token["expires_in"] = min(int(token.get("expires_in") or cap), cap)
+        result = super()._save_bearer_token(token, request, *args, **kwargs)
+        audit.issued(
+            request.token_exchange_context,
+            tokens=getattr(request, _ISSUED),
+            issued_token_type=ACCESS_TOKEN_TYPE,
+            scope=token["scope"],
+            audience=list(getattr(request, "resource", None) or []) or record.audience,
+            expires_in=token["expires_in"],
+            act=record.act,
+            using=router.db_for_write(get_access_token_model()),
+        )
+        return result
+
+    def get_id_token_dictionary(self, token: Any, token_handler: Any, request: Request) -> Any:
+        claims, expiration_time = super().get_id_token_dictionary(token, token_handler, request)
+        record: ExchangedToken | None = getattr(request, _RECORD, None)
+        if record is not None and record.act is not None:
+            claims[ACT] = record.act
+        return claims, expiration_time
+
+    def _save_id_token(self, jti: Any, request: Request, expires: Any, *args: Any, **kwargs: Any) -> Any:
+        id_token = super()._save_id_token(jti, request, expires, *args, **kwargs)
+        self._copy_record(request, ID_TOKEN_TYPE, id_token=id_token)
+        return id_token
 
     def _create_access_token(
         self, expires: Any, request: Request, token: dict[str, Any], source_refresh_token: Any = None

@@ -22,11 +22,11 @@ class VerifiedToken:
 
     token_type: str  # the RFC 8693 identifier it was presented as
     user: AbstractBaseUser
-    client_id: str  # the client the token was issued to
+    client_id: str | None  # the client the token was issued to; None for a bare user id
     scope: frozenset[str]
     audience: tuple[str, ...]
     resource: tuple[str, ...]
-    expires: datetime.datetime
+    expires: datetime.datetime | None  # None: not a token, no expiry of its own (a user id)
     reference: str  # a loggable identifier (a jti or a row id), never the token itself
     act: dict[str, Any] | None = None
     may_act: dict[str, Any] | None = None

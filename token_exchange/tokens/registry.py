@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from ..constants import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE
+from ..constants import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, USER_ID_TYPE
 from ..exceptions import Refusal
 from .access_token import read_access_token
 from .base import VerifiedToken
 from .id_token import read_id_token
+from .user_id import read_user_id
 
 
 def read_token(token_type: str, value: str, refusal: type[Refusal], *, issuer: str) -> VerifiedToken:
@@ -15,4 +16,6 @@ def read_token(token_type: str, value: str, refusal: type[Refusal], *, issuer: s
         return read_access_token(value, token_type, refusal)
     if token_type == ID_TOKEN_TYPE:
         return read_id_token(value, token_type, refusal, issuer=issuer)
+    if token_type == USER_ID_TYPE:
+        return read_user_id(value, token_type, refusal)
     raise refusal("unsupported_token_type")

@@ -1,0 +1,167 @@
+"""The only writer of ``AuditEvent`` rows, and the only sender of the app's signals.
+
+Rows of issued tokens are written by ``minting`` inside the transaction that stores the
+tokens, so a token never exists without its audit row nor the reverse. A refusal row is
+written on its own, after the grant has decided to refuse. Signals go out after commit.
+
+Payloads carry ids (user ids, client ids, token ``jti`` values), never a token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import router, transaction
+from django.dispatch import Signal
+
+from . import signals
+from .constants import GRANT_TYPE, KNOWN_TOKEN_TYPES
+from .models import AuditEvent, ExchangedToken
+
+logger = logging.getLogger("token_exchange")
+
+EventType = AuditEvent.EventType
+
+_SIGNALS: dict[str, Signal] = {
+    EventType.USER_IMPERSONATED: signals.user_impersonated,
+    EventType.TOKEN_EXCHANGED: signals.token_exchanged,
+    EventType.TOKEN_EXCHANGE_REFUSED: signals.token_exchange_refused,
+}
+
+
+_TYPE_PARAMETERS = frozenset({"subject_token_type", "actor_token_type", "requested_token_type"})
+
+
+@dataclass
+class AuditContext:
+    """Who asked, from where, and what is known so far; filled in as the grant reads the request."""
+
+    application: Any
+    client_ip: str | None
+    grant_type: str = GRANT_TYPE
+    subject_token_type: str | None = None
+    actor_token_type: str | None = None
+    requested_token_type: str | None = None
+    subject: Any = None  # the subject's user, once a subject token was verified
+    actor: Any = None  # the actor's user, once an actor token was verified
+    issuer: str | None = None
+
+    def note_types(self, values: Iterable[tuple[str, str]]) -> None:
+        """Copy the token type identifiers of the form body; unknown strings are not kept."""
+        for key, value in values:
+            if key in _TYPE_PARAMETERS and value in KNOWN_TOKEN_TYPES:
+                setattr(self, key, value)
+
+
+def client_ip(headers: Any) -> str | None:
+    """``REMOTE_ADDR`` of the request (DOT copies ``META`` into oauthlib's headers).
+
+    Behind a proxy, set ``REMOTE_ADDR`` from a trusted ``X-Forwarded-For`` in a middleware; this
+    app never trusts forwarding headers on its own.
+    """
+    value = (headers or {}).get("REMOTE_ADDR")
+    try:
+        return str(ipaddress.ip_address(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _user(user: Any) -> dict[str, str]:
+    return {"user_id": str(user.pk)}
+
+
+def _base_payload(context: AuditContext) -> dict[str, Any]:
+    payload: dict[str, Any] = {"grant_type": context.grant_type}
+    if context.application is not None:
+        payload["applicationId"] = context.application.client_id
+    for key in ("subject_token_type", "actor_token_type", "requested_token_type"):
+        value = getattr(context, key)
+        if value is not None:
+            payload[key] = value
+    if context.subject is not None:
+        payload["subject"] = _user(context.subject)
+    if context.actor is not None:
+        # ZITADEL's "User impersonated" payload shape: actor {issuer, user_id}.
+        payload["actor"] = {"issuer": context.issuer, **_user(context.actor)}
+    return payload
+
+
+def _save(rows: list[AuditEvent], using: str) -> list[AuditEvent]:
+    for row in rows:
+        row.save(using=using)
+        transaction.on_commit(lambda row=row: _send(row), using=using)  # type: ignore[misc]
+    return rows
+
+
+def _send(event: AuditEvent) -> None:
+    for receiver, result in _SIGNALS[event.event_type].send_robust(sender=AuditEvent, event=event):
+        if isinstance(result, Exception):
+            logger.error(
+                "Receiver %r of %s failed", receiver, event.event_type, exc_info=(type(result), result, None)
+            )
+
+
+def issued(
+    context: AuditContext,
+    *,
+    tokens: Iterable[ExchangedToken],
+    issued_token_type: str,
+    scope: str,
+    audience: Iterable[str],
+    expires_in: int,
+    act: dict[str, Any] | None,
+    using: str,
+) -> list[AuditEvent]:
+    """``token.exchanged`` (for an exchange) and ``user.impersonated`` (when a token has ``act``).
+
+    Call inside the transaction that stores the tokens.
+    """
+    payload = _base_payload(context)
+    payload.update(
+        issued_token_type=issued_token_type,
+        scope=scope,
+        audience=list(audience),
+        expires_in=expires_in,
+        tokens=[{"token_type": token.issued_token_type, "jti": token.jti} for token in tokens],
+    )
+    if act is not None:
+        payload["act"] = act
+        # A token that keeps the act of the token it was exchanged for names that actor.
+        payload.setdefault("actor", {"issuer": act.get("iss"), "user_id": act.get("sub")})
+    common = {
+        "subject": context.subject,
+        "application": context.application,
+        "client_ip": context.client_ip,
+    }
+    rows = []
+    if context.grant_type == GRANT_TYPE:
+        rows.append(
+            AuditEvent(event_type=EventType.TOKEN_EXCHANGED, actor=context.actor, payload=payload, **common)
+        )
+    if act is not None:
+        rows.append(
+            AuditEvent(event_type=EventType.USER_IMPERSONATED, actor=context.actor, payload=payload, **common)
+        )
+    return _save(rows, using)
+
+
+def refused(context: AuditContext, *, reason: str, error: str) -> AuditEvent:
+    """``token.exchange_refused`` with the reason code the client is not told."""
+    payload = _base_payload(context)
+    payload.update(reason=reason, error=error)
+    event = AuditEvent(
+        event_type=EventType.TOKEN_EXCHANGE_REFUSED,
+        actor=context.actor,
+        subject=context.subject,
+        application=context.application,
+        client_ip=context.client_ip,
+        payload=payload,
+    )
+    using = router.db_for_write(AuditEvent)
+    with transaction.atomic(using=using):
+        _save([event], using)
+    return event

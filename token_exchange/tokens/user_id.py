@@ -1,0 +1,37 @@
+"""``urn:django-token-exchange:params:oauth:token-type:user_id``: a Django user's primary key.
+
+Not a token and no proof of anything: the grant accepts it only beside an actor token, and the
+impersonation rules decide whether that actor may act for this user. It carries no scope, no
+audience and no expiry of its own.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+
+from ..exceptions import Refusal
+from .base import VerifiedToken
+
+
+def read_user_id(value: str, token_type: str, refusal: type[Refusal]) -> VerifiedToken:
+    User = get_user_model()
+    try:
+        pk = User._meta.pk.to_python(value) if User._meta.pk is not None else value
+        user = User._default_manager.filter(pk=pk).first()
+    except (ValidationError, ValueError, TypeError, OverflowError) as exc:
+        raise refusal("malformed_user_id") from exc
+    if user is None:
+        raise refusal("unknown_user")
+    if not user.is_active:
+        raise refusal("inactive_user")
+    return VerifiedToken(
+        token_type=token_type,
+        user=user,
+        client_id=None,
+        scope=frozenset(),
+        audience=(),
+        resource=(),
+        expires=None,
+        reference=f"user:{user.pk}",
+    )
