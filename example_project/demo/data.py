@@ -20,11 +20,34 @@ class DemoUser:
     last_name: str
     is_staff: bool = False
     is_superuser: bool = False
+    organization: str | None = None
+    # (role, organization or None for the whole instance), as in the guide's role table.
+    impersonator: tuple[str, str | None] | None = None
 
+
+ORGANIZATION = "ACME"
 
 USERS = (
-    DemoUser("end-user", "end-user-password", "end", "user"),
-    DemoUser("support", "support-password", "support", "agent", is_staff=True),
-    DemoUser("admin", "admin-password", "instance", "admin", is_staff=True, is_superuser=True),
+    DemoUser("end-user", "end-user-password", "end", "user", organization=ORGANIZATION),
+    # ORG_END_USER_IMPERSONATOR of ACME, as in the guide.
+    DemoUser(
+        "support",
+        "support-password",
+        "support",
+        "agent",
+        is_staff=True,
+        organization=ORGANIZATION,
+        impersonator=("end_user_impersonator", ORGANIZATION),
+    ),
+    # IAM_ADMIN_IMPERSONATOR: the only kind of grant that lets a superuser impersonate a superuser.
+    DemoUser(
+        "admin",
+        "admin-password",
+        "instance",
+        "admin",
+        is_staff=True,
+        is_superuser=True,
+        impersonator=("admin_impersonator", None),
+    ),
 )
 APIS = (("aggregates", "aggregates-secret"), ("settings", "settings-secret"))

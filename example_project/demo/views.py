@@ -2,12 +2,14 @@
 
 Each accepts a bearer token only when the token's audience contains its resource URI, and
 answers who the token is for (``sub``), what it may do (``scope``) and who is acting (``act``).
+The settings API is privileged: like ZITADEL's own API, it refuses impersonated tokens (403).
 """
 
 from __future__ import annotations
 
 from django.http import HttpRequest, JsonResponse
 
+from token_exchange.guard import refuse_impersonated
 from token_exchange.tokens import access_token_claims, load_access_token
 
 AGGREGATES = "https://aggregates.example.com/"
@@ -36,5 +38,6 @@ def aggregates(request: HttpRequest) -> JsonResponse:
     return _bearer_api(request, AGGREGATES)
 
 
+@refuse_impersonated
 def settings_api(request: HttpRequest) -> JsonResponse:
     return _bearer_api(request, SETTINGS)

@@ -3,12 +3,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from oauth2_provider.models import get_application_model
 
 from example_project.demo import data
-from token_exchange.models import ClientPolicy, SecuritySettings
+from token_exchange.models import ClientPolicy, ImpersonatorGrant, SecuritySettings
 
 
 class Command(BaseCommand):
@@ -32,6 +33,18 @@ class Command(BaseCommand):
             )
             user.set_password(spec.password)
             user.save()
+            organization = None
+            if spec.organization is not None:
+                organization, _ = Group.objects.get_or_create(name=spec.organization)
+                user.groups.add(organization)
+            ImpersonatorGrant.objects.filter(user=user).delete()
+            if spec.impersonator is not None:
+                role, scope = spec.impersonator
+                ImpersonatorGrant.objects.create(
+                    user=user,
+                    role=role,
+                    organization=Group.objects.get(name=scope) if scope is not None else None,
+                )
 
         portal, _ = Application.objects.update_or_create(
             client_id=data.PORTAL_CLIENT_ID,
@@ -58,7 +71,10 @@ class Command(BaseCommand):
                     "hash_client_secret": True,
                 },
             )
-        SecuritySettings.load()
+        # The demo shows impersonation, so it turns the instance switch on (the default is off).
+        security = SecuritySettings.load()
+        security.allow_impersonation = True
+        security.save()
 
         self.stdout.write("Demo data ready.\n")
         self.stdout.write(
@@ -67,4 +83,9 @@ class Command(BaseCommand):
         for name, secret in data.APIS:
             self.stdout.write(f"  client {name:<11} {name} / {secret} (introspection)")
         for spec in data.USERS:
-            self.stdout.write(f"  user   {spec.username:<11} password {spec.password}")
+            roles = ""
+            if spec.impersonator is not None:
+                role, scope = spec.impersonator
+                roles = f" ({role}, {scope or 'whole instance'})"
+            self.stdout.write(f"  user   {spec.username:<11} password {spec.password}{roles}")
+        self.stdout.write("  Allow impersonation: on (turn it off under Admin > Security settings)")

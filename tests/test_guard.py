@@ -1,0 +1,122 @@
+"""Impersonated tokens stay out of privileged places: DRF permission, decorator, middleware."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client, override_settings
+
+from token_exchange.constants import ACCESS_TOKEN_TYPE, USER_ID_TYPE
+
+pytestmark = pytest.mark.django_db
+ISSUER = "http://127.0.0.1:8000/o"
+
+
+@pytest.fixture
+def support_tokens(login, support) -> dict[str, Any]:
+    """Not restricted to resource indicators, so DOT accepts them at any URL of this site."""
+    return login(support, resources=())
+
+
+@pytest.fixture
+def user_tokens(login, end_user_in_acme) -> dict[str, Any]:
+    return login(end_user_in_acme, resources=())
+
+
+@pytest.fixture
+def impersonated(token_endpoint, portal, impersonation_allowed, support_tokens, end_user_in_acme) -> str:
+    response = token_endpoint.exchange(
+        portal,
+        subject_token=str(end_user_in_acme.pk),
+        subject_token_type=USER_ID_TYPE,
+        actor_token=support_tokens["access_token"],
+        actor_token_type=ACCESS_TOKEN_TYPE,
+        scope="openid read",
+    )
+    assert response.status_code == 200, response.content
+    return str(response.json()["access_token"])
+
+
+def get(path: str, token: str) -> Any:
+    return Client().get(path, HTTP_AUTHORIZATION=f"Bearer {token}")
+
+
+@override_settings(ROOT_URLCONF="tests.urls_with_drf")
+def test_drf_permission_refuses_impersonated_tokens(impersonated, user_tokens, end_user_in_acme):
+    refused = get("/drf/account/", impersonated)
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == "Impersonated tokens cannot be used here."
+    assert get("/drf/account/", user_tokens["access_token"]).status_code == 200
+
+
+@override_settings(ROOT_URLCONF="tests.urls_with_drf")
+def test_drf_views_can_read_the_actor(impersonated, user_tokens, support, end_user_in_acme):
+    body = get("/drf/orders/", impersonated).json()
+    assert body == {"sub": str(end_user_in_acme.pk), "act": {"iss": ISSUER, "sub": str(support.pk)}}
+    assert get("/drf/orders/", user_tokens["access_token"]).json()["act"] is None
+
+
+def test_decorated_view_refuses_impersonated_tokens(
+    token_endpoint, portal, login, impersonation_allowed, support, end_user_in_acme
+):
+    actor = login(support)["access_token"]  # with the demo's resource indicators for both APIs
+    customer = login(end_user_in_acme)["access_token"]
+    impersonated = token_endpoint.exchange(
+        portal,
+        subject_token=customer,
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        actor_token=actor,
+        actor_token_type=ACCESS_TOKEN_TYPE,
+    ).json()["access_token"]
+    assert get("/api/settings/", impersonated).status_code == 403
+    assert get("/api/settings/", impersonated).json()["error"] == "access_denied"
+    assert get("/api/aggregates/", impersonated).status_code == 200
+    assert get("/api/settings/", customer).status_code == 200
+
+
+@override_settings(
+    AUTHENTICATION_BACKENDS=[
+        "oauth2_provider.backends.OAuth2Backend",
+        "django.contrib.auth.backends.ModelBackend",
+    ],
+    MIDDLEWARE=[
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "oauth2_provider.middleware.OAuth2TokenMiddleware",
+        "token_exchange.guard.ImpersonationGuardMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+    ],
+)
+def test_middleware_keeps_impersonated_tokens_out_of_the_admin(
+    token_endpoint, portal, login, impersonation_allowed, django_user_model
+):
+    """With DOT's OAuth2TokenMiddleware a bearer token logs in; an impersonated one must not."""
+    from token_exchange.models import ImpersonatorGrant
+
+    staff = django_user_model.objects.create_user("staff", "staff@example.com", "pw", is_staff=True)
+    staff.is_superuser = True
+    staff.save()
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+    ImpersonatorGrant.objects.create(user=root, role=ImpersonatorGrant.Role.ADMIN_IMPERSONATOR)
+    own = login(staff, resources=())["access_token"]
+    assert get("/admin/", own).status_code == 200  # the staff user's own token opens the admin
+
+    impersonated = token_endpoint.exchange(
+        portal,
+        subject_token=str(staff.pk),
+        subject_token_type=USER_ID_TYPE,
+        actor_token=login(root, resources=())["access_token"],
+        actor_token_type=ACCESS_TOKEN_TYPE,
+    ).json()["access_token"]
+
+    response = get("/admin/", impersonated)
+    assert response.status_code == 403
+    assert get("/admin/auth/user/", impersonated).status_code == 403
+    # Elsewhere the middleware stays out of the way (the API then checks the audience itself).
+    assert get("/api/aggregates/", impersonated).json()["error"] != "access_denied"
+
+
+@override_settings(TOKEN_EXCHANGE={"PRIVILEGED_URL_PREFIXES": ["/drf/"]}, ROOT_URLCONF="tests.urls_with_drf")
+def test_privileged_prefixes_are_a_setting(impersonated):
+    assert get("/drf/orders/", impersonated).status_code == 403
