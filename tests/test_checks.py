@@ -24,7 +24,8 @@ def _reload_dot_settings():
 
 def run() -> list[str]:
     oauth2_settings.reload()
-    return [message.id for message in checks.check_dot_settings() + checks.check_token_view()]
+    messages = checks.check_dot_settings() + checks.check_token_view() + checks.check_impersonation_guard()
+    return [message.id for message in messages]
 
 
 def test_example_project_passes():
@@ -72,3 +73,16 @@ def test_w001_no_rsa_key():
         OAUTH2_SERVER_CLASS="token_exchange.server.Server",
     ):
         assert run() == ["token_exchange.W001"]
+
+
+def test_w002_bearer_login_without_the_guard():
+    bearer_login = "oauth2_provider.middleware.OAuth2TokenMiddleware"
+    guard = "token_exchange.guard.ImpersonationGuardMiddleware"
+    without_guard = [m for m in settings.MIDDLEWARE if m != guard]
+    with override_settings(MIDDLEWARE=[*without_guard, bearer_login]):
+        assert run() == ["token_exchange.W002"]
+    with override_settings(MIDDLEWARE=[*without_guard, bearer_login, guard]):
+        assert run() == []
+    with override_settings(MIDDLEWARE=without_guard):
+        assert run() == []
+    assert checks.W002.msg.startswith("DOT's OAuth2TokenMiddleware lets bearer tokens log users in")

@@ -1,7 +1,7 @@
-"""Minimal admin: the instance switches and the per-client policy.
+"""Minimal admin: the instance switches, the per-client policy, impersonator grants, the audit.
 
-The full admin screens (audit trail, impersonator roles, inlines on DOT's application admin)
-are a later milestone; these two are what an operator needs to run the grant.
+The full admin screens (inlines on DOT's application and the user admin, impersonating from the
+admin) are a later milestone; these are what an operator needs to run the grant.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 
-from .models import ClientPolicy, SecuritySettings
+from .models import AuditEvent, ClientPolicy, ImpersonatorGrant, SecuritySettings
 
 
 @admin.register(SecuritySettings)
@@ -37,3 +37,35 @@ class ClientPolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("application", "token_exchange_enabled")
     list_filter = ("token_exchange_enabled",)
     raw_id_fields = ("application",)
+
+
+@admin.register(ImpersonatorGrant)
+class ImpersonatorGrantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("user", "zitadel_name", "role", "organization", "created_at")
+    list_filter = ("role", "organization")
+    search_fields = ("user__username", "user__email")
+    raw_id_fields = ("user",)
+
+    @admin.display(description="ZITADEL role")
+    def zitadel_name(self, obj: ImpersonatorGrant) -> str:
+        return obj.zitadel_name
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Read-only for everyone: an audit trail that can be edited proves nothing."""
+
+    list_display = ("created_at", "event_type", "actor", "subject", "application", "client_ip")
+    list_filter = ("event_type",)
+    list_select_related = ("actor", "subject", "application")
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

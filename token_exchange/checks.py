@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.urls import NoReverseMatch, resolve, reverse
 from django.utils.module_loading import import_string
@@ -59,6 +60,20 @@ W001 = Warning(
     id="token_exchange.W001",
 )
 
+W002 = Warning(
+    "DOT's OAuth2TokenMiddleware lets bearer tokens log users in, but "
+    "token_exchange.guard.ImpersonationGuardMiddleware is not installed: an impersonated token of a "
+    "staff user would open the admin.",
+    hint=(
+        "Add 'token_exchange.guard.ImpersonationGuardMiddleware' to MIDDLEWARE, or set "
+        "TOKEN_EXCHANGE['PRIVILEGED_URL_PREFIXES'] and guard those views yourself."
+    ),
+    id="token_exchange.W002",
+)
+
+_BEARER_LOGIN_MIDDLEWARE = "oauth2_provider.middleware.OAuth2TokenMiddleware"
+_GUARD_MIDDLEWARE = "token_exchange.guard.ImpersonationGuardMiddleware"
+
 
 def _is_subclass(dotted_or_class: Any, base_path: str) -> bool:
     try:
@@ -89,6 +104,14 @@ def check_dot_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     if not user_settings.get("OIDC_RSA_PRIVATE_KEY"):
         errors.append(W001)
     return errors
+
+
+@register(Tags.security)
+def check_impersonation_guard(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    bearer_login = any(_is_subclass(path, _BEARER_LOGIN_MIDDLEWARE) for path in middleware)
+    guarded = any(_is_subclass(path, _GUARD_MIDDLEWARE) for path in middleware)
+    return [W002] if bearer_login and not guarded else []
 
 
 @register(Tags.urls)
