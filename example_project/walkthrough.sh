@@ -51,3 +51,50 @@ curl -s -u portal:portal-secret "$TOKEN" -d grant_type=refresh_token -d refresh_
 curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
   -d subject_token="$ACCESS_TOKEN" -d subject_token_type=$AT \
   -d audience=https://evil.example.com/ | show
+
+# --- Impersonation (the guide's second half). seed_demo turned "Allow impersonation" on and made
+#     `support` an Org End User Impersonator of ACME, the end user's organization.
+# 7. The impersonator logs in to the portal: sets ACTOR_ACCESS_TOKEN, ACTOR_ID_TOKEN, ...
+eval "$("$PY" manage.py demo_login support --prefix ACTOR_)"
+UID_TYPE=urn:django-token-exchange:params:oauth:token-type:user_id
+
+# 8. Delegation by token: the end user's token as subject, the impersonator's as actor, a JWT
+#    back. Its claims carry act = {iss, sub: the impersonator}.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$ACCESS_TOKEN" -d subject_token_type=$AT \
+  -d actor_token="$ACTOR_ACCESS_TOKEN" -d actor_token_type=$AT \
+  -d requested_token_type=urn:ietf:params:oauth:token-type:jwt | tee /tmp/delegated.json | show
+"$PY" -c "import base64,json,sys; p=sys.argv[1].split('.')[1]; print(json.dumps(json.loads(base64.urlsafe_b64decode(p+'=='*2)), indent=2))" \
+  "$(field access_token < /tmp/delegated.json)"
+
+# 9. Impersonation by user ID (no token of the customer needed), with profile and email for
+#    the ID token, and offline_access for a refresh token.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$USER_ID" -d subject_token_type=$UID_TYPE \
+  -d actor_token="$ACTOR_ACCESS_TOKEN" -d actor_token_type=$AT \
+  -d requested_token_type=urn:ietf:params:oauth:token-type:jwt \
+  -d scope="openid profile email offline_access" | tee /tmp/impersonated.json | show
+
+# 10. The ID token as subject, an opaque token back: subject data from the ID token, read
+#     from the actor token.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$ID_TOKEN" -d subject_token_type=urn:ietf:params:oauth:token-type:id_token \
+  -d actor_token="$ACTOR_ACCESS_TOKEN" -d actor_token_type=$AT \
+  -d scope="openid email read" | tee /tmp/by-id-token.json | show
+OPAQUE=$(field access_token < /tmp/by-id-token.json)
+#     Introspection shows act; the aggregates API accepts the token and reports act ...
+curl -s -u aggregates:aggregates-secret http://127.0.0.1:8000/o/introspect/ -d token="$OPAQUE" | show
+curl -s http://127.0.0.1:8000/api/aggregates/ -H "Authorization: Bearer $OPAQUE" | show
+#     ... and the privileged settings API refuses every impersonated token (403).
+curl -s -w "\nsettings API: %{http_code}\n" http://127.0.0.1:8000/api/settings/ -H "Authorization: Bearer $OPAQUE"
+
+# 11. Refresh the impersonated token: the policy is checked again, the new tokens keep act.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=refresh_token \
+  -d refresh_token="$(field refresh_token < /tmp/impersonated.json)" | show
+
+# 12. Refused: an end-user impersonator may not impersonate an admin (400 invalid_request,
+#     generic description; the reason is in the log and in Admin > Audit events).
+eval "$("$PY" manage.py demo_login admin --prefix ADMIN_)"
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$ADMIN_USER_ID" -d subject_token_type=$UID_TYPE \
+  -d actor_token="$ACTOR_ACCESS_TOKEN" -d actor_token_type=$AT | show

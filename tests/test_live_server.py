@@ -68,3 +68,52 @@ def test_walkthrough_over_http(live_server, portal, aggregates, user_tokens, end
     refused = exchange(subject_token="forged", subject_token_type=ACCESS_TOKEN_TYPE)
     assert refused.status_code == 400
     assert refused.json()["error"] == "invalid_request"
+
+
+def test_impersonation_over_http(
+    live_server, portal, aggregates, impersonation_allowed, support, support_tokens, end_user_in_acme
+):
+    """The guide's impersonation examples, the switch and a refresh re-check, over real HTTP."""
+    from token_exchange.constants import USER_ID_TYPE
+    from token_exchange.models import AuditEvent, SecuritySettings
+
+    auth = ("portal", portal.plain_secret)
+    token_url = f"{live_server.url}/o/token/"
+    actor = {"actor_token": support_tokens["access_token"], "actor_token_type": ACCESS_TOKEN_TYPE}
+    by_user_id = {"subject_token": str(end_user_in_acme.pk), "subject_token_type": USER_ID_TYPE}
+
+    def post(**params):
+        return requests.post(token_url, data=params, auth=auth, timeout=10)
+
+    impersonated = post(
+        grant_type=GRANT_TYPE,
+        requested_token_type=JWT_TYPE,
+        scope="openid profile email offline_access read",
+        **by_user_id,
+        **actor,
+    )
+    assert impersonated.status_code == 200, impersonated.text
+    body = impersonated.json()
+    act = {"iss": "http://127.0.0.1:8000/o", "sub": str(support.pk)}
+    assert verify(body["access_token"])[1]["act"] == act
+    assert verify(body["id_token"])[1]["act"] == act
+    bearer = {"Authorization": f"Bearer {body['access_token']}"}
+    assert requests.get(f"{live_server.url}/api/aggregates/", headers=bearer, timeout=10).json()["act"] == act
+    assert requests.get(f"{live_server.url}/api/settings/", headers=bearer, timeout=10).status_code == 403
+
+    refreshed = post(grant_type="refresh_token", refresh_token=body["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+
+    switch = SecuritySettings.load()
+    switch.allow_impersonation = False
+    switch.save()
+    assert post(grant_type="refresh_token", refresh_token=refreshed.json()["refresh_token"]).json() == {
+        "error": "invalid_grant"
+    }
+    refused = post(grant_type=GRANT_TYPE, **by_user_id, **actor)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_request"
+    reasons = AuditEvent.objects.filter(event_type="token.exchange_refused").values_list(
+        "payload__reason", flat=True
+    )
+    assert sorted(reasons) == ["impersonation_disabled", "impersonation_disabled"]

@@ -28,6 +28,8 @@ class Command(BaseCommand):
             token = authorization_code_login(user)
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
+        # The user id is what the user_id subject token type carries (impersonation by user id).
+        self.stdout.write(f"export {prefix}USER_ID={shlex.quote(str(user.pk))}")
         for name in ("access_token", "id_token", "refresh_token"):
             if name in token:
                 self.stdout.write(f"export {prefix}{name.upper()}={shlex.quote(token[name])}")
