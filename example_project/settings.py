@@ -33,9 +33,10 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    # Impersonated bearer tokens never reach the admin (TOKEN_EXCHANGE["PRIVILEGED_URL_PREFIXES"]).
+    # Impersonated bearer tokens never reach the admin (TOKEN_EXCHANGE["PRIVILEGED_URL_PREFIXES"]);
+    # before any middleware that logs bearer tokens in.
     "token_exchange.guard.ImpersonationGuardMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]

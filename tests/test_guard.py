@@ -120,3 +120,76 @@ def test_middleware_keeps_impersonated_tokens_out_of_the_admin(
 @override_settings(TOKEN_EXCHANGE={"PRIVILEGED_URL_PREFIXES": ["/drf/"]}, ROOT_URLCONF="tests.urls_with_drf")
 def test_privileged_prefixes_are_a_setting(impersonated):
     assert get("/drf/orders/", impersonated).status_code == 403
+
+
+# The guard looks where DOT and oauthlib look, and fails closed.
+
+
+@pytest.fixture
+def impersonated_body(token_endpoint, portal, impersonation_allowed, support_tokens, end_user_in_acme):
+    response = token_endpoint.exchange(
+        portal,
+        subject_token=str(end_user_in_acme.pk),
+        subject_token_type=USER_ID_TYPE,
+        actor_token=support_tokens["access_token"],
+        actor_token_type=ACCESS_TOKEN_TYPE,
+        scope="openid read",
+    )
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+@override_settings(ROOT_URLCONF="tests.urls_with_drf")
+def test_an_impersonated_id_token_as_bearer_is_refused(impersonated_body, user_tokens):
+    """DOT accepts ID tokens as bearer tokens when OpenID Connect is on."""
+    id_token = impersonated_body["id_token"]
+    assert get("/drf/account/", id_token).status_code == 403
+    assert get("/drf/orders/", user_tokens["id_token"]).status_code == 200  # a customer's own ID token
+
+
+@pytest.mark.parametrize("where", ["query", "form", "tab"])
+def test_every_bearer_transport_is_checked(impersonated, where):
+    client = Client()
+    if where == "query":
+        response = client.get("/api/settings/", {"access_token": impersonated})
+    elif where == "form":
+        response = client.post("/api/settings/", {"access_token": impersonated})
+    else:
+        response = client.get("/api/settings/", HTTP_AUTHORIZATION=f"Bearer\t{impersonated}")
+    assert response.status_code == 403
+    assert response.json()["error"] == "access_denied"
+
+
+@override_settings(
+    AUTHENTICATION_BACKENDS=[
+        "oauth2_provider.backends.OAuth2Backend",
+        "django.contrib.auth.backends.ModelBackend",
+    ],
+    MIDDLEWARE=[
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "token_exchange.guard.ImpersonationGuardMiddleware",  # before DOT's, which 500s on odd headers
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "oauth2_provider.middleware.OAuth2TokenMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+    ],
+)
+def test_middleware_refuses_impersonated_id_tokens_and_odd_transports(
+    token_endpoint, portal, login, impersonation_allowed, django_user_model
+):
+    from token_exchange.models import ImpersonatorGrant
+
+    staff = django_user_model.objects.create_superuser("staff", "staff@example.com", "pw")
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+    ImpersonatorGrant.objects.create(user=root, role=ImpersonatorGrant.Role.ADMIN_IMPERSONATOR)
+    body = token_endpoint.exchange(
+        portal,
+        subject_token=str(staff.pk),
+        subject_token_type=USER_ID_TYPE,
+        actor_token=login(root, resources=())["access_token"],
+        actor_token_type=ACCESS_TOKEN_TYPE,
+        scope="openid",
+    ).json()
+
+    assert get("/admin/", body["id_token"]).status_code == 403
+    assert Client().get("/admin/", HTTP_AUTHORIZATION=f"Bearer\t{body['access_token']}").status_code == 403
+    assert Client().get("/admin/", {"access_token": body["access_token"]}).status_code == 403

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.test import Client, override_settings
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_id_token_model, get_refresh_token_model
@@ -392,7 +393,8 @@ def test_superuser_impersonates_a_superuser_only_with_an_instance_admin_grant(
     [
         ("999999", "unknown_user"),
         ("not-a-number", "malformed_user_id"),
-        ("99999999999999999999999999", "unknown_user"),
+        ("99999999999999999999999999", "malformed_user_id"),
+        ("99999999999999999999", "unknown_user"),  # 20 digits: beyond any integer column
         ("1\x00", "malformed_user_id"),
     ],
 )
@@ -755,3 +757,120 @@ def test_refresh_of_an_ordinary_token_is_not_audited(token_endpoint, portal, use
     response = token_endpoint.post(form, auth=(portal.client_id, portal.plain_secret))
     assert response.status_code == 200, response.content
     assert not AuditEvent.objects.exists()
+
+
+# Found in review: the paths around the obvious ones -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [(switch_off, "impersonation_disabled"), (withdraw_grant, "actor_not_impersonator")],
+)
+def test_an_impersonated_token_is_exchanged_only_while_the_policy_still_holds(
+    token_endpoint,
+    portal,
+    impersonation_allowed,
+    support,
+    support_tokens,
+    end_user_in_acme,
+    acme,
+    change,
+    reason,
+):
+    impersonated = impersonate(
+        token_endpoint,
+        portal,
+        support_tokens,
+        subject_token=str(end_user_in_acme.pk),
+        subject_token_type=USER_ID_TYPE,
+        scope="openid read",
+    ).json()
+    change(support=support, end_user=end_user_in_acme, acme=acme)
+    AuditEvent.objects.all().delete()
+
+    for subject_token, subject_token_type in (
+        (impersonated["access_token"], ACCESS_TOKEN_TYPE),
+        (impersonated["id_token"], ID_TOKEN_TYPE),
+    ):
+        before = token_rows()
+        response = token_endpoint.exchange(
+            portal, subject_token=subject_token, subject_token_type=subject_token_type
+        )
+        assert_refused(response, before, reason)
+        AuditEvent.objects.all().delete()
+
+
+def test_refreshed_impersonated_id_tokens_are_short_lived(token_endpoint, portal, impersonated_refresh):
+    response = token_endpoint.post(
+        {"grant_type": "refresh_token", "refresh_token": impersonated_refresh},
+        auth=(portal.client_id, portal.plain_secret),
+    )
+    _header, claims = verify(response.json()["id_token"])
+    assert claims["exp"] - claims["iat"] <= 3600
+    assert "act" in claims
+
+
+def test_a_refresh_that_fails_midway_leaves_nothing(
+    token_endpoint, portal, impersonated_refresh, monkeypatch
+):
+    form = {"grant_type": "refresh_token", "refresh_token": impersonated_refresh}
+    before = (*token_rows(), AuditEvent.objects.count())
+
+    def broken_save(self: AuditEvent, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("audit table unavailable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AuditEvent, "save", broken_save)
+        with pytest.raises(RuntimeError):
+            token_endpoint.post(form, auth=(portal.client_id, portal.plain_secret))
+    assert (*token_rows(), AuditEvent.objects.count()) == before
+
+    # The refresh token is still usable: nothing was consumed.
+    response = token_endpoint.post(form, auth=(portal.client_id, portal.plain_secret))
+    assert response.status_code == 200, response.content
+
+
+def test_a_refresh_that_widens_the_audience_is_refused_before_anything_is_written(
+    token_endpoint, portal, impersonated_refresh
+):
+    before = token_rows()
+    response = token_endpoint.post(
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": impersonated_refresh,
+            "resource": "https://evil.example.com/",
+        },
+        auth=(portal.client_id, portal.plain_secret),
+    )
+    assert_refused(response, before, "audience_exceeds_subject", error="invalid_target")
+
+
+@override_settings(OAUTH2_PROVIDER={**django_settings.OAUTH2_PROVIDER, "ROTATE_REFRESH_TOKEN": False})
+def test_a_refresh_without_rotation_is_audited_with_its_tokens(token_endpoint, portal, impersonated_refresh):
+    from oauth2_provider.settings import oauth2_settings
+
+    oauth2_settings.reload()
+    try:
+        response = token_endpoint.post(
+            {"grant_type": "refresh_token", "refresh_token": impersonated_refresh},
+            auth=(portal.client_id, portal.plain_secret),
+        )
+        assert response.status_code == 200, response.content
+        event = AuditEvent.objects.get(event_type=EventType.USER_IMPERSONATED)
+        kinds = sorted(token["token_type"] for token in event.payload["tokens"])
+        assert kinds == sorted(
+            [ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, "urn:ietf:params:oauth:token-type:refresh_token"]
+        )
+    finally:
+        oauth2_settings.reload()
+
+
+@pytest.mark.parametrize("spelling", ["1_0", " 2", "٢", "+2", "2 "])
+def test_a_user_id_has_one_spelling(
+    token_endpoint, portal, impersonation_allowed, support, support_tokens, end_user_in_acme, spelling
+):
+    before = token_rows()
+    response = impersonate(
+        token_endpoint, portal, support_tokens, subject_token=spelling, subject_token_type=USER_ID_TYPE
+    )
+    assert_refused(response, before, "malformed_user_id")

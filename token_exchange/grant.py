@@ -242,6 +242,14 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             get_scopes_backend().get_available_scopes(application=client, request=request)
         )
         if params.actor_token is None:
+            if subject.act is not None:
+                # Still an impersonation: a new token for it is issued only while the switch is
+                # on and every actor it names may still act for the subject, as on refresh.
+                reason = impersonation.recheck(
+                    allowed=security.allow_impersonation, act=subject.act, subject=subject.user, issuer=issuer
+                )
+                if reason is not None:
+                    raise Refusal(reason)
             terms = self.exchange_terms(params, subject, client_scopes)
         else:
             actor = self.read_actor(params, client, issuer, context)

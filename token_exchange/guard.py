@@ -6,18 +6,27 @@ instance owner there. Sites do the same for their privileged views with the
 permission, or, for whole URL prefixes (default: the admin), ``ImpersonationGuardMiddleware``.
 Each answers 403 to a bearer token carrying ``act``. ``get_actor(request)`` tells any view who is
 acting.
+
+The guard looks wherever DOT and oauthlib look for a bearer token, and fails closed: the
+``Authorization`` header (any whitespace after ``Bearer``), an ``access_token`` query or form
+parameter, and ID tokens as well as access tokens (DOT accepts ID tokens as bearer tokens
+when OpenID Connect is on). If any of them carries ``act``, the request is impersonated.
 """
 
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import NoReverseMatch, reverse
+from oauth2_provider.models import get_id_token_model
 
+from . import jose
 from .conf import token_exchange_settings
+from .models import ExchangedToken
 from .tokens import access_token_claims, load_access_token
 
 REFUSAL = {
@@ -26,31 +35,79 @@ REFUSAL = {
 }
 
 
-def bearer_token(request: Any) -> Any:
-    """The request's access token row: the one DOT or DRF already loaded, else the bearer header."""
-    for attribute in ("auth", "access_token"):
-        token = getattr(request, attribute, None)
-        if token is not None and hasattr(token, "token_checksum"):
-            return token
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def bearer_values(request: Any) -> list[str]:
+    """Every place a bearer token can travel in, as oauthlib reads them (RFC 6750 §2)."""
+    values: list[str] = []
+    parts = request.headers.get("Authorization", "").split()
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        values.append(parts[1])
+    values.extend(request.GET.getlist("access_token"))
+    # DOT reads the form body of any POST (urlencoded or multipart) for oauthlib.
+    if request.method == "POST" and request.content_type in _FORM_TYPES:
+        values.extend(request.POST.getlist("access_token"))
+    return [value for value in values if value]
+
+
+def _id_token_act(value: str) -> dict[str, Any] | None:
+    """``act`` recorded for an ID token, found by its (unverified) ``jti``.
+
+    No signature check is needed to refuse: a forged token that names an impersonated ID
+    token's ``jti`` is refused too, which is what failing closed means.
+    """
+    try:
+        _header, claims = jose.peek(value)
+        jti = uuid.UUID(str(claims.get("jti", "")))
+    except (jose.JoseError, ValueError, TypeError):
         return None
-    return load_access_token(value.strip())
+    id_token = get_id_token_model().objects.filter(jti=jti).first()
+    if id_token is None:
+        return None
+    record = ExchangedToken.objects.filter(id_token=id_token).only("act").first()
+    return record.act if record is not None else None
 
 
 def token_actor(token: Any) -> dict[str, Any] | None:
-    """The ``act`` claim of an access token row, or ``None``."""
+    """The ``act`` of an access token row or an ID token row (what DOT authenticated), or ``None``."""
     if token is None:
         return None
-    act: dict[str, Any] | None = access_token_claims(token)["act"]
-    return act
+    if hasattr(token, "token_checksum"):
+        act: dict[str, Any] | None = access_token_claims(token)["act"]
+        return act
+    if isinstance(token, get_id_token_model()):
+        record = ExchangedToken.objects.filter(id_token=token).only("act").first()
+        return record.act if record is not None else None
+    return None
+
+
+def value_actor(value: str) -> dict[str, Any] | None:
+    """The ``act`` of a bearer token value: an access token (opaque or JWT) or an ID token."""
+    token = load_access_token(value)
+    if token is not None:
+        return token_actor(token)
+    if value.count(".") == 2:
+        return _id_token_act(value)
+    return None
 
 
 def get_actor(request: Any) -> dict[str, Any] | None:
-    """Who is acting behind the request's bearer token (its ``act`` claim), or ``None``."""
-    if not hasattr(request, "_token_exchange_actor"):
-        request._token_exchange_actor = token_actor(bearer_token(request))
-    return request._token_exchange_actor  # type: ignore[no-any-return]
+    """Who is acting behind the request's bearer token (its ``act`` claim), or ``None``.
+
+    Looks at the token DOT or DRF already authenticated (``request.auth``,
+    ``request.access_token``) and at every bearer token the request carries; the first ``act``
+    found wins.
+    """
+    if hasattr(request, "_token_exchange_actor"):
+        return request._token_exchange_actor  # type: ignore[no-any-return]
+    act = None
+    for attribute in ("auth", "access_token"):
+        act = act or token_actor(getattr(request, attribute, None))
+    for value in bearer_values(request):
+        act = act or value_actor(value)
+    request._token_exchange_actor = act
+    return act
 
 
 def forbidden() -> JsonResponse:
@@ -83,7 +140,8 @@ class ImpersonationGuardMiddleware:
     """403 for impersonated bearer tokens under ``PRIVILEGED_URL_PREFIXES`` (default: the admin).
 
     Matters wherever a bearer token can log a user in, e.g. with DOT's ``OAuth2TokenMiddleware``:
-    without this guard an impersonator's token for a staff customer would open the admin.
+    without this guard an impersonator's token for a staff customer would open the admin. Place
+    it before the authentication middlewares, so it answers before they act on the token.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:

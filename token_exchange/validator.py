@@ -13,12 +13,15 @@ the refresh is audited as ``user.impersonated`` in the transaction that stores t
 
 from __future__ import annotations
 
+import datetime
 import logging
 import uuid
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import router
+from django.db.models import Q
+from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.common import Request
@@ -46,8 +49,20 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         record = ExchangedToken.objects.filter(refresh_token=instance).first()
         setattr(request, _RECORD, record)
         setattr(request, _ISSUED, [])
-        if record is not None and record.act is not None:
-            return self._recheck_impersonation(record.act, client, request)
+        if record is None:
+            return True
+        if record.act is not None and not self._recheck_impersonation(record.act, client, request):
+            return False
+        # DOT checks the requested resource only when it saves the tokens, after the ID token
+        # is minted; check it now, before anything is written (the check is idempotent).
+        try:
+            self._check_and_set_request_resource(request)
+        except errors.OAuth2Error as error:
+            if record.act is not None:
+                audit.refused(
+                    request.token_exchange_context, reason="audience_exceeds_subject", error=error.error
+                )
+            raise
         return True
 
     def _refresh_context(self, request: Request, act: dict[str, Any]) -> audit.AuditContext:
@@ -119,9 +134,17 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         cap = token_exchange_settings.IMPERSONATION_TOKEN_EXPIRE_SECONDS
         token["expires_in"] = min(int(token.get("expires_in") or cap), cap)
         result = super()._save_bearer_token(token, request, *args, **kwargs)
+        issued: list[ExchangedToken] = getattr(request, _ISSUED)
+        if not any(row.issued_token_type == ACCESS_TOKEN_TYPE for row in issued):
+            # ROTATE_REFRESH_TOKEN off: DOT updated the access token in place and kept the refresh
+            # token, so their existing records name what was issued.
+            rt = request.refresh_token_instance
+            issued += ExchangedToken.objects.filter(
+                Q(refresh_token=rt) | Q(access_token_id=rt.access_token_id)
+            )
         audit.issued(
             request.token_exchange_context,
-            tokens=getattr(request, _ISSUED),
+            tokens=issued,
             issued_token_type=ACCESS_TOKEN_TYPE,
             scope=token["scope"],
             audience=list(getattr(request, "resource", None) or []) or record.audience,
@@ -136,6 +159,13 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         record: ExchangedToken | None = getattr(request, _RECORD, None)
         if record is not None and record.act is not None:
             claims[ACT] = record.act
+            # Impersonated ID tokens are as short-lived as impersonated access tokens.
+            cap = timezone.now() + datetime.timedelta(
+                seconds=token_exchange_settings.IMPERSONATION_TOKEN_EXPIRE_SECONDS
+            )
+            if expiration_time > cap:
+                expiration_time = cap
+                claims["exp"] = int(cap.timestamp())
         return claims, expiration_time
 
     def _save_id_token(self, jti: Any, request: Request, expires: Any, *args: Any, **kwargs: Any) -> Any:

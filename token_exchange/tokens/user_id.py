@@ -7,15 +7,23 @@ audience and no expiry of its own.
 
 from __future__ import annotations
 
+import re
+
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.db import models
 
 from ..exceptions import Refusal
 from .base import VerifiedToken
 
+# One spelling per user: int() would also read "1_0", " 2" or non-ASCII digits.
+_INTEGER = re.compile(r"[0-9]{1,20}")
+
 
 def read_user_id(value: str, token_type: str, refusal: type[Refusal]) -> VerifiedToken:
     User = get_user_model()
+    if isinstance(User._meta.pk, models.IntegerField) and not _INTEGER.fullmatch(value):
+        raise refusal("malformed_user_id")
     try:
         pk = User._meta.pk.to_python(value) if User._meta.pk is not None else value
         user = User._default_manager.filter(pk=pk).first()
