@@ -874,3 +874,43 @@ def test_a_user_id_has_one_spelling(
         token_endpoint, portal, support_tokens, subject_token=spelling, subject_token_type=USER_ID_TYPE
     )
     assert_refused(response, before, "malformed_user_id")
+
+
+@pytest.fixture
+def may_act_validator():
+    from oauth2_provider.settings import oauth2_settings
+
+    changed = {
+        **django_settings.OAUTH2_PROVIDER,
+        "OAUTH2_VALIDATOR_CLASS": "tests.may_act_validator.MayActValidator",
+    }
+    with override_settings(OAUTH2_PROVIDER=changed):
+        oauth2_settings.reload()
+        yield
+    oauth2_settings.reload()
+
+
+def test_may_act_names_who_may_act_for_the_subject(
+    may_act_validator,
+    token_endpoint,
+    portal,
+    login,
+    impersonation_allowed,
+    support,
+    end_user_in_acme,
+    acme,
+    django_user_model,
+):
+    customer = login(end_user_in_acme)
+    assert verify(customer["id_token"])[1]["may_act"] == {"sub": str(support.pk)}
+    lead = django_user_model.objects.create_user("lead", "lead@example.com", "pw")
+    grant(lead, ImpersonatorGrant.Role.END_USER_IMPERSONATOR, acme)
+    by_id_token = {"subject_token": customer["id_token"], "subject_token_type": ID_TOKEN_TYPE}
+
+    lead_tokens = login(lead)
+    before = token_rows()
+    refused = impersonate(token_endpoint, portal, lead_tokens, **by_id_token)
+    assert_refused(refused, before, "may_act_mismatch")
+
+    allowed = impersonate(token_endpoint, portal, login(support), **by_id_token)
+    assert allowed.status_code == 200, allowed.content
