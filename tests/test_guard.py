@@ -25,7 +25,7 @@ def user_tokens(login, end_user_in_acme) -> dict[str, Any]:
 
 
 @pytest.fixture
-def impersonated(token_endpoint, portal, impersonation_allowed, support_tokens, end_user_in_acme) -> str:
+def impersonated_body(token_endpoint, portal, impersonation_allowed, support_tokens, end_user_in_acme):
     response = token_endpoint.exchange(
         portal,
         subject_token=str(end_user_in_acme.pk),
@@ -35,7 +35,29 @@ def impersonated(token_endpoint, portal, impersonation_allowed, support_tokens, 
         scope="openid read",
     )
     assert response.status_code == 200, response.content
-    return str(response.json()["access_token"])
+    return response.json()
+
+
+@pytest.fixture
+def impersonated(impersonated_body) -> str:
+    return str(impersonated_body["access_token"])
+
+
+# DOT's OAuth2TokenMiddleware logs bearer tokens in, so an impersonated token of a staff user
+# would open the admin; the guard comes first (DOT's middleware 500s on some odd headers).
+bearer_login = override_settings(
+    AUTHENTICATION_BACKENDS=[
+        "oauth2_provider.backends.OAuth2Backend",
+        "django.contrib.auth.backends.ModelBackend",
+    ],
+    MIDDLEWARE=[
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "token_exchange.guard.ImpersonationGuardMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "oauth2_provider.middleware.OAuth2TokenMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+    ],
+)
 
 
 def get(path: str, token: str) -> Any:
@@ -75,19 +97,7 @@ def test_decorated_view_refuses_impersonated_tokens(
     assert get("/api/settings/", customer).status_code == 200
 
 
-@override_settings(
-    AUTHENTICATION_BACKENDS=[
-        "oauth2_provider.backends.OAuth2Backend",
-        "django.contrib.auth.backends.ModelBackend",
-    ],
-    MIDDLEWARE=[
-        "django.contrib.sessions.middleware.SessionMiddleware",
-        "django.contrib.auth.middleware.AuthenticationMiddleware",
-        "oauth2_provider.middleware.OAuth2TokenMiddleware",
-        "token_exchange.guard.ImpersonationGuardMiddleware",
-        "django.contrib.messages.middleware.MessageMiddleware",
-    ],
-)
+@bearer_login
 def test_middleware_keeps_impersonated_tokens_out_of_the_admin(
     token_endpoint, portal, login, impersonation_allowed, django_user_model
 ):
@@ -125,20 +135,6 @@ def test_privileged_prefixes_are_a_setting(impersonated):
 # The guard looks where DOT and oauthlib look, and fails closed.
 
 
-@pytest.fixture
-def impersonated_body(token_endpoint, portal, impersonation_allowed, support_tokens, end_user_in_acme):
-    response = token_endpoint.exchange(
-        portal,
-        subject_token=str(end_user_in_acme.pk),
-        subject_token_type=USER_ID_TYPE,
-        actor_token=support_tokens["access_token"],
-        actor_token_type=ACCESS_TOKEN_TYPE,
-        scope="openid read",
-    )
-    assert response.status_code == 200, response.content
-    return response.json()
-
-
 @override_settings(ROOT_URLCONF="tests.urls_with_drf")
 def test_an_impersonated_id_token_as_bearer_is_refused(impersonated_body, user_tokens):
     """DOT accepts ID tokens as bearer tokens when OpenID Connect is on."""
@@ -160,19 +156,7 @@ def test_every_bearer_transport_is_checked(impersonated, where):
     assert response.json()["error"] == "access_denied"
 
 
-@override_settings(
-    AUTHENTICATION_BACKENDS=[
-        "oauth2_provider.backends.OAuth2Backend",
-        "django.contrib.auth.backends.ModelBackend",
-    ],
-    MIDDLEWARE=[
-        "django.contrib.sessions.middleware.SessionMiddleware",
-        "token_exchange.guard.ImpersonationGuardMiddleware",  # before DOT's, which 500s on odd headers
-        "django.contrib.auth.middleware.AuthenticationMiddleware",
-        "oauth2_provider.middleware.OAuth2TokenMiddleware",
-        "django.contrib.messages.middleware.MessageMiddleware",
-    ],
-)
+@bearer_login
 def test_middleware_refuses_impersonated_id_tokens_and_odd_transports(
     token_endpoint, portal, login, impersonation_allowed, django_user_model
 ):
