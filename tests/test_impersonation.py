@@ -876,6 +876,18 @@ def test_a_user_id_has_one_spelling(
     assert_refused(response, before, "malformed_user_id")
 
 
+def forget_oauthlib_cores() -> None:
+    """DOT caches its oauthlib server, validator included, on each view class."""
+    from oauth2_provider.views.mixins import OAuthLibMixin
+
+    classes = [OAuthLibMixin]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        if "_oauthlib_core" in cls.__dict__:
+            delattr(cls, "_oauthlib_core")
+
+
 @pytest.fixture
 def may_act_validator():
     from oauth2_provider.settings import oauth2_settings
@@ -886,8 +898,10 @@ def may_act_validator():
     }
     with override_settings(OAUTH2_PROVIDER=changed):
         oauth2_settings.reload()
+        forget_oauthlib_cores()
         yield
     oauth2_settings.reload()
+    forget_oauthlib_cores()
 
 
 def test_may_act_names_who_may_act_for_the_subject(
