@@ -97,31 +97,38 @@ def test_decorated_view_refuses_impersonated_tokens(
     assert get("/api/settings/", customer).status_code == 200
 
 
-@bearer_login
-def test_middleware_keeps_impersonated_tokens_out_of_the_admin(
-    token_endpoint, portal, login, impersonation_allowed, django_user_model
-):
-    """With DOT's OAuth2TokenMiddleware a bearer token logs in; an impersonated one must not."""
+@pytest.fixture
+def staff_member(django_user_model) -> Any:
+    return django_user_model.objects.create_superuser("staff", "staff@example.com", "pw")
+
+
+@pytest.fixture
+def impersonated_staff(token_endpoint, portal, login, impersonation_allowed, django_user_model, staff_member):
+    """An instance admin impersonator's tokens for a staff superuser, unrestricted by resource."""
     from token_exchange.models import ImpersonatorGrant
 
-    staff = django_user_model.objects.create_user("staff", "staff@example.com", "pw", is_staff=True)
-    staff.is_superuser = True
-    staff.save()
     root = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
     ImpersonatorGrant.objects.create(user=root, role=ImpersonatorGrant.Role.ADMIN_IMPERSONATOR)
-    own = login(staff, resources=())["access_token"]
-    assert get("/admin/", own).status_code == 200  # the staff user's own token opens the admin
-
-    impersonated = token_endpoint.exchange(
+    response = token_endpoint.exchange(
         portal,
-        subject_token=str(staff.pk),
+        subject_token=str(staff_member.pk),
         subject_token_type=USER_ID_TYPE,
         actor_token=login(root, resources=())["access_token"],
         actor_token_type=ACCESS_TOKEN_TYPE,
-    ).json()["access_token"]
+        scope="openid",
+    )
+    assert response.status_code == 200, response.content
+    return response.json()
 
-    response = get("/admin/", impersonated)
-    assert response.status_code == 403
+
+@bearer_login
+def test_middleware_keeps_impersonated_tokens_out_of_the_admin(login, staff_member, impersonated_staff):
+    """With DOT's OAuth2TokenMiddleware a bearer token logs in; an impersonated one must not."""
+    own = login(staff_member, resources=())["access_token"]
+    assert get("/admin/", own).status_code == 200  # the staff user's own token opens the admin
+
+    impersonated = impersonated_staff["access_token"]
+    assert get("/admin/", impersonated).status_code == 403
     assert get("/admin/auth/user/", impersonated).status_code == 403
     # Elsewhere the middleware stays out of the way (the API then checks the audience itself).
     assert get("/api/aggregates/", impersonated).json()["error"] != "access_denied"
@@ -157,23 +164,8 @@ def test_every_bearer_transport_is_checked(impersonated, where):
 
 
 @bearer_login
-def test_middleware_refuses_impersonated_id_tokens_and_odd_transports(
-    token_endpoint, portal, login, impersonation_allowed, django_user_model
-):
-    from token_exchange.models import ImpersonatorGrant
-
-    staff = django_user_model.objects.create_superuser("staff", "staff@example.com", "pw")
-    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
-    ImpersonatorGrant.objects.create(user=root, role=ImpersonatorGrant.Role.ADMIN_IMPERSONATOR)
-    body = token_endpoint.exchange(
-        portal,
-        subject_token=str(staff.pk),
-        subject_token_type=USER_ID_TYPE,
-        actor_token=login(root, resources=())["access_token"],
-        actor_token_type=ACCESS_TOKEN_TYPE,
-        scope="openid",
-    ).json()
-
+def test_middleware_refuses_impersonated_id_tokens_and_odd_transports(impersonated_staff):
+    body = impersonated_staff
     assert get("/admin/", body["id_token"]).status_code == 403
     assert Client().get("/admin/", HTTP_AUTHORIZATION=f"Bearer\t{body['access_token']}").status_code == 403
     assert Client().get("/admin/", {"access_token": body["access_token"]}).status_code == 403

@@ -78,7 +78,7 @@ def _base_payload(context: AuditContext) -> dict[str, Any]:
     payload: dict[str, Any] = {"grant_type": context.grant_type}
     if context.application is not None:
         payload["applicationId"] = context.application.client_id
-    for key in ("subject_token_type", "actor_token_type", "requested_token_type"):
+    for key in sorted(_TYPE_PARAMETERS):
         value = getattr(context, key)
         if value is not None:
             payload[key] = value

@@ -62,11 +62,7 @@ def _id_token_act(value: str) -> dict[str, Any] | None:
         jti = uuid.UUID(str(claims.get("jti", "")))
     except (jose.JoseError, ValueError, TypeError):
         return None
-    id_token = get_id_token_model().objects.filter(jti=jti).first()
-    if id_token is None:
-        return None
-    record = ExchangedToken.objects.filter(id_token=id_token).only("act").first()
-    return record.act if record is not None else None
+    return token_actor(get_id_token_model().objects.filter(jti=jti).first())
 
 
 def token_actor(token: Any) -> dict[str, Any] | None:

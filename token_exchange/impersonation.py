@@ -51,8 +51,6 @@ def subject_party(user: Any) -> Party:
 
 def refusal(*, allowed: bool, actor: Any, subject: Any) -> str | None:
     """Why ``actor`` may not impersonate ``subject`` now, or ``None`` if they may."""
-    if not allowed:
-        return "impersonation_disabled"
     return impersonation_refusal(
         allowed=allowed,
         actor=actor_party(actor),
