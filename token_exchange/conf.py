@@ -84,6 +84,21 @@ class TokenExchangeSettings:
         value = self._get("PRIVILEGED_URL_PREFIXES", None)
         return None if value is None else tuple(value)
 
+    @property
+    def JWT_LEEWAY_SECONDS(self) -> int:
+        """Clock skew tolerated on ``exp``, ``nbf`` and ``iat`` of JWTs a client signs (default 60)."""
+        return int(self._get("JWT_LEEWAY_SECONDS", 60))
+
+    @property
+    def REPLAY_CACHE(self) -> str:
+        """The ``CACHES`` alias that remembers used ``jti`` values of client-signed JWTs.
+
+        Default ``"default"``. Replay protection holds across processes only when this cache is
+        shared by all of them (Redis, Memcached, the database cache); a per-process cache such
+        as ``LocMemCache`` protects one process only.
+        """
+        return str(self._get("REPLAY_CACHE", "default"))
+
     def _callable(self, name: str, default: str) -> Callable[..., Any]:
         value = self._get(name, default)
         return import_string(value) if isinstance(value, str) else value  # type: ignore[no-any-return]

@@ -47,3 +47,19 @@ MAY_ACT: Final = "may_act"
 # ImpersonatorGrant roles (ZITADEL's *_ADMIN_IMPERSONATOR and *_END_USER_IMPERSONATOR).
 ADMIN_IMPERSONATOR: Final = "admin_impersonator"
 END_USER_IMPERSONATOR: Final = "end_user_impersonator"
+
+# RFC 7523 §2.2: client authentication with a JWT (OIDC Core §9 calls it private_key_jwt).
+CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+PRIVATE_KEY_JWT: Final = "private_key_jwt"
+# Asymmetric JWS algorithms a ClientKey may use (RFC 7518 §3.3-3.5): never "none", never HMAC.
+CLIENT_KEY_ALGORITHMS: Final = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+)

@@ -230,7 +230,7 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             raise Refusal("impersonation_disabled")
 
         subject = read_token(
-            params.subject_token_type, params.subject_token, InvalidSubjectToken, issuer=issuer
+            params.subject_token_type, params.subject_token, InvalidSubjectToken, issuer=issuer, client=client
         )
         context.subject = subject.user
         if subject.client_id is not None and not policy.may_present(
@@ -310,7 +310,9 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
     ) -> VerifiedToken:
         assert params.actor_token is not None
         assert params.actor_token_type is not None
-        actor = read_token(params.actor_token_type, params.actor_token, InvalidActorToken, issuer=issuer)
+        actor = read_token(
+            params.actor_token_type, params.actor_token, InvalidActorToken, issuer=issuer, client=client
+        )
         context.actor = actor.user
         assert actor.client_id is not None  # actors present tokens, never bare user ids
         if not policy.may_present(

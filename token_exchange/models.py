@@ -1,7 +1,7 @@
 """Models of the token exchange app.
 
-``SecuritySettings``, ``ClientPolicy``, ``ImpersonatorGrant`` and ``AuditEvent`` are public
-API. ``ExchangedToken`` keeps what DOT's
+``SecuritySettings``, ``ClientPolicy``, ``ClientKey``, ``ImpersonatorGrant`` and ``AuditEvent``
+are public API. ``ExchangedToken`` keeps what DOT's
 token tables have no column for (the RFC 8693 audience, the ``act`` claim, a ``jti``) for every
 access and refresh token that an exchange, or a refresh of an exchanged token, issues.
 """
@@ -102,6 +102,71 @@ class ClientPolicy(models.Model):
 
     def __str__(self) -> str:
         return str(_("Token exchange policy of %(application)s") % {"application": self.application})
+
+
+class ClientKey(models.Model):
+    """A public key a client signs with: its ``client_assertion`` (RFC 7523 §2.2) and its
+    self-signed subject JWTs.
+
+    Several keys per client make rotation possible: add the new key, move the client over,
+    then deactivate the old one. The server never holds the private key (``createclientkey``
+    prints it once). Only asymmetric algorithms: an HMAC key would be a shared secret, and
+    ``none`` is no signature at all.
+    """
+
+    application = models.ForeignKey(
+        oauth2_settings.APPLICATION_MODEL,
+        on_delete=models.CASCADE,
+        related_name="token_exchange_keys",
+        verbose_name=_("application"),
+    )
+    kid = models.CharField(
+        _("key ID"),
+        max_length=128,
+        help_text=_("The JWS kid header that selects this key among the client's keys."),
+    )
+    public_key = models.TextField(
+        _("public key"), help_text=_("PEM-encoded SubjectPublicKeyInfo (-----BEGIN PUBLIC KEY-----).")
+    )
+    algorithm = models.CharField(
+        _("algorithm"),
+        max_length=5,
+        choices=[(name, name) for name in constants.CLIENT_KEY_ALGORITHMS],
+        default="RS256",
+    )
+    active = models.BooleanField(
+        _("active"), default=True, help_text=_("Inactive keys verify nothing; deactivate a key to retire it.")
+    )
+    expires_at = models.DateTimeField(
+        _("expires at"), null=True, blank=True, help_text=_("After this moment the key verifies nothing.")
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, editable=False)
+
+    class Meta:
+        verbose_name = _("client key")
+        verbose_name_plural = _("client keys")
+        ordering = ["application_id", "-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["application", "kid"], name="te_clientkey_unique_kid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kid} ({self.algorithm})"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from .client_keys import InvalidKey, parse_public_key
+
+        try:
+            parse_public_key(self.public_key, self.algorithm)
+        except InvalidKey as exc:
+            raise ValidationError({"public_key": str(exc)}) from exc
+
+    def is_usable(self, now: Any = None) -> bool:
+        """Active and not expired at ``now`` (default: this moment)."""
+        now = now or timezone.now()
+        return self.active and (self.expires_at is None or self.expires_at > now)
 
 
 class ExchangedToken(models.Model):

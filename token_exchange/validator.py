@@ -1,4 +1,5 @@
-"""DOT's request validator, taught to refresh exchanged tokens without losing their claims.
+"""DOT's request validator, taught private_key_jwt and to refresh exchanged tokens without
+losing their claims.
 
 An exchanged token's audience may name clients as well as RFC 8707 resource URIs, and it may
 carry ``act``. When the refresh_token grant rotates such a token, the new access, refresh and
@@ -27,7 +28,7 @@ from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import audit, impersonation
+from . import audit, client_assertion, impersonation
 from .conf import token_exchange_settings
 from .constants import ACCESS_TOKEN_TYPE, ACT, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
 from .models import ExchangedToken, SecuritySettings
@@ -39,6 +40,23 @@ _ISSUED = "token_exchange_issued"
 
 
 class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
+    def client_authentication_required(self, request: Request, *args: Any, **kwargs: Any) -> bool:
+        if client_assertion.presented(request):
+            return True
+        required: bool = super().client_authentication_required(request, *args, **kwargs)
+        return required
+
+    def authenticate_client(self, request: Request, *args: Any, **kwargs: Any) -> bool:
+        """DOT's client_secret_basic and client_secret_post, plus private_key_jwt.
+
+        A request that carries a client assertion is authenticated by it alone, for every grant
+        and for the revocation and introspection endpoints alike.
+        """
+        if client_assertion.presented(request):
+            return client_assertion.authenticate(request, issuer=self.get_oidc_issuer_endpoint(request))
+        authenticated: bool = super().authenticate_client(request, *args, **kwargs)
+        return authenticated
+
     def validate_refresh_token(
         self, refresh_token: str, client: Any, request: Request, *args: Any, **kwargs: Any
     ) -> bool:

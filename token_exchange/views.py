@@ -18,7 +18,7 @@ from oauth2_provider.models import get_access_token_model
 from oauth2_provider.settings import oauth2_settings
 from oauth2_provider.signals import app_authorized
 
-from .constants import ACT, BEARER, GRANT_TYPE
+from .constants import ACT, BEARER, CLIENT_KEY_ALGORITHMS, GRANT_TYPE, PRIVATE_KEY_JWT
 from .tokens import access_token_claims, load_access_token
 
 # Every form parameter of the token endpoint that is, or proves possession of, a credential.
@@ -109,28 +109,36 @@ class IntrospectTokenView(oauth2_views.IntrospectTokenView):  # type: ignore[mis
         return self.introspect(request, request.POST.get("token"))
 
 
-def _with_grant_type(response: HttpResponse, grant_types: list[str]) -> HttpResponse:
+def _with_token_exchange(response: HttpResponse, grant_types: list[str]) -> HttpResponse:
+    """Add the token exchange grant and private_key_jwt to a metadata document."""
     data = json.loads(response.content)
     data["grant_types_supported"] = list(
         dict.fromkeys([*data.get("grant_types_supported", grant_types), GRANT_TYPE])
     )
+    # TokenExchangeValidator accepts a client assertion wherever DOT authenticates a client.
+    for endpoint in ("token_endpoint", "revocation_endpoint", "introspection_endpoint"):
+        methods = f"{endpoint}_auth_methods_supported"
+        if methods in data:
+            data[methods] = list(dict.fromkeys([*data[methods], PRIVATE_KEY_JWT]))
+            data[f"{endpoint}_auth_signing_alg_values_supported"] = list(CLIENT_KEY_ALGORITHMS)
     response.content = json.dumps(data).encode("utf-8")
     return response
 
 
 class OAuthServerMetadataView(oauth2_views.OAuthServerMetadataView):  # type: ignore[misc]
-    """RFC 8414 metadata that lists the token exchange grant."""
+    """RFC 8414 metadata that lists the token exchange grant and private_key_jwt."""
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        return _with_grant_type(super().get(request, *args, **kwargs), [])
+        return _with_token_exchange(super().get(request, *args, **kwargs), [])
 
 
 class ConnectDiscoveryInfoView(oauth2_views.ConnectDiscoveryInfoView):  # type: ignore[misc]
-    """OIDC discovery that lists the grant types, the token exchange grant among them."""
+    """OIDC discovery that lists the grant types, the token exchange grant among them, and
+    private_key_jwt."""
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         response: HttpResponse = super().get(request, *args, **kwargs)
         if response.status_code != 200:
             return response
         # DOT's discovery omits grant_types_supported; its RFC 8414 setting is the best source.
-        return _with_grant_type(response, list(oauth2_settings.OAUTH2_GRANT_TYPES_SUPPORTED))
+        return _with_token_exchange(response, list(oauth2_settings.OAUTH2_GRANT_TYPES_SUPPORTED))

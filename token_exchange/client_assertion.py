@@ -1,0 +1,120 @@
+"""``private_key_jwt``: a client authenticates with a JWT it signed (RFC 7523 §2.2, OIDC Core §9).
+
+The request carries ``client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer``
+and ``client_assertion`` in its body. The assertion's ``iss`` and ``sub`` are the client_id (and so
+is ``client_id``, if sent); its ``aud`` is this server's issuer identifier or its token endpoint
+URL; it is signed with one of the client's active ``ClientKey`` rows; its ``jti`` is used once.
+
+Whatever fails, the client is not authenticated (``invalid_client``, 401) and learns nothing
+more; the reason code goes to the log. Unauthenticated requests write no audit rows, so nobody
+can fill the audit table without a key.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.urls import reverse
+from oauth2_provider.models import get_application_model
+from oauthlib.common import Request
+
+from . import jose, signed_jwt
+from .constants import CLIENT_ASSERTION_TYPE
+
+logger = logging.getLogger("token_exchange")
+
+PARAMETERS = ("client_assertion", "client_assertion_type")
+# The explicit type rfc7523bis gives client assertions, besides the generic JWT.
+ASSERTION_TYP = frozenset({"jwt", "client-authentication+jwt"})
+# Far above any real assertion (a few hundred bytes), far below anything costly to parse.
+MAX_ASSERTION_LENGTH = 8 * 1024
+
+
+class AssertionRefusal(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def presented(request: Request) -> bool:
+    """Did the client try ``private_key_jwt`` (in the body or, wrongly, in the query)?"""
+    names = {key for key, _value in request.decoded_body or []}
+    names |= {key for key, _value in request.uri_query_params}
+    return bool(names & set(PARAMETERS))
+
+
+def token_endpoint(issuer: str) -> str:
+    """The token endpoint URL exactly as discovery advertises it (same host as the issuer)."""
+    parts = urlsplit(issuer)
+    return f"{parts.scheme}://{parts.netloc}{reverse('oauth2_provider:token')}"
+
+
+def _single(body: list[tuple[str, str]], name: str) -> str:
+    values = [value for key, value in body if key == name]
+    if len(values) != 1 or not values[0]:
+        raise AssertionRefusal(f"missing_or_repeated_{name}")
+    return values[0]
+
+
+def _basic_auth(request: Request) -> bool:
+    scheme = (request.headers.get("HTTP_AUTHORIZATION") or request.headers.get("Authorization") or "").split()
+    return bool(scheme) and scheme[0].lower() == "basic"
+
+
+def verify(request: Request, *, issuer: str) -> Any:
+    """The Application that signed the request's assertion, or :class:`AssertionRefusal`."""
+    if set(PARAMETERS) & {key for key, _value in request.uri_query_params}:
+        raise AssertionRefusal("assertion_in_query")
+    body: list[tuple[str, str]] = list(request.decoded_body or [])
+    if _single(body, "client_assertion_type") != CLIENT_ASSERTION_TYPE:
+        raise AssertionRefusal("unsupported_assertion_type")
+    assertion = _single(body, "client_assertion")
+    # RFC 6749 §2.3: one authentication method per request.
+    if _basic_auth(request) or any(key == "client_secret" for key, _value in body):
+        raise AssertionRefusal("several_authentication_methods")
+    if len(assertion) > MAX_ASSERTION_LENGTH:
+        raise AssertionRefusal("assertion_too_long")
+    try:
+        _header, unverified = jose.peek(assertion)
+    except jose.JoseError as exc:
+        raise AssertionRefusal("malformed_assertion") from exc
+
+    client_id = unverified.get("iss")
+    if not isinstance(client_id, str) or not client_id or unverified.get("sub") != client_id:
+        raise AssertionRefusal("sub_is_not_iss")
+    if any(key == "client_id" and value != client_id for key, value in body):
+        raise AssertionRefusal("client_id_mismatch")
+    # Straight to the table: DOT's _load_application may fetch a client metadata document
+    # named by the client_id, and an unverified iss must never make this server fetch anything.
+    try:
+        application = get_application_model().objects.filter(client_id=client_id).first()
+    except ValueError as exc:  # a NUL byte, which PostgreSQL refuses to compare
+        raise AssertionRefusal("unknown_client") from exc
+    if application is None:
+        raise AssertionRefusal("unknown_client")
+    if application.client_type != application.CLIENT_CONFIDENTIAL or not application.is_usable(request):
+        raise AssertionRefusal("client_cannot_use_private_key_jwt")
+    try:
+        signed_jwt.verify(
+            assertion,
+            application=application,
+            audiences={issuer, token_endpoint(issuer)},
+            allowed_typ=ASSERTION_TYP,
+        )
+    except signed_jwt.JWTRefusal as exc:
+        raise AssertionRefusal(exc.reason) from exc
+    return application
+
+
+def authenticate(request: Request, *, issuer: str) -> bool:
+    """Authenticate the client by its assertion; on success ``request.client`` is set."""
+    try:
+        application = verify(request, issuer=issuer)
+    except AssertionRefusal as refusal:
+        logger.info("Client assertion refused: %s", refusal.reason)
+        return False
+    request.client = application
+    request.client_id = application.client_id
+    return True

@@ -1,0 +1,168 @@
+"""JWTs a client signs with one of its ``ClientKey`` rows (RFC 7523).
+
+Two kinds reach the token endpoint: the ``client_assertion`` that authenticates the client
+(RFC 7523 §2.2) and the self-signed ``subject_token`` of an impersonation (RFC 8693 token type
+``jwt``). Both are checked here the same way, in this order:
+
+1. the header (``header_refusal``, pure): an allowed asymmetric ``alg``, no header that names a
+   key or a place to fetch one, no ``crit``, an expected ``typ``;
+2. the key: chosen among the issuing client's usable keys only (``client_keys.choose_key``);
+3. the signature, under exactly the key's algorithm (RFC 8725 §3.1);
+4. the claims (``claims_refusal``, pure): ``iss``, ``aud``, ``exp``, ``iat``, ``nbf``, ``jti``;
+5. the ``jti``, usable once (``replay.consume``), last, so that only a JWT that passed
+   everything else can use up its ``jti``.
+
+What each kind requires of ``sub`` is the caller's business.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from . import jose, replay
+from .client_keys import InvalidKey, choose_key, parse_public_key
+from .conf import token_exchange_settings
+from .constants import CLIENT_KEY_ALGORITHMS
+from .models import ClientKey
+
+# RFC 7523 §3 lets the server bound how long it accepts a JWT; one hour, as ZITADEL's keys.
+MAX_LIFETIME_SECONDS = 3600
+MAX_JTI_LENGTH = 255
+# Headers that carry a key or say where to fetch one (RFC 7515 §4.1.2-4.1.6). The key is
+# chosen by the server among the client's registered keys; these are refused, never followed.
+KEY_HEADERS = frozenset({"jku", "jwk", "x5u", "x5c"})
+
+
+class JWTRefusal(Exception):
+    """A client-signed JWT that is not accepted, with the reason code for the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def media_type(typ: str) -> str:
+    """RFC 7515 §4.1.9: ``typ`` is a media type, compared case-insensitively, without ``application/``."""
+    typ = typ.lower()
+    return typ[len("application/") :] if typ.startswith("application/") else typ
+
+
+def header_refusal(header: Mapping[str, Any], *, allowed_typ: Collection[str]) -> str | None:
+    """Why this JOSE header is refused, or None. ``allowed_typ``: media types, lowercase."""
+    if header.get("alg") not in CLIENT_KEY_ALGORITHMS:
+        return "unsupported_alg"
+    if KEY_HEADERS & header.keys():
+        return "key_in_header"
+    if "crit" in header:
+        return "crit_header"
+    typ = header.get("typ")
+    if typ is not None and not (isinstance(typ, str) and media_type(typ) in allowed_typ):
+        return "wrong_typ"
+    return None
+
+
+def _numeric_date(value: object) -> float | None:
+    """RFC 7519 §2 NumericDate: a finite JSON number (not a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def audience_matches(aud: object, accepted: Collection[str]) -> bool:
+    """``aud`` names this server and nothing else: a string, or a list of only accepted values.
+
+    RFC 7523 §3 needs our identifier among the values; accepting a list that also names
+    another party would accept a JWT that party may have seen first.
+    """
+    values = [aud] if isinstance(aud, str) else aud
+    return (
+        isinstance(values, list)
+        and bool(values)
+        and all(isinstance(value, str) and value in accepted for value in values)
+    )
+
+
+def claims_refusal(
+    claims: Mapping[str, Any],
+    *,
+    client_id: str,
+    audiences: Collection[str],
+    now: float,
+    leeway: int,
+) -> str | None:
+    """Why these claims of a JWT signed by ``client_id`` are refused, or None. Pure."""
+    if claims.get("iss") != client_id:
+        return "wrong_issuer"
+    if not audience_matches(claims.get("aud"), audiences):
+        return "wrong_audience"
+    exp = _numeric_date(claims.get("exp"))
+    iat = _numeric_date(claims.get("iat"))
+    if exp is None or iat is None:
+        return "missing_exp_or_iat"
+    if exp <= now - leeway:
+        return "expired"
+    if iat > now + leeway:
+        return "issued_in_the_future"
+    if "nbf" in claims:
+        nbf = _numeric_date(claims["nbf"])
+        if nbf is None or nbf > now + leeway:
+            return "not_yet_valid"
+    if exp <= iat or exp - iat > MAX_LIFETIME_SECONDS:
+        return "lifetime_too_long"
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
+        return "missing_jti"
+    return None
+
+
+def usable_keys(application: Any) -> list[ClientKey]:
+    now = timezone.now()
+    return list(
+        ClientKey.objects.filter(application=application, active=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+        )
+    )
+
+
+def verify(
+    token: str, *, application: Any, audiences: Collection[str], allowed_typ: Collection[str]
+) -> dict[str, Any]:
+    """The claims of ``token``, a JWT ``application`` signed, or :class:`JWTRefusal`."""
+    try:
+        header, _unverified = jose.peek(token)
+    except jose.JoseError as exc:
+        raise JWTRefusal("malformed_jwt") from exc
+    reason = header_refusal(header, allowed_typ=allowed_typ)
+    if reason is not None:
+        raise JWTRefusal(reason)
+    key = choose_key(usable_keys(application), kid=header.get("kid"))
+    if isinstance(key, str):
+        raise JWTRefusal(key)
+    if header["alg"] != key.algorithm:
+        raise JWTRefusal("alg_mismatch")
+    try:
+        public_key = parse_public_key(key.public_key, key.algorithm)
+        _header, claims = jose.verify(token, public_key, key.algorithm)
+    except InvalidKey as exc:
+        raise JWTRefusal("unusable_key") from exc
+    except jose.JoseError as exc:
+        raise JWTRefusal("bad_signature") from exc
+    reason = claims_refusal(
+        claims,
+        client_id=application.client_id,
+        audiences=audiences,
+        now=time.time(),
+        leeway=token_exchange_settings.JWT_LEEWAY_SECONDS,
+    )
+    if reason is not None:
+        raise JWTRefusal(reason)
+    expires_at = math.ceil(claims["exp"])
+    if not replay.consume(client_id=application.client_id, jti=claims["jti"], expires_at=expires_at):
+        raise JWTRefusal("replayed_jti")
+    return claims
