@@ -98,3 +98,22 @@ eval "$("$PY" manage.py demo_login admin --prefix ADMIN_)"
 curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
   -d subject_token="$ADMIN_USER_ID" -d subject_token_type=$UID_TYPE \
   -d actor_token="$ACTOR_ACCESS_TOKEN" -d actor_token_type=$AT | show
+
+# --- Impersonation by JWT profile (the guide's last example): no client secret, the portal signs.
+# 13. A key pair for the portal: the public key is stored, the private key printed once, here.
+rm -f /tmp/portal-key.json
+"$PY" manage.py createclientkey portal --output /tmp/portal-key.json
+#     With PyJWT (example_project/jwt_profile.py, a dozen lines): a client assertion (iss = sub =
+#     portal) and a subject JWT (iss = portal, sub = the end user), both for aud = the issuer.
+eval "$("$PY" example_project/jwt_profile.py /tmp/portal-key.json "$USER_ID")"
+JWT_BEARER=urn:ietf:params:oauth:client-assertion-type:jwt-bearer
+curl -s "$TOKEN" -d grant_type=$EXCHANGE \
+  -d client_assertion_type=$JWT_BEARER -d client_assertion="$CLIENT_ASSERTION" \
+  -d subject_token="$SUBJECT_JWT" -d subject_token_type=urn:ietf:params:oauth:token-type:jwt \
+  -d actor_token="$ACTOR_ACCESS_TOKEN" -d actor_token_type=$AT \
+  -d requested_token_type=urn:ietf:params:oauth:token-type:jwt \
+  -d scope="openid profile email" | show
+
+# 14. The same assertion again: refused with 401 invalid_client, its jti is spent.
+curl -s -w "\nstatus: %{http_code}\n" "$TOKEN" -d grant_type=client_credentials \
+  -d client_assertion_type=$JWT_BEARER -d client_assertion="$CLIENT_ASSERTION"

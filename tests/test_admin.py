@@ -47,3 +47,23 @@ def test_impersonator_grants_show_zitadel_role_names(admin_client_, support, dja
     assert listing.status_code == 200
     assert b"Org End User Impersonator" in listing.content
     assert b"IAM Admin Impersonator" in listing.content
+
+
+def test_client_keys_are_validated_in_the_admin(admin_client_, portal):
+    from token_exchange.client_keys import generate_key_pair
+    from token_exchange.models import ClientKey
+
+    pair = generate_key_pair("RS256")
+    form = {"application": portal.pk, "kid": "k1", "algorithm": "RS256", "active": "on"}
+    refused = admin_client_.post(
+        "/admin/token_exchange/clientkey/add/", {**form, "public_key": pair.private_pem}
+    )
+    assert refused.status_code == 200
+    assert "This is a private key" in refused.content.decode()
+    assert not ClientKey.objects.exists()
+    added = admin_client_.post(
+        "/admin/token_exchange/clientkey/add/", {**form, "public_key": pair.public_pem}
+    )
+    assert added.status_code == 302
+    assert ClientKey.objects.get().kid == "k1"
+    assert admin_client_.get("/admin/token_exchange/clientkey/").status_code == 200

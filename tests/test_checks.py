@@ -24,7 +24,12 @@ def _reload_dot_settings():
 
 def run() -> list[str]:
     oauth2_settings.reload()
-    messages = checks.check_dot_settings() + checks.check_token_view() + checks.check_impersonation_guard()
+    messages = (
+        checks.check_dot_settings()
+        + checks.check_token_view()
+        + checks.check_impersonation_guard()
+        + checks.check_replay_cache()
+    )
     return [message.id for message in messages]
 
 
@@ -86,3 +91,39 @@ def test_w002_bearer_login_without_the_guard():
     with override_settings(MIDDLEWARE=without_guard):
         assert run() == []
     assert checks.W002.msg.startswith("DOT's OAuth2TokenMiddleware lets bearer tokens log users in")
+
+
+LOCMEM = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+DUMMY = {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}
+DATABASE = {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "replay"}
+
+
+@pytest.mark.parametrize(
+    ("caches", "replay_cache"),
+    [({"default": DUMMY}, None), ({"default": LOCMEM}, "missing")],
+    ids=["dummy", "missing-alias"],
+)
+def test_e006_replay_cache_that_remembers_nothing(caches, replay_cache):
+    te = {"REPLAY_CACHE": replay_cache} if replay_cache else {}
+    with override_settings(CACHES=caches, TOKEN_EXCHANGE=te):
+        assert run() == ["token_exchange.E006"]
+    assert checks.E006.msg == (
+        "TOKEN_EXCHANGE['REPLAY_CACHE'] names no cache, or a DummyCache that remembers nothing: every "
+        "client assertion and self-signed subject JWT will be refused."
+    )
+
+
+@pytest.mark.parametrize(
+    ("caches", "expected"),
+    [({"default": LOCMEM}, ["token_exchange.W003"]), ({"default": LOCMEM, "replay": DATABASE}, [])],
+    ids=["locmem", "database"],
+)
+def test_w003_per_process_replay_cache_is_a_deployment_warning(caches, expected):
+    te = {"REPLAY_CACHE": "replay"} if "replay" in caches else {}
+    with override_settings(CACHES=caches, TOKEN_EXCHANGE=te):
+        assert run() == []  # not without --deploy: one runserver process is fine
+        assert [message.id for message in checks.check_replay_cache_is_shared()] == expected
+    assert checks.W003.msg == (
+        "TOKEN_EXCHANGE['REPLAY_CACHE'] is a per-process cache: a client assertion or subject JWT used in "
+        "one process can be replayed in another."
+    )

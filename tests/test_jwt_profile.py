@@ -571,6 +571,7 @@ def jwt_profile(portal, portal_key, impersonation_allowed, support, support_toke
         ({"sub": "portal"}, "subject_is_client"),
         ({"sub": "999999"}, "unknown_user"),
         ({"sub": " 1"}, "malformed_user_id"),
+        ({"sub": "1\x00"}, "malformed_user_id"),
     ],
     ids=lambda value: value if isinstance(value, str) else ",".join(value),
 )
@@ -599,6 +600,13 @@ def test_subject_jwt_jti_is_usable_once(jwt_profile, portal_key, end_user_in_acm
     before = token_rows()
     AuditEvent.objects.all().delete()
     assert_subject_refused(jwt_profile(subject_jwt), before, "replayed_jti")
+
+
+@pytest.mark.parametrize("jti", ["a\x00b", "\u00fc" * 200, "\U0001f511", " "])
+def test_any_jti_string_is_accepted_once(jwt_profile, portal_key, end_user_in_acme, jti):
+    subject_jwt = sign(portal_key, subject_claims("portal", end_user_in_acme, jti=jti))
+    assert jwt_profile(subject_jwt).status_code == 200
+    assert jwt_profile(subject_jwt).status_code == 400
 
 
 @pytest.mark.parametrize("alg", ["none", "HS256"])

@@ -117,3 +117,56 @@ def test_impersonation_over_http(
         "payload__reason", flat=True
     )
     assert sorted(reasons) == ["impersonation_disabled", "impersonation_disabled"]
+
+
+def test_jwt_profile_with_the_walkthrough_script_over_http(
+    live_server, portal, impersonation_allowed, support, support_tokens, end_user_in_acme, tmp_path
+):
+    """Steps 13-14 of the walkthrough: createclientkey, example_project/jwt_profile.py, curl."""
+    import subprocess
+    import sys
+    from io import StringIO
+    from pathlib import Path
+
+    from django.core.management import call_command
+
+    from token_exchange.constants import CLIENT_ASSERTION_TYPE
+
+    key_path = tmp_path / "portal-key.json"
+    call_command("createclientkey", "portal", "--output", str(key_path), stderr=StringIO())
+    script = Path(__file__).resolve().parent.parent / "example_project" / "jwt_profile.py"
+    printed = subprocess.run(
+        [sys.executable, str(script), str(key_path), str(end_user_in_acme.pk)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    variables = dict(line.removeprefix("export ").split("=", 1) for line in printed.splitlines())
+    client_auth = {
+        "client_assertion_type": CLIENT_ASSERTION_TYPE,
+        "client_assertion": variables["CLIENT_ASSERTION"],
+    }
+    response = requests.post(
+        f"{live_server.url}/o/token/",
+        data={
+            "grant_type": GRANT_TYPE,
+            "subject_token": variables["SUBJECT_JWT"],
+            "subject_token_type": JWT_TYPE,
+            "actor_token": support_tokens["access_token"],
+            "actor_token_type": ACCESS_TOKEN_TYPE,
+            "requested_token_type": JWT_TYPE,
+            "scope": "openid profile email",
+            **client_auth,
+        },
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    claims = verify(response.json()["access_token"])[1]
+    assert claims["sub"] == str(end_user_in_acme.pk)
+    assert claims["act"] == {"iss": "http://127.0.0.1:8000/o", "sub": str(support.pk)}
+
+    replayed = requests.post(
+        f"{live_server.url}/o/token/", data={"grant_type": "client_credentials", **client_auth}, timeout=10
+    )
+    assert replayed.status_code == 401
+    assert replayed.json()["error"] == "invalid_client"

@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 
-from .models import AuditEvent, ClientPolicy, ImpersonatorGrant, SecuritySettings
+from .models import AuditEvent, ClientKey, ClientPolicy, ImpersonatorGrant, SecuritySettings
 
 
 @admin.register(SecuritySettings)
@@ -30,6 +30,17 @@ class SecuritySettingsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         # One row, one page: the list would only ever show a single link to it.
         obj = SecuritySettings.load()
         return HttpResponseRedirect(reverse("admin:token_exchange_securitysettings_change", args=[obj.pk]))
+
+
+@admin.register(ClientKey)
+class ClientKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Public keys only; ``manage.py createclientkey`` makes a pair and prints the private key."""
+
+    list_display = ("kid", "application", "algorithm", "active", "expires_at", "created_at")
+    list_filter = ("algorithm", "active")
+    search_fields = ("kid", "application__client_id", "application__name")
+    raw_id_fields = ("application",)
+    readonly_fields = ("created_at",)
 
 
 @admin.register(ClientPolicy)

@@ -13,6 +13,8 @@ from django.urls import NoReverseMatch, resolve, reverse
 from django.utils.module_loading import import_string
 from oauth2_provider.settings import oauth2_settings
 
+from .conf import token_exchange_settings
+
 E001 = Error(
     "The OAuth2 server class DOT uses does not register the token exchange grant.",
     hint=(
@@ -71,6 +73,21 @@ W002 = Warning(
     id="token_exchange.W002",
 )
 
+E006 = Error(
+    "TOKEN_EXCHANGE['REPLAY_CACHE'] names no cache, or a DummyCache that remembers nothing: every "
+    "client assertion and self-signed subject JWT will be refused.",
+    hint="Point TOKEN_EXCHANGE['REPLAY_CACHE'] at a CACHES alias shared by all processes (Redis, "
+    "Memcached or the database cache).",
+    id="token_exchange.E006",
+)
+W003 = Warning(
+    "TOKEN_EXCHANGE['REPLAY_CACHE'] is a per-process cache: a client assertion or subject JWT used in "
+    "one process can be replayed in another.",
+    hint="Point TOKEN_EXCHANGE['REPLAY_CACHE'] at a CACHES alias shared by all processes (Redis, "
+    "Memcached or the database cache), or run a single process.",
+    id="token_exchange.W003",
+)
+
 _BEARER_LOGIN_MIDDLEWARE = "oauth2_provider.middleware.OAuth2TokenMiddleware"
 _GUARD_MIDDLEWARE = "token_exchange.guard.ImpersonationGuardMiddleware"
 
@@ -125,4 +142,34 @@ def check_token_view(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     view_class = getattr(match.func, "view_class", None)
     if not (isinstance(view_class, type) and issubclass(view_class, TokenView)):
         return [E005]
+    return []
+
+
+_PER_PROCESS_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    # FileBasedCache.add is a read then a write, not atomic across processes.
+    "django.core.cache.backends.filebased.FileBasedCache",
+)
+
+
+def _replay_cache_backend() -> str | None:
+    caches = getattr(settings, "CACHES", None) or {}
+    config = caches.get(token_exchange_settings.REPLAY_CACHE)
+    return None if config is None else str(config.get("BACKEND", ""))
+
+
+@register(Tags.caches)
+def check_replay_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    backend = _replay_cache_backend()
+    if backend is None or _is_subclass(backend, "django.core.cache.backends.dummy.DummyCache"):
+        return [E006]
+    return []
+
+
+@register(Tags.caches, deploy=True)
+def check_replay_cache_is_shared(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A deployment check (``manage.py check --deploy``): one runserver process is fine."""
+    backend = _replay_cache_backend()
+    if backend is not None and any(_is_subclass(backend, path) for path in _PER_PROCESS_CACHES):
+        return [W003]
     return []

@@ -86,12 +86,11 @@ def verify(request: Request, *, issuer: str) -> Any:
         raise AssertionRefusal("sub_is_not_iss")
     if any(key == "client_id" and value != client_id for key, value in body):
         raise AssertionRefusal("client_id_mismatch")
+    if "\x00" in client_id:  # PostgreSQL cannot even compare a string with a NUL byte
+        raise AssertionRefusal("unknown_client")
     # Straight to the table: DOT's _load_application may fetch a client metadata document
     # named by the client_id, and an unverified iss must never make this server fetch anything.
-    try:
-        application = get_application_model().objects.filter(client_id=client_id).first()
-    except ValueError as exc:  # a NUL byte, which PostgreSQL refuses to compare
-        raise AssertionRefusal("unknown_client") from exc
+    application = get_application_model().objects.filter(client_id=client_id).first()
     if application is None:
         raise AssertionRefusal("unknown_client")
     if application.client_type != application.CLIENT_CONFIDENTIAL or not application.is_usable(request):

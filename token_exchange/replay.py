@@ -34,13 +34,14 @@ def consume(*, client_id: str, jti: str, expires_at: int) -> bool:
     A store that cannot remember (``DummyCache``) or does not answer refuses every JWT:
     without it, one-time use cannot be promised.
     """
-    cache = caches[token_exchange_settings.REPLAY_CACHE]
-    if isinstance(cache, DummyCache):
-        logger.error("The replay cache is a DummyCache: every client-signed JWT is refused.")
-        return False
-    timeout = max(1, math.ceil(expires_at + token_exchange_settings.JWT_LEEWAY_SECONDS - time.time()))
     try:
+        cache = caches[token_exchange_settings.REPLAY_CACHE]
+        if isinstance(cache, DummyCache):
+            logger.error("The replay cache is a DummyCache: every client-signed JWT is refused.")
+            return False
+        timeout = max(1, math.ceil(expires_at + token_exchange_settings.JWT_LEEWAY_SECONDS - time.time()))
         return bool(cache.add(_key(client_id, jti), 1, timeout=timeout))
     except Exception:
+        # A missing alias, a Redis that is down: fail closed, the token endpoint answers 401.
         logger.exception("The replay cache did not answer: the client-signed JWT is refused.")
         return False

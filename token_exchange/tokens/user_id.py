@@ -22,6 +22,8 @@ _INTEGER = re.compile(r"[0-9]{1,20}")
 
 def read_user_id(value: str, token_type: str, refusal: type[Refusal]) -> VerifiedToken:
     User = get_user_model()
+    if "\x00" in value:  # PostgreSQL refuses to compare a string with a NUL byte
+        raise refusal("malformed_user_id")
     if isinstance(User._meta.pk, models.IntegerField) and not _INTEGER.fullmatch(value):
         raise refusal("malformed_user_id")
     try:

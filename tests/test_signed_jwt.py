@@ -1,0 +1,302 @@
+"""The pure rules for client-signed JWTs, as truth tables; ClientKey and createclientkey."""
+
+from __future__ import annotations
+
+import json
+import os
+from io import StringIO
+from types import SimpleNamespace
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from django.core.exceptions import ValidationError
+from django.core.management import CommandError, call_command
+from django.test import Client
+from hypothesis import given
+from hypothesis import strategies as st
+
+from token_exchange.client_keys import InvalidKey, choose_key, generate_key_pair, parse_public_key
+from token_exchange.models import ClientKey
+from token_exchange.signed_jwt import audience_matches, claims_refusal, header_refusal
+
+from .client_jwt import assertion_claims
+from .conftest import make_app
+
+NOW = 1_800_000_000
+OURS = {"https://idp.example/o", "https://idp.example/o/token/"}
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ({"alg": "RS256"}, None),
+        ({"alg": "ES512", "kid": "k", "typ": "JWT"}, None),
+        ({"alg": "PS256", "typ": "application/JWT"}, None),
+        ({"alg": "none"}, "unsupported_alg"),
+        ({"alg": "None"}, "unsupported_alg"),
+        ({"alg": "HS256"}, "unsupported_alg"),
+        ({"alg": "rs256"}, "unsupported_alg"),
+        ({"alg": ["RS256"]}, "unsupported_alg"),
+        ({}, "unsupported_alg"),
+        ({"alg": "RS256", "jku": "https://x"}, "key_in_header"),
+        ({"alg": "RS256", "jwk": {}}, "key_in_header"),
+        ({"alg": "RS256", "x5u": "https://x"}, "key_in_header"),
+        ({"alg": "RS256", "x5c": []}, "key_in_header"),
+        ({"alg": "RS256", "crit": []}, "crit_header"),
+        ({"alg": "RS256", "typ": "at+jwt"}, "wrong_typ"),
+        ({"alg": "RS256", "typ": "client-authentication+jwt"}, "wrong_typ"),
+        ({"alg": "RS256", "typ": None}, None),
+        ({"alg": "RS256", "typ": 1}, "wrong_typ"),
+    ],
+)
+def test_header_refusal(header, reason):
+    assert header_refusal(header, allowed_typ={"jwt"}) == reason
+
+
+@pytest.mark.parametrize(
+    ("aud", "matches"),
+    [
+        ("https://idp.example/o", True),
+        (["https://idp.example/o/token/"], True),
+        (["https://idp.example/o", "https://idp.example/o/token/"], True),
+        (["https://idp.example/o", "https://other.example/"], False),
+        ("https://idp.example/o/", False),
+        ("https://idp.example", False),
+        ([], False),
+        ("", False),
+        (None, False),
+        ([None], False),
+        ({"https://idp.example/o": True}, False),
+    ],
+)
+def test_audience_matches(aud, matches):
+    assert audience_matches(aud, OURS) is matches
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    values = {
+        "iss": "c",
+        "sub": "c",
+        "aud": "https://idp.example/o",
+        "iat": NOW,
+        "exp": NOW + 300,
+        "jti": "j",
+    }
+    values.update(overrides)
+    return {name: value for name, value in values.items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({}, None),
+        ({"iss": "d"}, "wrong_issuer"),
+        ({"iss": None}, "wrong_issuer"),
+        ({"aud": "https://idp.example/"}, "wrong_audience"),
+        ({"exp": None}, "missing_exp_or_iat"),
+        ({"iat": None}, "missing_exp_or_iat"),
+        ({"exp": "1900000000"}, "missing_exp_or_iat"),
+        ({"exp": True}, "missing_exp_or_iat"),
+        ({"exp": float("inf")}, "missing_exp_or_iat"),
+        ({"exp": NOW + 299.5}, None),
+        ({"iat": NOW - 300, "exp": NOW - 10}, None),  # expired, within the leeway
+        ({"iat": NOW - 300, "exp": NOW - 60}, "expired"),
+        ({"iat": NOW + 60, "exp": NOW + 120}, None),  # issued ahead, within the leeway
+        ({"iat": NOW + 61, "exp": NOW + 120}, "issued_in_the_future"),
+        ({"nbf": NOW + 60}, None),
+        ({"nbf": NOW + 61}, "not_yet_valid"),
+        ({"nbf": "later"}, "not_yet_valid"),
+        ({"exp": NOW + 3600}, None),
+        ({"exp": NOW + 3601}, "lifetime_too_long"),
+        ({"iat": NOW - 4000, "exp": NOW + 10}, "lifetime_too_long"),
+        ({"exp": NOW, "iat": NOW}, "lifetime_too_long"),
+        ({"jti": None}, "missing_jti"),
+        ({"jti": ""}, "missing_jti"),
+        ({"jti": 5}, "missing_jti"),
+        ({"jti": "j" * 255}, None),
+        ({"jti": "j" * 256}, "missing_jti"),
+    ],
+)
+def test_claims_refusal(overrides, reason):
+    assert claims_refusal(claims(**overrides), client_id="c", audiences=OURS, now=NOW, leeway=60) == reason
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["iss", "sub", "aud", "iat", "exp", "nbf", "jti", "x"]), json_values))
+def test_claims_refusal_never_raises_and_refuses_what_is_incomplete(value):
+    reason = claims_refusal(value, client_id="c", audiences=OURS, now=NOW, leeway=60)
+    assert reason is None or isinstance(reason, str)
+    if reason is None:
+        assert value["iss"] == "c"
+        assert isinstance(value["jti"], str)
+
+
+KEY_A, KEY_B = SimpleNamespace(kid="a"), SimpleNamespace(kid="b")
+
+
+@pytest.mark.parametrize(
+    ("keys", "kid", "chosen"),
+    [
+        ([KEY_A], None, KEY_A),
+        ([KEY_A], "a", KEY_A),
+        ([KEY_A], "b", "unknown_kid"),
+        ([KEY_A, KEY_B], "b", KEY_B),
+        ([KEY_A, KEY_B], None, "kid_required"),
+        ([], None, "no_usable_key"),
+        ([], "a", "unknown_kid"),
+        ([KEY_A], "", "malformed_kid"),
+        ([KEY_A], 1, "malformed_kid"),
+        ([KEY_A], ["a"], "malformed_kid"),
+        ([KEY_A], "A", "unknown_kid"),
+    ],
+)
+def test_choose_key(keys, kid, chosen):
+    assert choose_key(keys, kid=kid) == chosen
+
+
+# Keys ---------------------------------------------------------------------------------------
+
+
+def _pem(public_key: Any) -> str:
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "PS512", "ES256", "ES384", "ES512"])
+def test_generated_key_pairs_sign_what_the_stored_key_verifies(algorithm):
+    pair = generate_key_pair(algorithm)
+    token = jwt.encode({"x": 1}, pair.private_pem, algorithm=algorithm)
+    public = parse_public_key(pair.public_pem, algorithm)
+    assert jwt.decode(token, public.export_to_pem(), algorithms=[algorithm]) == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    ("pem", "algorithm", "message"),
+    [
+        (lambda: generate_key_pair("RS256").private_pem, "RS256", "This is a private key"),
+        (lambda: "not a key", "RS256", "Not a PEM-encoded public key"),
+        (lambda: generate_key_pair("ES256").public_pem, "RS256", "RS256 needs an RSA key."),
+        (lambda: generate_key_pair("RS256").public_pem, "ES256", "ES256 needs an EC key on curve secp256r1."),
+        (lambda: generate_key_pair("ES384").public_pem, "ES256", "ES256 needs an EC key on curve secp256r1."),
+        (
+            lambda: _pem(rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()),
+            "RS256",
+            "RSA keys must have at least 2048 bits.",
+        ),
+        (
+            lambda: _pem(ec.generate_private_key(ec.SECP256K1()).public_key()),
+            "ES256",
+            "ES256 needs an EC key",
+        ),
+        (lambda: generate_key_pair("RS256").public_pem, "HS256", "'HS256' is not an allowed algorithm."),
+        (lambda: generate_key_pair("RS256").public_pem, "none", "'none' is not an allowed algorithm."),
+    ],
+    ids=[
+        "private",
+        "garbage",
+        "ec-for-rs",
+        "rsa-for-es",
+        "p384-for-es256",
+        "rsa-1024",
+        "secp256k1",
+        "hs256",
+        "none",
+    ],
+)
+def test_keys_that_cannot_be_registered(pem, algorithm, message):
+    with pytest.raises(InvalidKey, match=message):
+        parse_public_key(pem(), algorithm)
+
+
+@pytest.mark.django_db
+def test_client_key_validation_explains_the_key(portal):
+    key = ClientKey(application=portal, kid="k", public_key=generate_key_pair("RS256").private_pem)
+    with pytest.raises(ValidationError) as raised:
+        key.full_clean()
+    assert "private key" in str(raised.value.message_dict["public_key"])
+    with pytest.raises(ValidationError):
+        ClientKey(application=portal, kid="k", public_key="x", algorithm="HS256").full_clean()
+
+
+# createclientkey ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_createclientkey_prints_a_key_file_that_authenticates_the_client(portal):
+    out = StringIO()
+    call_command("createclientkey", "portal", "--algorithm", "ES256", stdout=out)
+    key_file = json.loads(out.getvalue())
+    assert set(key_file) == {"type", "keyId", "key", "algorithm", "clientId"}
+    assert key_file["clientId"] == "portal"
+    stored = ClientKey.objects.get(application=portal)
+    assert (stored.kid, stored.algorithm, stored.active, stored.expires_at) == (
+        key_file["keyId"],
+        "ES256",
+        True,
+        None,
+    )
+    assert "PRIVATE" not in stored.public_key
+    assert key_file["key"] not in str(ClientKey.objects.values_list())
+    token = jwt.encode(
+        assertion_claims("portal"), key_file["key"], "ES256", headers={"kid": key_file["keyId"]}
+    )
+
+    response = Client().post(
+        "/o/token/",
+        {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": token,
+        },
+    )
+    # The portal's grant type is authorization_code: authenticated, then refused for the grant.
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "unauthorized_client"
+
+
+@pytest.mark.django_db
+def test_createclientkey_writes_a_private_file_once(portal, tmp_path):
+    path = tmp_path / "portal.json"
+    call_command(
+        "createclientkey",
+        "portal",
+        "--output",
+        str(path),
+        "--kid",
+        "2026-11",
+        "--expires-in-days",
+        "90",
+        stderr=StringIO(),
+    )
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text())["keyId"] == "2026-11"
+    assert ClientKey.objects.get(kid="2026-11").expires_at is not None
+    with pytest.raises(CommandError, match="already has a key"):
+        call_command("createclientkey", "portal", "--kid", "2026-11", stdout=StringIO())
+    with pytest.raises(CommandError, match="Cannot create"):
+        call_command("createclientkey", "portal", "--output", str(path), stderr=StringIO())
+    assert ClientKey.objects.count() == 1  # the failed write stored no key
+
+
+@pytest.mark.django_db
+def test_createclientkey_refuses_public_and_unknown_clients(db):
+    make_app("spa", exchange=None, client_type="public")
+    with pytest.raises(CommandError, match="Only confidential clients"):
+        call_command("createclientkey", "spa", stdout=StringIO())
+    with pytest.raises(CommandError, match="No application"):
+        call_command("createclientkey", "nobody", stdout=StringIO())
+    make_app("service", exchange=None)
+    with pytest.raises(CommandError, match="positive"):
+        call_command("createclientkey", "service", "--expires-in-days", "0", stdout=StringIO())
