@@ -121,6 +121,19 @@ OAUTH2_PROVIDER = {
     "OAUTH2_BACKEND_CLASS": "token_exchange.backend.TokenExchangeOAuthLibCore",
 }
 
+# Used jti values of client assertions and self-signed subject JWTs, in an alias of their own
+# with room for an hour of JWTs. runserver is one process, so local memory will do here; a
+# deployment with several processes uses Redis (`manage.py check --deploy` says so: W003).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "token_exchange_replay": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "token-exchange-replay",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    },
+}
+TOKEN_EXCHANGE = {"REPLAY_CACHE": "token_exchange_replay"}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

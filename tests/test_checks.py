@@ -113,17 +113,29 @@ def test_e006_replay_cache_that_remembers_nothing(caches, replay_cache):
     )
 
 
+BIG_DATABASE = {**DATABASE, "OPTIONS": {"MAX_ENTRIES": 1_000_000}}
+REDIS = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:6379"}
+
+
 @pytest.mark.parametrize(
     ("caches", "expected"),
-    [({"default": LOCMEM}, ["token_exchange.W003"]), ({"default": LOCMEM, "replay": DATABASE}, [])],
-    ids=["locmem", "database"],
+    [
+        ({"default": LOCMEM}, ["token_exchange.W003", "token_exchange.W004"]),
+        ({"default": LOCMEM, "replay": DATABASE}, ["token_exchange.W004"]),
+        ({"default": LOCMEM, "replay": BIG_DATABASE}, []),
+        ({"default": LOCMEM, "replay": REDIS}, []),
+    ],
+    ids=["locmem", "database-300", "database-1e6", "redis"],
 )
-def test_w003_per_process_replay_cache_is_a_deployment_warning(caches, expected):
+def test_w003_w004_replay_cache_deployment_warnings(caches, expected):
     te = {"REPLAY_CACHE": "replay"} if "replay" in caches else {}
     with override_settings(CACHES=caches, TOKEN_EXCHANGE=te):
-        assert run() == []  # not without --deploy: one runserver process is fine
+        assert run() == []  # not without --deploy: one small runserver process is fine
         assert [message.id for message in checks.check_replay_cache_is_shared()] == expected
     assert checks.W003.msg == (
         "TOKEN_EXCHANGE['REPLAY_CACHE'] is a per-process cache: a client assertion or subject JWT used in "
         "one process can be replayed in another."
+    )
+    assert checks.W004.msg.startswith(
+        "TOKEN_EXCHANGE['REPLAY_CACHE'] culls entries once it holds MAX_ENTRIES items"
     )

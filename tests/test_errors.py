@@ -247,3 +247,13 @@ def test_token_parameters_are_hidden_from_error_reports(rf, portal, user_tokens)
     TokenView.as_view()(request)
     for name in ("subject_token", "actor_token", "client_secret", "refresh_token", "client_assertion"):
         assert name in request.sensitive_post_parameters
+
+
+@pytest.mark.parametrize("view_name", ["IntrospectTokenView", "RevokeTokenView"])
+def test_revocation_and_introspection_hide_credentials_from_error_reports(rf, db, view_name):
+    from token_exchange import views
+
+    request = rf.post("/o/x/", {"token": "t", "client_assertion": "a", "client_secret": "s"})
+    getattr(views, view_name).as_view()(request)
+    for name in ("token", "client_secret", "client_assertion"):
+        assert name in request.sensitive_post_parameters

@@ -3,6 +3,7 @@ self-signed subject JWT, and every way an attacker would bend either (RFC 7523, 
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -539,6 +540,55 @@ def test_assertion_failures_on_the_exchange_grant_are_invalid_client(
     assert_unauthenticated(post(form), before)
 
 
+def raw_jwt(header: str, claims: str) -> str:
+    """A JWT from JSON text, for what json.dumps cannot write (lone surrogates) or would refuse."""
+
+    def segment(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+    return f"{segment(header)}.{segment(claims)}.AAAA"
+
+
+DEEP = "[" * 2000 + "]" * 2000
+HOSTILE_JWTS = {
+    "deep-claims": raw_jwt('{"alg": "RS256"}', '{"iss": ' + DEEP + "}"),
+    "deep-header": raw_jwt('{"alg": "RS256", "x": ' + DEEP + "}", "{}"),
+    "lone-surrogate-iss": raw_jwt('{"alg": "RS256"}', '{"iss": "\\ud800", "sub": "\\ud800"}'),
+    "long-iss": raw_jwt('{"alg": "RS256"}', json.dumps({"iss": "c" * 5000, "sub": "c" * 5000})),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_JWTS))
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        ("/o/token/", {"grant_type": "client_credentials"}),
+        ("/o/revoke_token/", {"token": "anything"}),
+        ("/o/introspect/", {"token": "anything"}),
+    ],
+    ids=["token", "revoke", "introspect"],
+)
+def test_hostile_json_in_an_assertion_never_gives_a_500(backend, name, path, form):
+    """No key needed for these: they must fail before any signature is checked, cleanly."""
+    before = token_rows()
+    response = Client(raise_request_exception=False).post(
+        path, {**form, **assertion_form(HOSTILE_JWTS[name])}
+    )
+    assert response.status_code in (400, 401, 403), response.content
+    assert token_rows() == before
+
+
+def test_numbers_beyond_a_double_are_refused_not_crashed(backend, jwt_profile, portal_key, end_user_in_acme):
+    key = register_key(backend)
+    before = token_rows()
+    huge = sign_any_header(key, {"kid": key.kid}, assertion_claims("backend", exp=10**400))
+    assert_unauthenticated(post({"grant_type": "client_credentials", **assertion_form(huge)}), before)
+    subject_jwt = sign_any_header(
+        portal_key, {"kid": portal_key.kid}, subject_claims("portal", end_user_in_acme, nbf=10**400)
+    )
+    assert_subject_refused(jwt_profile(subject_jwt), before, "not_yet_valid")
+
+
 # The self-signed subject JWT: each rule refused with invalid_request and audited --------------
 
 
@@ -711,8 +761,16 @@ def test_the_switch_off_refuses_before_reading_the_subject_jwt(
 # The replay store -----------------------------------------------------------------------------
 
 
-@override_settings(CACHES={"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}})
-def test_a_cache_that_cannot_remember_refuses_every_assertion(backend):
+@pytest.mark.parametrize(
+    "replay_cache",
+    [{"BACKEND": "django.core.cache.backends.dummy.DummyCache"}, None],
+    ids=["dummy", "missing-alias"],
+)
+def test_a_cache_that_cannot_remember_refuses_every_assertion(backend, settings, replay_cache):
+    caches_setting = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    if replay_cache is not None:
+        caches_setting["token_exchange_replay"] = replay_cache
+    settings.CACHES = caches_setting
     key = register_key(backend)
     before = token_rows()
     assert_unauthenticated(
@@ -755,3 +813,29 @@ def test_replay_protection_holds_across_processes_with_a_shared_cache(backend):
     before = token_rows()
     assert_unauthenticated(post(form), before)
     assert caches["replay"] is not first_process
+
+
+def test_a_culling_replay_cache_forgets_live_jtis(backend, aggregates):
+    """Why W004 exists: Django's local-memory cache drops entries, live or not, past MAX_ENTRIES
+    (300 by default), so another client's traffic can make a used assertion acceptable again.
+    With an alias of its own and room for an hour of JWTs, it cannot."""
+    from django.core.cache import caches
+
+    key, other = register_key(backend), register_key(aggregates)
+    form = {"grant_type": "client_credentials", **assertion_form(assertion(key))}
+    small = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "small"}
+    roomy = {**small, "LOCATION": "roomy", "OPTIONS": {"MAX_ENTRIES": 100_000}}
+    for config, replay_accepted in ((small, True), (roomy, False)):
+        caches_setting = {
+            "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+            "replay": config,
+        }
+        with override_settings(CACHES=caches_setting, TOKEN_EXCHANGE={"REPLAY_CACHE": "replay"}):
+            caches["replay"].clear()
+            assert post(form).status_code == 200
+            assert post(form).status_code == 401
+            for _ in range(300):
+                caches["replay"].add(f"other-client-{time.monotonic_ns()}", 1)
+            assert (post(form).status_code == 200) is replay_accepted
+        form = {"grant_type": "client_credentials", **assertion_form(assertion(key))}
+    del other

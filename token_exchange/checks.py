@@ -87,6 +87,15 @@ W003 = Warning(
     "Memcached or the database cache), or run a single process.",
     id="token_exchange.W003",
 )
+W004 = Warning(
+    "TOKEN_EXCHANGE['REPLAY_CACHE'] culls entries once it holds MAX_ENTRIES items: a client sending "
+    "that many JWTs within an hour, or anything else writing to that cache, can evict the jti of a "
+    "JWT that is still valid, which could then be accepted again.",
+    hint="Give the replay cache an alias of its own with OPTIONS['MAX_ENTRIES'] of at least 100000 "
+    "(above the client-signed JWTs you accept in an hour), or use Redis with maxmemory-policy "
+    "noeviction.",
+    id="token_exchange.W004",
+)
 
 _BEARER_LOGIN_MIDDLEWARE = "oauth2_provider.middleware.OAuth2TokenMiddleware"
 _GUARD_MIDDLEWARE = "token_exchange.guard.ImpersonationGuardMiddleware"
@@ -145,6 +154,13 @@ def check_token_view(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     return []
 
 
+# Django's backends that drop entries, expired or not, once MAX_ENTRIES (default 300) is reached.
+_CULLING_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.filebased.FileBasedCache",
+    "django.core.cache.backends.db.DatabaseCache",
+)
+MIN_REPLAY_CACHE_ENTRIES = 100_000
 _PER_PROCESS_CACHES = (
     "django.core.cache.backends.locmem.LocMemCache",
     # FileBasedCache.add is a read then a write, not atomic across processes.
@@ -152,9 +168,14 @@ _PER_PROCESS_CACHES = (
 )
 
 
-def _replay_cache_backend() -> str | None:
+def _replay_cache_config() -> dict[str, Any] | None:
     caches = getattr(settings, "CACHES", None) or {}
     config = caches.get(token_exchange_settings.REPLAY_CACHE)
+    return dict(config) if isinstance(config, dict) else None
+
+
+def _replay_cache_backend() -> str | None:
+    config = _replay_cache_config()
     return None if config is None else str(config.get("BACKEND", ""))
 
 
@@ -168,8 +189,16 @@ def check_replay_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
 
 @register(Tags.caches, deploy=True)
 def check_replay_cache_is_shared(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """A deployment check (``manage.py check --deploy``): one runserver process is fine."""
-    backend = _replay_cache_backend()
-    if backend is not None and any(_is_subclass(backend, path) for path in _PER_PROCESS_CACHES):
-        return [W003]
-    return []
+    """Deployment checks (``manage.py check --deploy``): one small runserver process is fine."""
+    config = _replay_cache_config()
+    if config is None:
+        return []
+    backend = str(config.get("BACKEND", ""))
+    messages: list[CheckMessage] = []
+    if any(_is_subclass(backend, path) for path in _PER_PROCESS_CACHES):
+        messages.append(W003)
+    if any(_is_subclass(backend, path) for path in _CULLING_CACHES):
+        max_entries = (config.get("OPTIONS") or {}).get("MAX_ENTRIES", 300)
+        if int(max_entries) < MIN_REPLAY_CACHE_ENTRIES:
+            messages.append(W004)
+    return messages

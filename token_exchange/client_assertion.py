@@ -22,6 +22,7 @@ from oauthlib.common import Request
 
 from . import jose, signed_jwt
 from .constants import CLIENT_ASSERTION_TYPE
+from .tokens.base import storable
 
 logger = logging.getLogger("token_exchange")
 
@@ -30,6 +31,8 @@ PARAMETERS = ("client_assertion", "client_assertion_type")
 ASSERTION_TYP = frozenset({"jwt", "client-authentication+jwt"})
 # Far above any real assertion (a few hundred bytes), far below anything costly to parse.
 MAX_ASSERTION_LENGTH = 8 * 1024
+# DOT's client_id column holds 100 characters; anything longer names no client.
+MAX_CLIENT_ID_LENGTH = 255
 
 
 class AssertionRefusal(Exception):
@@ -86,7 +89,7 @@ def verify(request: Request, *, issuer: str) -> Any:
         raise AssertionRefusal("sub_is_not_iss")
     if any(key == "client_id" and value != client_id for key, value in body):
         raise AssertionRefusal("client_id_mismatch")
-    if "\x00" in client_id:  # PostgreSQL cannot even compare a string with a NUL byte
+    if len(client_id) > MAX_CLIENT_ID_LENGTH or not storable(client_id):
         raise AssertionRefusal("unknown_client")
     # Straight to the table: DOT's _load_application may fetch a client metadata document
     # named by the client_id, and an unverified iss must never make this server fetch anything.

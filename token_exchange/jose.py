@@ -25,7 +25,8 @@ class JoseError(Exception):
 def _decode_segment(segment: str) -> dict[str, Any]:
     try:
         value = json.loads(base64url_decode(segment))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a few KB of "[[[[…" nest deeper than the parser recurses.
         raise JoseError("segment is not base64url-encoded JSON") from exc
     if not isinstance(value, dict):
         raise JoseError("segment is not a JSON object")

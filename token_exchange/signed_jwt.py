@@ -71,7 +71,11 @@ def _numeric_date(value: object) -> float | None:
     """RFC 7519 §2 NumericDate: a finite JSON number (not a boolean)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)  # an int beyond 1e308 overflows
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def audience_matches(aud: object, accepted: Collection[str]) -> bool:

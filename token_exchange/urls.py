@@ -22,6 +22,7 @@ app_name = "oauth2_provider"
 _REPLACEMENTS: dict[str, Any] = {
     "token": views.TokenView,
     "introspect": views.IntrospectTokenView,
+    "revoke-token": views.RevokeTokenView,
     "oauth-server-metadata": views.OAuthServerMetadataView,
     "oauth-server-metadata-issuer": views.OAuthServerMetadataView,
     "oidc-connect-discovery-info": views.ConnectDiscoveryInfoView,

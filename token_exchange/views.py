@@ -69,6 +69,7 @@ def _epoch(moment: Any) -> int:
     return int(moment.timestamp())
 
 
+@method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS, "token"), name="dispatch")
 class IntrospectTokenView(oauth2_views.IntrospectTokenView):  # type: ignore[misc]
     """RFC 7662 introspection with the JWT claims of the token: sub, iss, aud, jti, iat, act."""
 
@@ -107,6 +108,11 @@ class IntrospectTokenView(oauth2_views.IntrospectTokenView):  # type: ignore[mis
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
         return self.introspect(request, request.POST.get("token"))
+
+
+@method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS, "token"), name="dispatch")
+class RevokeTokenView(oauth2_views.RevokeTokenView):  # type: ignore[misc]
+    """DOT's RFC 7009 revocation, with the token and client credentials hidden from error reports."""
 
 
 def _with_token_exchange(response: HttpResponse, grant_types: list[str]) -> HttpResponse:

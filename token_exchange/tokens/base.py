@@ -63,3 +63,15 @@ def access_token_claims(token: Any) -> dict[str, Any]:
         "act": None,
         "reference": f"access_token:{token.pk}",
     }
+
+
+def storable(value: str) -> bool:
+    """Can ``value`` be compared with a database column? Not with a NUL byte (PostgreSQL) or a
+    lone surrogate (no UTF-8 encoding; every backend fails), both of which JSON can carry."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

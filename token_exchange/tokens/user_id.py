@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from ..exceptions import Refusal
-from .base import VerifiedToken
+from .base import VerifiedToken, storable
 
 # One spelling per user: int() would also read "1_0", " 2" or non-ASCII digits.
 _INTEGER = re.compile(r"[0-9]{1,20}")
@@ -22,7 +22,7 @@ _INTEGER = re.compile(r"[0-9]{1,20}")
 
 def read_user_id(value: str, token_type: str, refusal: type[Refusal]) -> VerifiedToken:
     User = get_user_model()
-    if "\x00" in value:  # PostgreSQL refuses to compare a string with a NUL byte
+    if not storable(value):
         raise refusal("malformed_user_id")
     if isinstance(User._meta.pk, models.IntegerField) and not _INTEGER.fullmatch(value):
         raise refusal("malformed_user_id")
