@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
 import pytest
 import requests
+from django.core.management import call_command
 
 from example_project.demo import data
-from token_exchange.constants import ACCESS_TOKEN_TYPE, GRANT_TYPE, ID_TOKEN_TYPE, JWT_TYPE
+from token_exchange.constants import (
+    ACCESS_TOKEN_TYPE,
+    CLIENT_ASSERTION_TYPE,
+    GRANT_TYPE,
+    ID_TOKEN_TYPE,
+    JWT_TYPE,
+)
 
 from .jwt_helpers import verify
 
@@ -123,15 +135,6 @@ def test_jwt_profile_with_the_walkthrough_script_over_http(
     live_server, portal, impersonation_allowed, support, support_tokens, end_user_in_acme, tmp_path
 ):
     """Steps 13-14 of the walkthrough: createclientkey, example_project/jwt_profile.py, curl."""
-    import subprocess
-    import sys
-    from io import StringIO
-    from pathlib import Path
-
-    from django.core.management import call_command
-
-    from token_exchange.constants import CLIENT_ASSERTION_TYPE
-
     key_path = tmp_path / "portal-key.json"
     call_command("createclientkey", "portal", "--output", str(key_path), stderr=StringIO())
     script = Path(__file__).resolve().parent.parent / "example_project" / "jwt_profile.py"

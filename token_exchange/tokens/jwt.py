@@ -11,6 +11,7 @@ lifetime, which the actor token and ``IMPERSONATION_TOKEN_EXPIRE_SECONDS`` bound
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .. import signed_jwt
@@ -35,14 +36,6 @@ def read_self_signed_jwt(
     if sub == client.client_id:
         # A client assertion (sub = iss = client_id) is not a statement about a user.
         raise refusal("subject_is_client")
-    user = read_user_id(sub, token_type, refusal)
-    return VerifiedToken(
-        token_type=token_type,
-        user=user.user,
-        client_id=None,
-        scope=frozenset(),
-        audience=(),
-        resource=(),
-        expires=None,
-        reference=f"jwt:{client.client_id}:{claims['jti']}",
-    )
+    # Then exactly a user id: no scope, no audience, no expiry of its own.
+    named = read_user_id(sub, token_type, refusal)
+    return dataclasses.replace(named, reference=f"jwt:{client.client_id}:{claims['jti']}")
