@@ -12,6 +12,7 @@ from typing import Any
 
 import django
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -19,6 +20,7 @@ from django.utils.translation import gettext_lazy as _
 from oauth2_provider.settings import oauth2_settings
 
 from . import constants
+from .client_keys import InvalidKey, parse_public_key
 from .conf import token_exchange_settings
 
 
@@ -154,19 +156,10 @@ class ClientKey(models.Model):
         return f"{self.kid} ({self.algorithm})"
 
     def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
-        from .client_keys import InvalidKey, parse_public_key
-
         try:
             parse_public_key(self.public_key, self.algorithm)
         except InvalidKey as exc:
             raise ValidationError({"public_key": str(exc)}) from exc
-
-    def is_usable(self, now: Any = None) -> bool:
-        """Active and not expired at ``now`` (default: this moment)."""
-        now = now or timezone.now()
-        return self.active and (self.expires_at is None or self.expires_at > now)
 
 
 class ExchangedToken(models.Model):
