@@ -10,5 +10,10 @@ class TokenExchangeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Wires the system checks; queries nothing.
+        # Wires the system checks and one receiver; queries nothing.
+        from django.contrib.auth.signals import user_logged_out
+
         from . import checks  # noqa: F401
+        from .impersonation_sessions import end_on_logout
+
+        user_logged_out.connect(end_on_logout, dispatch_uid="token_exchange.end_on_logout")

@@ -30,6 +30,9 @@ _SIGNALS: dict[str, Signal] = {
     EventType.USER_IMPERSONATED: signals.user_impersonated,
     EventType.TOKEN_EXCHANGED: signals.token_exchanged,
     EventType.TOKEN_EXCHANGE_REFUSED: signals.token_exchange_refused,
+    EventType.IMPERSONATION_STARTED: signals.impersonation_started,
+    EventType.IMPERSONATION_ENDED: signals.impersonation_ended,
+    EventType.SECURITY_SETTINGS_CHANGED: signals.security_settings_changed,
 }
 
 
@@ -49,6 +52,7 @@ class AuditContext:
     subject: Any = None  # the subject's user, once a subject token was verified
     actor: Any = None  # the actor's user, once an actor token was verified
     issuer: str | None = None
+    impersonation: Any = None  # the ImpersonationSession an admin-started sign-in runs under
 
     def note_types(self, values: Iterable[tuple[str, str]]) -> None:
         """Copy the token type identifiers of the form body; unknown strings are not kept."""
@@ -87,7 +91,13 @@ def _base_payload(context: AuditContext) -> dict[str, Any]:
     if context.actor is not None:
         # ZITADEL's "User impersonated" payload shape: actor {issuer, user_id}.
         payload["actor"] = {"issuer": context.issuer, **_user(context.actor)}
+    if context.impersonation is not None:
+        payload["impersonation"] = _session(context.impersonation)
     return payload
+
+
+def _session(session: Any) -> dict[str, Any]:
+    return {"id": session.pk, "reason": session.reason, "expires_at": session.expires_at.isoformat()}
 
 
 def _save(rows: list[AuditEvent], using: str) -> list[AuditEvent]:
@@ -147,6 +157,73 @@ def issued(
             AuditEvent(event_type=EventType.USER_IMPERSONATED, actor=context.actor, payload=payload, **common)
         )
     return _save(rows, using)
+
+
+def impersonation_started(session: Any, *, client_ip: str | None) -> AuditEvent:
+    """``impersonation.started``: who, as whom, in which application, why and until when.
+
+    Call inside the transaction that stores the session.
+    """
+    payload: dict[str, Any] = {
+        "applicationId": session.application.client_id,
+        "actor": _user(session.actor),
+        "subject": _user(session.subject),
+        **_session(session),
+    }
+    event = AuditEvent(
+        event_type=EventType.IMPERSONATION_STARTED,
+        actor=session.actor,
+        subject=session.subject,
+        application=session.application,
+        client_ip=client_ip,
+        payload=payload,
+    )
+    return _save([event], router.db_for_write(AuditEvent))[0]
+
+
+def impersonation_ended(session: Any, *, revoked: dict[str, int], client_ip: str | None) -> AuditEvent:
+    """``impersonation.ended``, with why and how many codes and tokens were revoked.
+
+    Call inside the transaction that ends the session and revokes its tokens.
+    """
+    payload: dict[str, Any] = {
+        "applicationId": session.application.client_id,
+        "actor": _user(session.actor),
+        "subject": _user(session.subject),
+        **_session(session),
+        "end_reason": session.end_reason,
+        "revoked": revoked,
+    }
+    event = AuditEvent(
+        event_type=EventType.IMPERSONATION_ENDED,
+        actor=session.actor,
+        subject=session.subject,
+        application=session.application,
+        client_ip=client_ip,
+        payload=payload,
+    )
+    return _save([event], router.db_for_write(AuditEvent))[0]
+
+
+def security_settings_changed(
+    *, user: Any, old: dict[str, Any], new: dict[str, Any], client_ip: str | None
+) -> AuditEvent:
+    """``security_settings.changed``: who, and the old and new value of every changed switch.
+
+    Call inside the transaction that saves the settings.
+    """
+    changed = sorted(name for name in new if old.get(name) != new[name])
+    event = AuditEvent(
+        event_type=EventType.SECURITY_SETTINGS_CHANGED,
+        actor=user,
+        client_ip=client_ip,
+        payload={
+            "changed_by": _user(user),
+            "old": {name: old.get(name) for name in changed},
+            "new": {name: new[name] for name in changed},
+        },
+    )
+    return _save([event], router.db_for_write(AuditEvent))[0]
 
 
 def refused(context: AuditContext, *, reason: str, error: str) -> AuditEvent:

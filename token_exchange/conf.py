@@ -46,6 +46,14 @@ class TokenExchangeSettings:
         return int(self._get("IMPERSONATION_TOKEN_EXPIRE_SECONDS", 3600))
 
     @property
+    def ADMIN_IMPERSONATION_MAX_SECONDS(self) -> int:
+        """Longest impersonation a support user may start from the admin (default one hour).
+
+        Tokens issued under it never outlive it, nor ``IMPERSONATION_TOKEN_EXPIRE_SECONDS``.
+        """
+        return int(self._get("ADMIN_IMPERSONATION_MAX_SECONDS", 3600))
+
+    @property
     def MAX_ACT_DEPTH(self) -> int:
         """How many actors one token may name, outermost ``act`` included (RFC 8693 §4.1 nesting)."""
         return int(self._get("MAX_ACT_DEPTH", 4))

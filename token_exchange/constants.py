@@ -24,6 +24,10 @@ ACTOR_TOKEN_TYPES: Final = frozenset({ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE})
 ACTOR_ONLY_SUBJECT_TYPES: Final = frozenset({JWT_TYPE, USER_ID_TYPE})
 REQUESTABLE_TOKEN_TYPES: Final = frozenset({ACCESS_TOKEN_TYPE, JWT_TYPE, ID_TOKEN_TYPE})
 
+# Not a token type: ExchangedToken.issued_token_type of an authorization code issued under an
+# admin-started impersonation (the code carries act to the tokens it is exchanged for).
+AUTHORIZATION_CODE: Final = "authorization_code"
+
 # RFC 8693 §2.2.1 token_type values.
 BEARER: Final = "Bearer"
 NOT_APPLICABLE: Final = "N_A"

@@ -22,7 +22,7 @@ from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 from oauthlib.oauth2.rfc6749.grant_types.base import GrantTypeBase
 
-from . import audit, impersonation, policy
+from . import audit, impersonation, impersonation_sessions, policy
 from .conf import token_exchange_settings
 from .constants import (
     ACCESS_TOKEN_TYPE,
@@ -254,6 +254,11 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         else:
             actor = self.read_actor(params, client, issuer, context)
             terms = self.impersonation_terms(params, subject, actor, client_scopes, security, issuer)
+        if subject.impersonation_id is not None:
+            # Issued under an impersonation started from the admin: only while it lasts.
+            reason = impersonation_sessions.refusal_by_id(subject.impersonation_id)
+            if reason is not None:
+                raise Refusal(reason)
 
         scope = terms.scope
         requested = params.requested_token_type
@@ -285,6 +290,7 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             subject_claims=subject_claims,
             audit_context=context,
             act=terms.act,
+            impersonation_id=subject.impersonation_id,
         )
 
     def exchange_terms(

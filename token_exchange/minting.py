@@ -57,6 +57,7 @@ class Issuance:
     subject_claims: dict[str, Any]  # OIDC claims about the user (sub, profile, email), by scope
     audit_context: audit.AuditContext
     act: dict[str, Any] | None = None
+    impersonation_id: int | None = None  # the admin-started ImpersonationSession, kept on every token
 
 
 def _epoch(moment: datetime.datetime) -> int:
@@ -143,6 +144,7 @@ def _record(issuance: Issuance, issued_token_type: str, **token: Any) -> Exchang
         audience=list(issuance.audience),
         resource=list(issuance.resource),
         act=issuance.act,
+        impersonation_id=issuance.impersonation_id,
         **token,
     )
 

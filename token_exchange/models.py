@@ -1,14 +1,16 @@
 """Models of the token exchange app.
 
-``SecuritySettings``, ``ClientPolicy``, ``ClientKey``, ``ImpersonatorGrant`` and ``AuditEvent``
-are public API. ``ExchangedToken`` keeps what DOT's
+``SecuritySettings``, ``ClientPolicy``, ``ClientKey``, ``ImpersonatorGrant``,
+``ImpersonationSession`` and ``AuditEvent`` are public API. ``ExchangedToken`` keeps what DOT's
 token tables have no column for (the RFC 8693 audience, the ``act`` claim, a ``jti``) for every
 access and refresh token that an exchange, or a refresh of an exchanged token, issues.
 """
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import django
 from django.conf import settings
@@ -41,15 +43,18 @@ class SecuritySettings(models.Model):
         default=True,
         help_text=_(
             "When off, the token endpoint answers every token exchange request with "
-            "unsupported_grant_type, whatever each client's policy says."
+            "unsupported_grant_type, whatever each client's policy says. Risk when on: every client "
+            "whose policy allows it can turn the tokens it holds into new tokens for other audiences."
         ),
     )
     allow_impersonation = models.BooleanField(
         _("allow impersonation"),
         default=False,
         help_text=_(
-            "When on, users holding an impersonator role may obtain tokens for other users "
-            "without their password. Every such token carries an act claim and is audited."
+            "Risk when on: users holding an impersonator role obtain tokens for other users without "
+            "their password, and can do whatever those users can do in the applications that accept "
+            "them. Every such token carries an act claim and is audited as user.impersonated. When "
+            "off, no impersonation starts and no impersonated token is refreshed."
         ),
     )
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
@@ -96,6 +101,23 @@ class ClientPolicy(models.Model):
             "Enable it only for confidential clients you trust with every token they hold."
         ),
     )
+    admin_impersonation_enabled = models.BooleanField(
+        _("support users may impersonate into it"),
+        default=False,
+        help_text=_(
+            "Offer this application under Impersonate on a user's admin page. The support user's "
+            "session at this server then signs in to it as the customer, with an act claim."
+        ),
+    )
+    launch_url = models.URLField(
+        _("launch URL"),
+        blank=True,
+        help_text=_(
+            "Where the application starts a sign-in (OpenID Connect third-party initiated login, "
+            "initiate_login_uri). It receives iss and login_hint, never a token. HTTPS, or http on "
+            "localhost."
+        ),
+    )
 
     class Meta:
         verbose_name = _("client policy")
@@ -104,6 +126,36 @@ class ClientPolicy(models.Model):
 
     def __str__(self) -> str:
         return str(_("Token exchange policy of %(application)s") % {"application": self.application})
+
+    def clean(self) -> None:
+        errors: dict[str, Any] = {}
+        application = getattr(self, "application", None)
+        if (
+            self.token_exchange_enabled
+            and application is not None
+            and application.client_type != application.CLIENT_CONFIDENTIAL
+        ):
+            errors["token_exchange_enabled"] = _(
+                "A public client cannot use token exchange: it has no secret, so anyone who finds one "
+                "of its tokens and its client_id could mint new tokens. Admin-started impersonation "
+                "works for public clients (single-page and mobile apps) through /o/authorize/."
+            )
+        if self.admin_impersonation_enabled and not self.launch_url:
+            errors["launch_url"] = _("Admin-started impersonation needs the application's launch URL.")
+        if self.launch_url and not is_safe_launch_url(self.launch_url):
+            errors["launch_url"] = _("The launch URL must use HTTPS (http only on localhost or 127.0.0.1).")
+        if errors:
+            raise ValidationError(errors)
+
+
+def is_safe_launch_url(url: str) -> bool:
+    """HTTPS, or plain HTTP on a loopback host (RFC 8252 §8.3), with no fragment and no userinfo."""
+    parts = urlsplit(url)
+    if parts.fragment or parts.username or parts.password or not parts.hostname:
+        return False
+    if parts.scheme == "https":
+        return True
+    return parts.scheme == "http" and parts.hostname in {"localhost", "127.0.0.1", "::1"}
 
 
 class ClientKey(models.Model):
@@ -163,11 +215,14 @@ class ClientKey(models.Model):
 
 
 class ExchangedToken(models.Model):
-    """The RFC 8693 claims of one access, refresh or ID token issued by this app.
+    """The RFC 8693 claims of one access, refresh or ID token (or authorization code) issued by
+    this app.
 
     DOT's token tables have no column for the exchanged audience, the ``act`` claim or a ``jti``;
     this row keeps them, so that introspection, a later exchange and a refresh all see the same
-    values. It dies with its token (``CASCADE``) and never holds a token value.
+    values. It dies with its token (``CASCADE``) and never holds a token value. Codes and tokens
+    issued while a support user impersonates from the admin also name that ``impersonation``,
+    which ends them.
     """
 
     access_token = models.OneToOneField(
@@ -194,6 +249,22 @@ class ExchangedToken(models.Model):
         related_name="exchanged",
         verbose_name=_("ID token"),
     )
+    grant = models.OneToOneField(
+        oauth2_settings.GRANT_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="exchanged",
+        verbose_name=_("authorization code"),
+    )
+    impersonation = models.ForeignKey(
+        "ImpersonationSession",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="tokens",
+        verbose_name=_("impersonation session"),
+    )
     jti = models.CharField(_("JWT ID"), max_length=64, unique=True)
     issued_token_type = models.CharField(_("issued token type"), max_length=128)
     audience = models.JSONField(_("audience"), default=list)
@@ -209,10 +280,11 @@ class ExchangedToken(models.Model):
         ordering = ["-created_at"]
         constraints = [
             check_constraint(
-                Q(access_token__isnull=False, refresh_token__isnull=True, id_token__isnull=True)
-                | Q(access_token__isnull=True, refresh_token__isnull=False, id_token__isnull=True)
-                | Q(access_token__isnull=True, refresh_token__isnull=True, id_token__isnull=False),
-                name="token_exchange_exchangedtoken_one_token",
+                Q(access_token__isnull=False, refresh_token__isnull=True, id_token__isnull=True, grant=None)
+                | Q(access_token__isnull=True, refresh_token__isnull=False, id_token__isnull=True, grant=None)
+                | Q(access_token__isnull=True, refresh_token__isnull=True, id_token__isnull=False, grant=None)
+                | Q(access_token=None, refresh_token=None, id_token=None, grant__isnull=False),
+                name="token_exchange_exchangedtoken_one_of",
             )
         ]
 
@@ -278,8 +350,57 @@ class ImpersonatorGrant(models.Model):
         return f"{where} {who}"
 
 
+class ImpersonationSession(models.Model):
+    """A support user (the actor) acting as a customer (the subject) in one application, started
+    from the customer's admin page.
+
+    It lives in the actor's session at this server; while it lasts, that application's sign-ins
+    through ``/o/authorize/`` are the subject's, with ``act`` naming the actor. Stop or expiry
+    ends it and revokes every code and token issued under it (``ExchangedToken.impersonation``).
+    """
+
+    class EndReason(models.TextChoices):
+        STOPPED = "stopped", _("Stopped")
+        EXPIRED = "expired", _("Expired")
+        REPLACED = "replaced", _("Replaced by another impersonation")
+        REFUSED = "refused", _("No longer allowed")
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", verbose_name=_("actor")
+    )
+    subject = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", verbose_name=_("subject")
+    )
+    application = models.ForeignKey(
+        oauth2_settings.APPLICATION_MODEL,
+        on_delete=models.CASCADE,
+        related_name="+",
+        verbose_name=_("application"),
+    )
+    reason = models.TextField(_("reason"))
+    started_at = models.DateTimeField(_("started at"), default=timezone.now)
+    expires_at = models.DateTimeField(_("expires at"))
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
+    end_reason = models.CharField(_("end reason"), max_length=16, choices=EndReason.choices, blank=True)
+
+    class Meta:
+        verbose_name = _("impersonation session")
+        verbose_name_plural = _("impersonation sessions")
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return str(
+            _("%(actor)s as %(subject)s in %(application)s")
+            % {"actor": self.actor, "subject": self.subject, "application": self.application}
+        )
+
+    def is_active(self, now: datetime.datetime | None = None) -> bool:
+        return self.ended_at is None and self.expires_at > (now or timezone.now())
+
+
 class AuditEvent(models.Model):
-    """One row per impersonated token, per exchange and per refused exchange. Never updated.
+    """One row per impersonated token, per exchange and per refused exchange, per impersonation
+    started or ended from the admin and per change of the security settings. Never updated.
 
     The foreign keys are ``SET_NULL`` so that rows outlive the users and applications they
     name; their ids are also copied into ``payload`` so a row stays readable afterwards.
@@ -290,6 +411,9 @@ class AuditEvent(models.Model):
         USER_IMPERSONATED = "user.impersonated", _("User impersonated")
         TOKEN_EXCHANGED = "token.exchanged", _("Token exchanged")
         TOKEN_EXCHANGE_REFUSED = "token.exchange_refused", _("Token exchange refused")
+        IMPERSONATION_STARTED = "impersonation.started", _("Impersonation started")
+        IMPERSONATION_ENDED = "impersonation.ended", _("Impersonation ended")
+        SECURITY_SETTINGS_CHANGED = "security_settings.changed", _("Security settings changed")
 
     event_type = models.CharField(_("event type"), max_length=64, choices=EventType.choices)
     created_at = models.DateTimeField(_("created at"), default=timezone.now)

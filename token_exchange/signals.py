@@ -19,3 +19,15 @@ token_exchanged = Signal()
 # An authenticated client's exchange (or refresh of an impersonated token) was refused.
 # kwargs: event (AuditEvent "token.exchange_refused"; payload["reason"] is the reason code).
 token_exchange_refused = Signal()
+
+# A support user started impersonating a customer from the admin.
+# kwargs: event (AuditEvent "impersonation.started"; payload["reason"], payload["expires_at"]).
+impersonation_started = Signal()
+
+# An admin-started impersonation ended (stopped, expired, replaced or no longer allowed) and its
+# tokens were revoked. kwargs: event (AuditEvent "impersonation.ended").
+impersonation_ended = Signal()
+
+# Someone changed "Token exchange enabled" or "Allow impersonation".
+# kwargs: event (AuditEvent "security_settings.changed"; payload["old"], payload["new"]).
+security_settings_changed = Signal()

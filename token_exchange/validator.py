@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import router
+from django.db import router, transaction
 from django.db.models import Q
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
@@ -28,9 +28,9 @@ from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import audit, client_assertion, impersonation
+from . import audit, client_assertion, impersonation, impersonation_sessions, policy
 from .conf import token_exchange_settings
-from .constants import ACCESS_TOKEN_TYPE, ACT, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
+from .constants import ACCESS_TOKEN_TYPE, ACT, AUTHORIZATION_CODE, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
 from .models import ExchangedToken, SecuritySettings
 
 logger = logging.getLogger("token_exchange")
@@ -57,6 +57,26 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         authenticated: bool = super().authenticate_client(request, *args, **kwargs)
         return authenticated
 
+    def validate_code(
+        self, client_id: str, code: str, client: Any, request: Request, *args: Any, **kwargs: Any
+    ) -> bool:
+        """DOT's check, then, for a code issued under an admin-started impersonation, the
+        impersonation rules again and the session: it must still be running."""
+        valid: bool = super().validate_code(client_id, code, client, request, *args, **kwargs)
+        setattr(request, _RECORD, None)
+        setattr(request, _ISSUED, [])
+        if not valid:
+            return False
+        record = (
+            ExchangedToken.objects.select_related("impersonation")
+            .filter(grant__code=code, grant__application=client)
+            .first()
+        )
+        setattr(request, _RECORD, record)
+        if record is None or record.act is None:
+            return True
+        return self._recheck_impersonation(record, client, request, grant_type="authorization_code")
+
     def validate_refresh_token(
         self, refresh_token: str, client: Any, request: Request, *args: Any, **kwargs: Any
     ) -> bool:
@@ -64,12 +84,14 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         if not valid:
             return False
         instance = request.refresh_token_instance
-        record = ExchangedToken.objects.filter(refresh_token=instance).first()
+        record = ExchangedToken.objects.select_related("impersonation").filter(refresh_token=instance).first()
         setattr(request, _RECORD, record)
         setattr(request, _ISSUED, [])
         if record is None:
             return True
-        if record.act is not None and not self._recheck_impersonation(record.act, client, request):
+        if record.act is not None and not self._recheck_impersonation(
+            record, client, request, grant_type="refresh_token"
+        ):
             return False
         # DOT checks the requested resource only when it saves the tokens, after the ID token
         # is minted; check it now, before anything is written (the check is idempotent).
@@ -83,32 +105,84 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             raise
         return True
 
-    def _refresh_context(self, request: Request, act: dict[str, Any]) -> audit.AuditContext:
+    def _impersonation_context(
+        self, request: Request, record: ExchangedToken, grant_type: str
+    ) -> audit.AuditContext:
+        act = record.act or {}
         context = audit.AuditContext(
             application=request.client,
             client_ip=audit.client_ip(request.headers),
-            grant_type="refresh_token",
+            grant_type=grant_type,
             subject=request.user,
             issuer=self.get_oidc_issuer_endpoint(request),
+            impersonation=record.impersonation,
         )
         context.actor = get_user_model()._default_manager.filter(pk=str(act.get("sub"))).first()
         return context
 
-    def _recheck_impersonation(self, act: dict[str, Any], client: Any, request: Request) -> bool:
-        """The impersonation rules again, as of now; a refusal is logged and audited."""
-        context = self._refresh_context(request, act)
+    def _recheck_impersonation(
+        self, record: ExchangedToken, client: Any, request: Request, *, grant_type: str
+    ) -> bool:
+        """The impersonation rules again, as of now; a refusal is logged and audited.
+
+        Tokens issued under an admin-started impersonation also need that session to be running.
+        """
+        context = self._impersonation_context(request, record, grant_type)
         request.token_exchange_context = context
         reason = impersonation.recheck(
             allowed=SecuritySettings.load().allow_impersonation,
-            act=act,
+            act=record.act or {},
             subject=request.user,
             issuer=context.issuer or "",
         )
+        if reason is None and record.impersonation_id is not None:
+            reason = (
+                "impersonation_ended"
+                if record.impersonation is None
+                else impersonation_sessions.session_refusal(record.impersonation)
+            )
         if reason is None:
             return True
-        logger.info("Refresh of an impersonated token refused for client %s: %s", client.client_id, reason)
+        logger.info(
+            "%s of an impersonated token refused for client %s: %s", grant_type, client.client_id, reason
+        )
         audit.refused(context, reason=reason, error="invalid_grant")
         return False
+
+    def _impersonation_deadline(self, record: ExchangedToken) -> datetime.datetime:
+        """The latest an impersonated token may expire: the token cap, and the session's end."""
+        deadline = timezone.now() + datetime.timedelta(
+            seconds=token_exchange_settings.IMPERSONATION_TOKEN_EXPIRE_SECONDS
+        )
+        if record.impersonation is not None:
+            deadline = min(deadline, record.impersonation.expires_at)
+        return deadline
+
+    def _create_authorization_code(self, request: Request, code: dict[str, Any], expires: Any = None) -> Any:
+        """A code for the customer, not the support user, while an admin-started impersonation
+        runs for this client (``views.AuthorizationView`` puts it on the request)."""
+        session = getattr(request, "token_exchange_impersonation", None)
+        if session is None:
+            return super()._create_authorization_code(request, code, expires)
+        request.user = session.subject
+        act = policy.act_claim(
+            issuer=self.get_oidc_issuer_endpoint(request),
+            actor_id=str(session.actor_id),
+            prior=None,
+            max_depth=token_exchange_settings.MAX_ACT_DEPTH,
+        )
+        with transaction.atomic(using=router.db_for_write(ExchangedToken)):
+            grant = super()._create_authorization_code(request, code, expires)
+            ExchangedToken.objects.create(
+                grant=grant,
+                jti=uuid.uuid4().hex,
+                issued_token_type=AUTHORIZATION_CODE,
+                audience=list(grant.resource or []),
+                resource=list(grant.resource or []),
+                act=act,
+                impersonation=session,
+            )
+        return grant
 
     def _validate_resource_uris(self, request: Request, resources: list[str]) -> None:
         # Audience values this server itself bound to the refresh token (client_ids among
@@ -139,6 +213,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             audience=list(getattr(request, "resource", None) or []) or record.audience,
             resource=list(getattr(request, "resource", None) or []),
             act=record.act,
+            impersonation_id=record.impersonation_id,
             **token,
         )
         getattr(request, _ISSUED).append(created)
@@ -149,7 +224,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         record: ExchangedToken | None = getattr(request, _RECORD, None)
         if record is None or record.act is None:
             return super()._save_bearer_token(token, request, *args, **kwargs)
-        cap = token_exchange_settings.IMPERSONATION_TOKEN_EXPIRE_SECONDS
+        cap = max(1, int((self._impersonation_deadline(record) - timezone.now()).total_seconds()))
         token["expires_in"] = min(int(token.get("expires_in") or cap), cap)
         result = super()._save_bearer_token(token, request, *args, **kwargs)
         issued: list[ExchangedToken] = getattr(request, _ISSUED)
@@ -178,9 +253,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         if record is not None and record.act is not None:
             claims[ACT] = record.act
             # Impersonated ID tokens are as short-lived as impersonated access tokens.
-            cap = timezone.now() + datetime.timedelta(
-                seconds=token_exchange_settings.IMPERSONATION_TOKEN_EXPIRE_SECONDS
-            )
+            cap = self._impersonation_deadline(record)
             if expiration_time > cap:
                 expiration_time = cap
                 claims["exp"] = int(cap.timestamp())

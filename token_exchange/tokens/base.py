@@ -30,6 +30,7 @@ class VerifiedToken:
     reference: str  # a loggable identifier (a jti or a row id), never the token itself
     act: dict[str, Any] | None = None
     may_act: dict[str, Any] | None = None
+    impersonation_id: int | None = None  # the admin-started ImpersonationSession it was issued under
 
 
 def native_audience(resource: list[str] | None, client_id: str) -> tuple[str, ...]:
@@ -44,6 +45,7 @@ def exchanged_claims(row: ExchangedToken) -> dict[str, Any]:
         "resource": tuple(row.resource),
         "act": row.act,
         "reference": row.jti,
+        "impersonation_id": row.impersonation_id,
     }
 
 
@@ -62,6 +64,7 @@ def access_token_claims(token: Any) -> dict[str, Any]:
         "resource": tuple(token.resource or []),
         "act": None,
         "reference": f"access_token:{token.pk}",
+        "impersonation_id": None,
     }
 
 

@@ -1,0 +1,205 @@
+"""Impersonation started from the admin: a support user's session at this server acting as a
+customer in one application.
+
+The support user stays logged in as themselves; their session only remembers which
+``ImpersonationSession`` is running. While it runs, ``/o/authorize/`` issues that application's
+codes for the customer, with ``act`` naming the support user (``TokenExchangeValidator``), so it
+works for every client type, public single-page apps included, and no token ever travels in a
+URL: the application is sent to its launch URL with ``iss`` and ``login_hint`` (OpenID Connect
+Core §4, third-party initiated login) and signs in the usual way.
+
+Who may start one is decided by the same functions as the token endpoint's impersonation
+(``impersonation.refusal``). Stop, expiry, logging out or a refusal on a later check end it, and
+ending revokes every code and token issued under it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from django.core.exceptions import PermissionDenied
+from django.db import router, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from oauth2_provider.models import (
+    get_access_token_model,
+    get_application_model,
+    get_grant_model,
+    get_id_token_model,
+    get_refresh_token_model,
+)
+
+from . import audit, impersonation
+from .models import ImpersonationSession, SecuritySettings
+
+SESSION_KEY = "token_exchange_impersonation"
+
+EndReason = ImpersonationSession.EndReason
+
+
+def launchable_applications() -> QuerySet[Any]:
+    """Applications whose client policy allows admin-started impersonation and names a launch URL."""
+    applications: QuerySet[Any] = (
+        get_application_model()
+        .objects.filter(
+            token_exchange_policy__admin_impersonation_enabled=True,
+            token_exchange_policy__launch_url__gt="",
+        )
+        .select_related("token_exchange_policy")
+        .order_by("name", "pk")
+    )
+    return applications
+
+
+def refusal(*, actor: Any, subject: Any) -> str | None:
+    """Why ``actor`` may not impersonate ``subject`` from the admin now, or ``None``.
+
+    The token endpoint's rules, unchanged: the instance switch, the actor's grants, both users
+    active, admins only for admin impersonators, nobody as themselves.
+    """
+    if actor is None or not getattr(actor, "is_authenticated", False):
+        return "not_authenticated"
+    return impersonation.refusal(
+        allowed=SecuritySettings.load().allow_impersonation, actor=actor, subject=subject
+    )
+
+
+def session_refusal(session: ImpersonationSession) -> str | None:
+    """Why codes and tokens of ``session`` may no longer be issued or refreshed, or ``None``."""
+    if session.ended_at is not None:
+        return "impersonation_ended"
+    if not session.is_active():
+        return "impersonation_expired"
+    return refusal(actor=session.actor, subject=session.subject)
+
+
+def refusal_by_id(pk: int) -> str | None:
+    """``session_refusal`` for a token that names its session by id (a deleted session refuses)."""
+    session = ImpersonationSession.objects.select_related("actor", "subject").filter(pk=pk).first()
+    return "impersonation_ended" if session is None else session_refusal(session)
+
+
+def _client_ip(request: HttpRequest | None) -> str | None:
+    return audit.client_ip(request.META) if request is not None else None
+
+
+def start(
+    request: HttpRequest, *, subject: Any, application: Any, reason: str, seconds: int
+) -> ImpersonationSession:
+    """Start impersonating ``subject`` in ``application``, replacing any running impersonation.
+
+    Raises ``PermissionDenied`` unless the rules allow it and the application is launchable.
+    """
+    if refusal(actor=request.user, subject=subject) is not None:
+        raise PermissionDenied
+    if not launchable_applications().filter(pk=application.pk).exists():
+        raise PermissionDenied
+    previous = current(request)
+    with transaction.atomic(using=router.db_for_write(ImpersonationSession)):
+        if previous is not None:
+            end(previous, reason=EndReason.REPLACED, request=request)
+        now = timezone.now()
+        session = ImpersonationSession.objects.create(
+            actor=request.user,  # type: ignore[misc]  # authenticated: refusal() said so
+            subject=subject,
+            application=application,
+            reason=reason,
+            started_at=now,
+            expires_at=now + datetime.timedelta(seconds=seconds),
+        )
+        audit.impersonation_started(session, client_ip=_client_ip(request))
+    request.session[SESSION_KEY] = session.pk
+    return session
+
+
+def current(request: HttpRequest) -> ImpersonationSession | None:
+    """The impersonation running in this browser session, ending it first if it has expired."""
+    session_store = getattr(request, "session", None)
+    if session_store is None or SESSION_KEY not in session_store:
+        return None
+    session = (
+        ImpersonationSession.objects.select_related("actor", "subject", "application")
+        .filter(pk=session_store.get(SESSION_KEY))
+        .first()
+    )
+    user_pk = getattr(getattr(request, "user", None), "pk", None)
+    if session is None or session.actor_id != user_pk or session.ended_at is not None:
+        session_store.pop(SESSION_KEY, None)
+        return None
+    if not session.is_active():
+        end(session, reason=EndReason.EXPIRED, request=request)
+        session_store.pop(SESSION_KEY, None)
+        return None
+    return session
+
+
+def stop(request: HttpRequest) -> ImpersonationSession | None:
+    """End the impersonation of this browser session (the banner's Stop)."""
+    session = current(request)
+    if session is not None:
+        end(session, reason=EndReason.STOPPED, request=request)
+    if getattr(request, "session", None) is not None:
+        request.session.pop(SESSION_KEY, None)
+    return session
+
+
+def end(session: ImpersonationSession, *, reason: str, request: HttpRequest | None = None) -> dict[str, int]:
+    """Mark ``session`` ended and revoke its codes and tokens; audited once, whoever ends it first."""
+    with transaction.atomic(using=router.db_for_write(ImpersonationSession)):
+        locked = ImpersonationSession.objects.select_for_update().filter(pk=session.pk).first()
+        if locked is None or locked.ended_at is not None:
+            return {}
+        locked.ended_at = timezone.now()
+        locked.end_reason = reason
+        locked.save(update_fields=["ended_at", "end_reason"])
+        revoked = revoke_tokens(locked)
+        # The caller's object, with the select_related users and application, says the same now.
+        session.ended_at, session.end_reason = locked.ended_at, locked.end_reason
+        audit.impersonation_ended(session, revoked=revoked, client_ip=_client_ip(request))
+    return revoked
+
+
+def revoke_tokens(session: ImpersonationSession) -> dict[str, int]:
+    """Delete the codes, access and ID tokens issued under ``session``; revoke its refresh tokens."""
+    under = {"exchanged__impersonation": session}
+    revoked = {
+        "authorization_codes": get_grant_model()
+        .objects.filter(**under)
+        .delete()[1]
+        .get(get_grant_model()._meta.label, 0),
+        "refresh_tokens": get_refresh_token_model()
+        .objects.filter(revoked__isnull=True, **under)
+        .update(revoked=timezone.now()),
+    }
+    AccessToken = get_access_token_model()
+    IDToken = get_id_token_model()
+    revoked["access_tokens"] = AccessToken.objects.filter(**under).count()
+    revoked["id_tokens"] = IDToken.objects.filter(**under).count()
+    AccessToken.objects.filter(**under).delete()
+    IDToken.objects.filter(**under).delete()
+    return revoked
+
+
+def launch_url(session: ImpersonationSession, *, issuer: str) -> str:
+    """The application's launch URL with ``iss`` and ``login_hint`` (the customer's ``sub``)."""
+    parts = urlsplit(str(session.application.token_exchange_policy.launch_url))
+    query = [*parse_qsl(parts.query, keep_blank_values=True), ("iss", issuer)]
+    query.append(("login_hint", str(session.subject.pk)))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def end_on_logout(sender: Any, request: HttpRequest | None = None, user: Any = None, **kwargs: Any) -> None:
+    """``user_logged_out`` receiver: logging out of this server stops the impersonation too."""
+    if request is None or getattr(request, "session", None) is None:
+        return
+    pk = request.session.get(SESSION_KEY)
+    if pk is None:
+        return
+    session = (
+        ImpersonationSession.objects.select_related("actor", "subject", "application").filter(pk=pk).first()
+    )
+    if session is not None:
+        end(session, reason=EndReason.STOPPED, request=request)
