@@ -37,6 +37,8 @@ MIDDLEWARE = [
     # before any middleware that logs bearer tokens in.
     "token_exchange.guard.ImpersonationGuardMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # "You are acting as … — Stop" on every page while a support user impersonates from the admin.
+    "token_exchange.banner.ImpersonationBannerMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -119,6 +121,8 @@ OAUTH2_PROVIDER = {
     "OIDC_SERVER_CLASS": "token_exchange.server.OIDCServer",
     "OAUTH2_VALIDATOR_CLASS": "example_project.demo.oidc.DemoValidator",
     "OAUTH2_BACKEND_CLASS": "token_exchange.backend.TokenExchangeOAuthLibCore",
+    # DOT's application admin with the token exchange policy and client keys inline.
+    "APPLICATION_ADMIN_CLASS": "token_exchange.admin.ApplicationAdmin",
 }
 
 # Used jti values of client assertions and self-signed subject JWTs, in an alias of their own

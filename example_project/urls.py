@@ -9,4 +9,5 @@ urlpatterns = [
     path("o/", include("token_exchange.urls")),
     path("api/aggregates/", views.aggregates, name="api-aggregates"),
     path("api/settings/", views.settings_api, name="api-settings"),
+    path("portal/", views.portal, name="portal"),
 ]

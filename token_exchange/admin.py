@@ -1,24 +1,76 @@
-"""Minimal admin: the instance switches, the per-client policy, impersonator grants, the audit.
+"""The admin screens: the instance switches, client policies and keys on DOT's application page,
+impersonator grants (own list and on the user page), the audit trail, and impersonating a
+customer from the user page.
 
-The full admin screens (inlines on DOT's application and the user admin, impersonating from the
-admin) are a later milestone; these are what an operator needs to run the grant.
+Two hooks into admins this app does not own:
+
+- DOT's application admin: set ``OAUTH2_PROVIDER["APPLICATION_ADMIN_CLASS"]`` to
+  ``"token_exchange.admin.ApplicationAdmin"`` (check ``token_exchange.W006``).
+- The user admin: when this module is imported and the user model's admin is already registered
+  (``django.contrib.auth`` comes before ``token_exchange`` in ``INSTALLED_APPS``), it is
+  re-registered with ``ImpersonationUserAdminMixin``; otherwise add the mixin to your own user
+  admin (check ``token_exchange.W005``).
 """
 
 from __future__ import annotations
 
+import datetime
+import json
+from collections.abc import Sequence
 from typing import Any
 
+from django import forms
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponseRedirect
-from django.urls import reverse
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.core.validators import MaxValueValidator
+from django.db import router
+from django.db.models import Max, Min, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+from oauth2_provider.admin import ApplicationAdmin as DOTApplicationAdmin
+from oauth2_provider.settings import oauth2_settings
 
-from .models import AuditEvent, ClientKey, ClientPolicy, ImpersonatorGrant, SecuritySettings
+from . import audit, impersonation_sessions
+from .conf import token_exchange_settings
+from .models import (
+    AuditEvent,
+    ClientKey,
+    ClientPolicy,
+    ImpersonationSession,
+    ImpersonatorGrant,
+    SecuritySettings,
+)
+
+
+def _change_link(obj: Any) -> str:
+    """A link to ``obj``'s admin page, or its name when it has none (or no longer exists)."""
+    if obj is None:
+        return "—"
+    try:
+        url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
+    except NoReverseMatch:
+        return str(obj)
+    return format_html('<a href="{}">{}</a>', url, obj)
+
+
+# --- Security settings: one page ----------------------------------------------------------------
 
 
 @admin.register(SecuritySettings)
 class SecuritySettingsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The singleton: no list, no add, no delete; every change is audited."""
+
     fields = ("token_exchange_enabled", "allow_impersonation", "updated_at")
     readonly_fields = ("updated_at",)
+    SWITCHES = ("token_exchange_enabled", "allow_impersonation")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -26,16 +78,56 @@ class SecuritySettingsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponseRedirect:
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         # One row, one page: the list would only ever show a single link to it.
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
         obj = SecuritySettings.load()
         return HttpResponseRedirect(reverse("admin:token_exchange_securitysettings_change", args=[obj.pk]))
+
+    def save_model(self, request: HttpRequest, obj: SecuritySettings, form: Any, change: bool) -> None:
+        # The admin's change view runs in a transaction: the audit row commits with the change.
+        old = SecuritySettings.objects.filter(pk=obj.pk).values(*self.SWITCHES).first() or {}
+        super().save_model(request, obj, form, change)
+        new = {name: getattr(obj, name) for name in self.SWITCHES}
+        if any(old.get(name) != value for name, value in new.items()):
+            audit.security_settings_changed(
+                user=request.user, old=old, new=new, client_ip=audit.client_ip(request.META)
+            )
+
+
+# --- Applications: the client policy and keys inline on DOT's page ------------------------------
+
+
+class ClientPolicyInline(admin.StackedInline):  # type: ignore[type-arg]
+    model = ClientPolicy
+    can_delete = False
+    max_num = 1
+    fields = ("token_exchange_enabled", "admin_impersonation_enabled", "launch_url")
+    verbose_name = _("token exchange policy")
+    verbose_name_plural = _("token exchange policy")
+
+
+class ClientKeyInline(admin.TabularInline):  # type: ignore[type-arg]
+    """Public keys only; ``manage.py createclientkey`` makes a pair and prints the private key."""
+
+    model = ClientKey
+    extra = 0
+    fields = ("kid", "algorithm", "public_key", "active", "expires_at", "created_at")
+    readonly_fields = ("created_at",)
+
+
+class ApplicationAdmin(DOTApplicationAdmin):  # type: ignore[misc]
+    """DOT's application admin with the token exchange policy and the client keys inline.
+
+    ``OAUTH2_PROVIDER = {"APPLICATION_ADMIN_CLASS": "token_exchange.admin.ApplicationAdmin"}``
+    """
+
+    inlines = [*DOTApplicationAdmin.inlines, ClientPolicyInline, ClientKeyInline]
 
 
 @admin.register(ClientKey)
 class ClientKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """Public keys only; ``manage.py createclientkey`` makes a pair and prints the private key."""
-
     list_display = ("kid", "application", "algorithm", "active", "expires_at", "created_at")
     list_filter = ("algorithm", "active")
     search_fields = ("kid", "application__client_id", "application__name")
@@ -45,32 +137,151 @@ class ClientKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(ClientPolicy)
 class ClientPolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("application", "token_exchange_enabled")
-    list_filter = ("token_exchange_enabled",)
+    list_display = ("application", "token_exchange_enabled", "admin_impersonation_enabled", "launch_url")
+    list_filter = ("token_exchange_enabled", "admin_impersonation_enabled")
     raw_id_fields = ("application",)
 
 
+# --- Impersonator grants ------------------------------------------------------------------------
+
+
+class ZitadelRoleMixin:
+    @admin.display(description=_("ZITADEL role"))
+    def zitadel_role(self, obj: ImpersonatorGrant) -> str:
+        return obj.zitadel_name if obj.pk else "—"
+
+
 @admin.register(ImpersonatorGrant)
-class ImpersonatorGrantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("user", "zitadel_name", "role", "organization", "created_at")
+class ImpersonatorGrantAdmin(ZitadelRoleMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("user", "zitadel_role", "role", "organization", "created_at")
     list_filter = ("role", "organization")
-    search_fields = ("user__username", "user__email")
+    list_select_related = ("user", "organization")
+    search_fields = (f"user__{get_user_model().USERNAME_FIELD}", "user__email")
     raw_id_fields = ("user",)
 
-    @admin.display(description="ZITADEL role")
-    def zitadel_name(self, obj: ImpersonatorGrant) -> str:
-        return obj.zitadel_name
+
+class ImpersonatorGrantInline(ZitadelRoleMixin, admin.TabularInline):  # type: ignore[type-arg]
+    model = ImpersonatorGrant
+    fk_name = "user"
+    extra = 0
+    fields = ("role", "organization", "zitadel_role")
+    readonly_fields = ("zitadel_role",)
+    verbose_name = _("impersonator role")
+    verbose_name_plural = _("impersonator roles")
+
+
+# --- Audit events: read-only, fast on a million rows --------------------------------------------
+
+
+class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
+    """Counts at most ``LIMIT`` rows: ``COUNT(*)`` over a million audit rows is the slowest part
+    of a changelist, and nobody pages past the newest ten thousand matches (filter instead)."""
+
+    LIMIT = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        object_list: Any = self.object_list
+        return int(object_list[: self.LIMIT].count())
+
+
+class AuditQuerySet(QuerySet[AuditEvent]):
+    """The date hierarchy's periods from ``MIN``/``MAX`` (two index lookups) instead of
+    ``SELECT DISTINCT`` over every row; a period without events links to an empty page."""
+
+    def datetimes(self, field_name: str, kind: str, *args: Any, **kwargs: Any) -> Any:
+        bounds = self.aggregate(first=Min(field_name), last=Max(field_name))
+        if bounds["first"] is None:
+            return []
+        first, last = (timezone.localtime(bounds[key]) for key in ("first", "last"))
+        return list(_periods(first, last, kind))
+
+
+def _periods(first: datetime.datetime, last: datetime.datetime, kind: str) -> Any:
+    """Start of every ``kind`` ("year", "month" or "day") from ``first``'s to ``last``'s."""
+    moment = first.replace(hour=0, minute=0, second=0, microsecond=0)
+    if kind in ("year", "month"):
+        moment = moment.replace(day=1)
+    if kind == "year":
+        moment = moment.replace(month=1)
+    while moment <= last:
+        yield moment
+        if kind == "year":
+            moment = moment.replace(year=moment.year + 1)
+        elif kind == "month":
+            moment = moment.replace(year=moment.year + moment.month // 12, month=moment.month % 12 + 1)
+        else:
+            moment = timezone.localtime(moment + datetime.timedelta(days=1)).replace(hour=0)
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Read-only for everyone: an audit trail that can be edited proves nothing."""
 
-    list_display = ("created_at", "event_type", "actor", "subject", "application", "client_ip")
-    list_filter = ("event_type",)
+    list_display = ("created_at", "event_type", "actor_link", "subject_link", "application_link", "client_ip")
+    list_filter = ("event_type", "application", ("created_at", admin.DateFieldListFilter))
     list_select_related = ("actor", "subject", "application")
     date_hierarchy = "created_at"
+    ordering = ("-created_at", "-id")
     show_full_result_count = False
+    paginator = CappedCountPaginator
+    search_fields = (
+        f"actor__{get_user_model().USERNAME_FIELD}",
+        f"subject__{get_user_model().USERNAME_FIELD}",
+    )
+    search_help_text = _(
+        "A username (or part of one) or an email address: events where that user acted or was acted for."
+    )
+    fields = (
+        "created_at",
+        "event_type",
+        "actor_link",
+        "subject_link",
+        "application_link",
+        "client_ip",
+        "pretty_payload",
+    )
+    readonly_fields = fields
+    if hasattr(admin, "ShowFacets"):  # Django 5.0+: never count per filter choice
+        show_facets = admin.ShowFacets.NEVER
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
+        return AuditQuerySet(self.model, using=router.db_for_read(self.model)).order_by(*self.ordering)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[AuditEvent], search_term: str
+    ) -> tuple[QuerySet[AuditEvent], bool]:
+        """Find the users first (a small table), then their events through the foreign key
+        indexes; a join-and-LIKE across a million audit rows would scan them all."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        User = get_user_model()
+        users = User._default_manager.filter(
+            Q(**{f"{User.USERNAME_FIELD}__icontains": term})
+            | (Q(email__iexact=term) if hasattr(User, "email") else Q(pk__in=[]))
+        ).values_list("pk", flat=True)[:1000]
+        ids = list(users)
+        return queryset.filter(Q(actor_id__in=ids) | Q(subject_id__in=ids)), False
+
+    @admin.display(description=_("actor"), ordering="actor")
+    def actor_link(self, obj: AuditEvent) -> str:
+        return _change_link(obj.actor)
+
+    @admin.display(description=_("subject"), ordering="subject")
+    def subject_link(self, obj: AuditEvent) -> str:
+        return _change_link(obj.subject)
+
+    @admin.display(description=_("application"), ordering="application")
+    def application_link(self, obj: AuditEvent) -> str:
+        return _change_link(obj.application)
+
+    @admin.display(description=_("payload"))
+    def pretty_payload(self, obj: AuditEvent) -> str:
+        return format_html(
+            '<pre style="white-space: pre-wrap; margin: 0">{}</pre>',
+            json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False),
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -80,3 +291,146 @@ class AuditEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(ImpersonationSession)
+class ImpersonationSessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Who impersonated whom, where, why and how long; read-only (the audit trail has the events)."""
+
+    list_display = ("started_at", "actor", "subject", "application", "expires_at", "ended_at", "end_reason")
+    list_filter = ("end_reason", "application")
+    list_select_related = ("actor", "subject", "application")
+    search_fields = (
+        f"actor__{get_user_model().USERNAME_FIELD}",
+        f"subject__{get_user_model().USERNAME_FIELD}",
+    )
+    date_hierarchy = "started_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- The user page: roles inline and "Impersonate" ----------------------------------------------
+
+
+class ImpersonateForm(forms.Form):
+    application: forms.ModelChoiceField[Any] = forms.ModelChoiceField(
+        queryset=None,
+        empty_label=None,
+        label=_("Application"),
+        help_text=_("Applications whose client policy allows admin-started impersonation."),
+    )
+    reason = forms.CharField(
+        label=_("Reason"),
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text=_("Why you need to act as this user, e.g. the support ticket. Stored in the audit trail."),
+    )
+    minutes = forms.IntegerField(label=_("Duration (minutes)"), min_value=1)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        applications: Any = self.fields["application"]
+        applications.queryset = impersonation_sessions.launchable_applications()
+        longest = max(1, token_exchange_settings.ADMIN_IMPERSONATION_MAX_SECONDS // 60)
+        minutes: Any = self.fields["minutes"]
+        minutes.max_value = longest
+        minutes.validators.append(MaxValueValidator(longest))
+        minutes.widget.attrs["max"] = longest
+        minutes.initial = min(15, longest)
+        minutes.help_text = _("At most %(minutes)s minutes; Stop ends it sooner.") % {"minutes": longest}
+
+
+class ImpersonationUserAdminMixin:
+    """Adds the impersonator roles inline and, for those the impersonation rules allow, an
+    "Impersonate" button to a user admin: ``class UserAdmin(ImpersonationUserAdminMixin, ...)``."""
+
+    change_form_template = "token_exchange/admin/user_change_form.html"
+    token_exchange_impersonation = True
+
+    def get_inlines(self, request: HttpRequest, obj: Any) -> Sequence[Any]:
+        inlines = list(super().get_inlines(request, obj))  # type: ignore[misc]
+        return [*inlines, ImpersonatorGrantInline] if obj is not None else inlines
+
+    def get_urls(self) -> list[Any]:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        view = self.admin_site.admin_view(self.impersonate_view)  # type: ignore[attr-defined]
+        return [
+            path(
+                "<path:object_id>/impersonate/",
+                view,
+                name=f"{opts.app_label}_{opts.model_name}_impersonate",
+            ),
+            *super().get_urls(),  # type: ignore[misc]
+        ]
+
+    def may_impersonate(self, request: HttpRequest, obj: Any) -> bool:
+        """The token endpoint's impersonation rules, seeing the user, and somewhere to go."""
+        return (
+            obj is not None
+            and self.has_view_permission(request, obj)  # type: ignore[attr-defined]
+            and impersonation_sessions.refusal(actor=request.user, subject=obj) is None
+            and impersonation_sessions.launchable_applications().exists()
+        )
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        obj = self.get_object(request, unquote(object_id))  # type: ignore[attr-defined]
+        extra_context = {
+            **(extra_context or {}),
+            "token_exchange_may_impersonate": self.may_impersonate(request, obj),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc, no-any-return]
+
+    def impersonate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        subject = self.get_object(request, unquote(object_id))  # type: ignore[attr-defined]
+        if subject is None:
+            raise Http404
+        if not self.may_impersonate(request, subject):
+            raise PermissionDenied
+        form = ImpersonateForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            session = impersonation_sessions.start(
+                request,
+                subject=subject,
+                application=form.cleaned_data["application"],
+                reason=form.cleaned_data["reason"],
+                seconds=form.cleaned_data["minutes"] * 60,
+            )
+            return HttpResponseRedirect(
+                impersonation_sessions.launch_url(session, issuer=oauth2_settings.oidc_issuer(request))
+            )
+        opts = self.model._meta  # type: ignore[attr-defined]
+        context = {
+            **self.admin_site.each_context(request),  # type: ignore[attr-defined]
+            "title": _("Impersonate %(user)s") % {"user": subject},
+            "subject": subject,
+            "form": form,
+            "opts": opts,
+            "original": subject,
+            "has_view_permission": True,
+        }
+        return TemplateResponse(request, "token_exchange/admin/impersonate.html", context)
+
+
+def extend_user_admin(site: admin.AdminSite = admin.site) -> None:
+    """Re-register the user model's admin with ``ImpersonationUserAdminMixin``, if it is registered."""
+    User = get_user_model()
+    current = site._registry.get(User)
+    if current is None or getattr(current, "token_exchange_impersonation", False):
+        return
+    extended = type(
+        f"Impersonation{type(current).__name__}", (ImpersonationUserAdminMixin, type(current)), {}
+    )
+    site.unregister(User)
+    site.register(User, extended)
+
+
+extend_user_admin()

@@ -202,3 +202,56 @@ def check_replay_cache_is_shared(app_configs: Any = None, **kwargs: Any) -> list
         if int(max_entries) < MIN_REPLAY_CACHE_ENTRIES:
             messages.append(W004)
     return messages
+
+
+W005 = Warning(
+    "The user model's admin lacks token_exchange.admin.ImpersonationUserAdminMixin: no impersonator "
+    "roles on the user page and no Impersonate button.",
+    hint=(
+        "Put 'token_exchange' after the app that registers your user admin in INSTALLED_APPS, or add "
+        "ImpersonationUserAdminMixin to your user admin's bases."
+    ),
+    id="token_exchange.W005",
+)
+W006 = Warning(
+    "OAUTH2_PROVIDER['APPLICATION_ADMIN_CLASS'] is not token_exchange.admin.ApplicationAdmin: client "
+    "policies and keys are not editable on the application page.",
+    hint=(
+        "Set OAUTH2_PROVIDER['APPLICATION_ADMIN_CLASS'] = 'token_exchange.admin.ApplicationAdmin' "
+        "(or a subclass)."
+    ),
+    id="token_exchange.W006",
+)
+W007 = Warning(
+    "token_exchange.banner.ImpersonationBannerMiddleware is not installed: a support user impersonating "
+    "from the admin sees no banner and no Stop button, and expired impersonations are only ended when "
+    "their tokens are next used.",
+    hint=(
+        "Add 'token_exchange.banner.ImpersonationBannerMiddleware' to MIDDLEWARE after "
+        "AuthenticationMiddleware."
+    ),
+    id="token_exchange.W007",
+)
+_BANNER_MIDDLEWARE = "token_exchange.banner.ImpersonationBannerMiddleware"
+
+
+@register(Tags.admin)
+def check_admin_screens(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Only when the admin is installed: the hooks into admins this app does not own."""
+    from django.apps import apps
+
+    if not apps.is_installed("django.contrib.admin"):
+        return []
+    from django.contrib import admin
+    from django.contrib.auth import get_user_model
+
+    warnings: list[CheckMessage] = []
+    user_admin = admin.site._registry.get(get_user_model())
+    if user_admin is not None and not getattr(user_admin, "token_exchange_impersonation", False):
+        warnings.append(W005)
+    if not _is_subclass(oauth2_settings.APPLICATION_ADMIN_CLASS, "token_exchange.admin.ApplicationAdmin"):
+        warnings.append(W006)
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if not any(_is_subclass(path, _BANNER_MIDDLEWARE) for path in middleware):
+        warnings.append(W007)
+    return warnings

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 from oauth2_provider import urls as oauth2_urls
 
 from . import views
@@ -20,6 +20,7 @@ from . import views
 app_name = "oauth2_provider"
 
 _REPLACEMENTS: dict[str, Any] = {
+    "authorize": views.AuthorizationView,
     "token": views.TokenView,
     "introspect": views.IntrospectTokenView,
     "revoke-token": views.RevokeTokenView,
@@ -36,4 +37,8 @@ def _replace(pattern: URLPattern | URLResolver) -> URLPattern | URLResolver:
     return URLPattern(pattern.pattern, view_class.as_view(), name=pattern.name)
 
 
-urlpatterns = [_replace(pattern) for pattern in oauth2_urls.urlpatterns]
+urlpatterns = [
+    *(_replace(pattern) for pattern in oauth2_urls.urlpatterns),
+    # The impersonation banner's Stop button (admin-started impersonation).
+    path("impersonation/stop/", views.stop_impersonation, name="token-exchange-stop-impersonation"),
+]

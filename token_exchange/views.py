@@ -10,14 +10,21 @@ import hashlib
 import json
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.urls import NoReverseMatch, reverse
 from django.utils.decorators import method_decorator
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_POST
 from oauth2_provider import views as oauth2_views
+from oauth2_provider.exceptions import OAuthToolkitError
 from oauth2_provider.models import get_access_token_model
 from oauth2_provider.settings import oauth2_settings
 from oauth2_provider.signals import app_authorized
+from oauthlib.oauth2.rfc6749 import errors
 
+from . import audit, impersonation_sessions
 from .constants import ACT, BEARER, CLIENT_KEY_ALGORITHMS, GRANT_TYPE, PRIVATE_KEY_JWT
 from .tokens import access_token_claims, load_access_token
 
@@ -63,6 +70,70 @@ class TokenView(oauth2_views.TokenView):  # type: ignore[misc]
         for key, value in headers.items():
             response[key] = value
         return response
+
+
+class AuthorizationView(oauth2_views.AuthorizationView):  # type: ignore[misc]
+    """DOT's authorization endpoint; while an admin-started impersonation runs in this browser
+    session for the requesting client, the code it issues is the customer's, carrying ``act``.
+
+    Only the authorization code flow: an implicit or hybrid response would hand tokens to the
+    browser in a URL, which an impersonation never does.
+    """
+
+    def create_authorization_response(
+        self, request: HttpRequest, scopes: str, credentials: dict[str, Any], allow: bool
+    ) -> Any:
+        session = impersonation_sessions.current(request) if allow else None
+        if session is not None and session.application.client_id == credentials.get("client_id"):
+            reason = impersonation_sessions.session_refusal(session)
+            if reason is None and credentials.get("response_type") != "code":
+                reason = "impersonation_needs_code_flow"
+            if reason is not None:
+                self._refuse(request, session, reason)
+                raise OAuthToolkitError(
+                    error=errors.AccessDeniedError(state=credentials.get("state")),
+                    redirect_uri=credentials.get("redirect_uri"),
+                )
+            credentials = {**credentials, "token_exchange_impersonation": session}
+        return super().create_authorization_response(request, scopes, credentials, allow)
+
+    def _refuse(self, request: HttpRequest, session: Any, reason: str) -> None:
+        context = audit.AuditContext(
+            application=session.application,
+            client_ip=audit.client_ip(request.META),
+            grant_type="authorization_code",
+            subject=session.subject,
+            actor=session.actor,
+            issuer=oauth2_settings.oidc_issuer(request),
+            impersonation=session,
+        )
+        audit.refused(context, reason=reason, error="access_denied")
+        if reason != "impersonation_needs_code_flow":
+            impersonation_sessions.end(
+                session, reason=impersonation_sessions.EndReason.REFUSED, request=request
+            )
+
+
+@require_POST
+@login_required
+def stop_impersonation(request: HttpRequest) -> HttpResponse:
+    """The banner's Stop: end this browser session's impersonation and revoke its tokens.
+
+    POST only, with Django's CSRF check; it never changes who is logged in here.
+    """
+    session = impersonation_sessions.stop(request)
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
+        target = ""
+    if not target and session is not None:
+        try:
+            target = reverse(
+                f"admin:{session.subject._meta.app_label}_{session.subject._meta.model_name}_change",
+                args=[session.subject.pk],
+            )
+        except NoReverseMatch:  # no admin for the user model: go home
+            target = "/"
+    return HttpResponseRedirect(target or "/")
 
 
 def _epoch(moment: Any) -> int:

@@ -9,6 +9,10 @@ PORTAL_SECRET = "portal-secret"
 PORTAL_REDIRECT_URI = "http://127.0.0.1:8000/portal/callback/"
 AGGREGATES_URI = "https://aggregates.example.com/"
 SETTINGS_URI = "https://settings.example.com/"
+# The portal's single-page app: a public client (PKCE, no secret) that support users impersonate
+# customers into from the admin. It cannot use token exchange; it never needs to.
+PORTAL_SPA_CLIENT_ID = "portal-spa"
+PORTAL_SPA_URL = "http://127.0.0.1:8000/portal/"
 LOGIN_SCOPE = "openid profile email offline_access read write"
 
 

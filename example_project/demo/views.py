@@ -7,8 +7,11 @@ The settings API is privileged: like ZITADEL's own API, it refuses impersonated 
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from oauth2_provider.settings import oauth2_settings
 
+from example_project.demo import data
 from token_exchange.guard import refuse_impersonated
 from token_exchange.tokens import access_token_claims, load_access_token
 
@@ -41,3 +44,13 @@ def aggregates(request: HttpRequest) -> JsonResponse:
 @refuse_impersonated
 def settings_api(request: HttpRequest) -> JsonResponse:
     return _bearer_api(request, SETTINGS)
+
+
+def portal(request: HttpRequest) -> HttpResponse:
+    """The portal, a single-page app: all of it runs in the browser (PKCE, no secret).
+
+    It is its own launch URL: ``?iss=…&login_hint=…`` starts a sign-in (OpenID Connect
+    third-party initiated login), which is how the admin's Impersonate sends a support user here.
+    """
+    config = {"issuer": oauth2_settings.oidc_issuer(request), "clientId": data.PORTAL_SPA_CLIENT_ID}
+    return render(request, "demo/portal.html", {"config": config, "client_id": data.PORTAL_SPA_CLIENT_ID})

@@ -3,13 +3,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from oauth2_provider.models import get_application_model
 
 from example_project.demo import data
 from token_exchange.models import ClientPolicy, ImpersonatorGrant, SecuritySettings
+
+SUPPORT_PERMISSIONS = ("view_user", "view_auditevent", "view_impersonationsession")
 
 
 class Command(BaseCommand):
@@ -33,6 +35,9 @@ class Command(BaseCommand):
             )
             user.set_password(spec.password)
             user.save()
+            if spec.is_staff and not spec.is_superuser:
+                # Support staff find customers in the admin (view only) to impersonate them.
+                user.user_permissions.add(*Permission.objects.filter(codename__in=SUPPORT_PERMISSIONS))
             organization = None
             if spec.organization is not None:
                 organization, _ = Group.objects.get_or_create(name=spec.organization)
@@ -60,6 +65,26 @@ class Command(BaseCommand):
             },
         )
         ClientPolicy.objects.update_or_create(application=portal, defaults={"token_exchange_enabled": True})
+        portal_spa, _ = Application.objects.update_or_create(
+            client_id=data.PORTAL_SPA_CLIENT_ID,
+            defaults={
+                "name": "portal (single-page app)",
+                "client_type": Application.CLIENT_PUBLIC,
+                "authorization_grant_type": Application.GRANT_AUTHORIZATION_CODE,
+                "redirect_uris": data.PORTAL_SPA_URL,
+                "algorithm": Application.RS256_ALGORITHM,
+                "skip_authorization": True,
+                "client_secret": "",
+            },
+        )
+        ClientPolicy.objects.update_or_create(
+            application=portal_spa,
+            defaults={
+                "token_exchange_enabled": False,
+                "admin_impersonation_enabled": True,
+                "launch_url": data.PORTAL_SPA_URL,
+            },
+        )
         for name, secret in data.APIS:
             Application.objects.update_or_create(
                 client_id=name,
@@ -82,6 +107,7 @@ class Command(BaseCommand):
         )
         for name, secret in data.APIS:
             self.stdout.write(f"  client {name:<11} {name} / {secret} (introspection)")
+        self.stdout.write(f"  client portal-spa  public, PKCE; open {data.PORTAL_SPA_URL}")
         for spec in data.USERS:
             roles = ""
             if spec.impersonator is not None:
