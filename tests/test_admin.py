@@ -1,15 +1,27 @@
-"""The admin pages this milestone adds load, and the audit trail cannot be edited."""
+"""The admin screens, as staff use them: the switches (audited), the application page with its
+token exchange policy and keys, impersonator roles, and the read-only audit trail."""
 
 from __future__ import annotations
 
+import datetime
+from typing import Any
+from urllib.parse import urlencode
+
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
+from django.utils import timezone
 
-from token_exchange.models import AuditEvent, ImpersonatorGrant
+from token_exchange.admin import AuditQuerySet, CappedCountPaginator, _periods
+from token_exchange.client_keys import generate_key_pair
+from token_exchange.models import AuditEvent, ClientKey, ClientPolicy, ImpersonatorGrant, SecuritySettings
 
-from .conftest import grant
+from .conftest import grant, make_app
 
 pytestmark = pytest.mark.django_db
+
+SETTINGS_PAGE = f"/admin/token_exchange/securitysettings/{SecuritySettings.SINGLETON_PK}/change/"
+EventType = AuditEvent.EventType
 
 
 @pytest.fixture
@@ -20,39 +32,150 @@ def admin_client_(django_user_model) -> Client:
     return client
 
 
-def test_audit_events_are_read_only(admin_client_, support, end_user, portal):
-    event = AuditEvent.objects.create(
-        event_type=AuditEvent.EventType.USER_IMPERSONATED,
-        actor=support,
-        subject=end_user,
-        application=portal,
-        payload={"actor": {"issuer": "x", "user_id": str(support.pk)}},
+def staff_with(django_user_model: Any, *codenames: str) -> Client:
+    user = django_user_model.objects.create_user("staff", "staff@example.com", "pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+# --- Security settings --------------------------------------------------------------------------
+
+
+def test_security_settings_is_one_page_with_the_risks_stated(admin_client_):
+    listing = admin_client_.get("/admin/token_exchange/securitysettings/")
+    assert listing.status_code == 302
+    assert listing["Location"] == SETTINGS_PAGE
+    page = admin_client_.get(SETTINGS_PAGE)
+    assert page.status_code == 200
+    assert b"Risk when on" in page.content
+    assert admin_client_.get("/admin/token_exchange/securitysettings/add/").status_code == 403
+    assert admin_client_.post(f"{SETTINGS_PAGE[:-7]}delete/").status_code == 403
+    assert SecuritySettings.objects.count() == 1
+
+
+def test_changing_a_switch_is_audited_with_who_old_and_new(admin_client_):
+    SecuritySettings.load()
+    response = admin_client_.post(
+        SETTINGS_PAGE, {"token_exchange_enabled": "on", "allow_impersonation": "on"}
     )
-    listing = admin_client_.get("/admin/token_exchange/auditevent/")
-    assert listing.status_code == 200
-    assert b"User impersonated" in listing.content
-    assert admin_client_.get("/admin/token_exchange/auditevent/add/").status_code == 403
-    detail = f"/admin/token_exchange/auditevent/{event.pk}/change/"
-    assert admin_client_.get(detail).status_code == 200  # view only
-    assert admin_client_.post(detail, {"event_type": "token.exchanged"}).status_code == 403
-    assert admin_client_.post(f"/admin/token_exchange/auditevent/{event.pk}/delete/").status_code == 403
-    event.refresh_from_db()
-    assert event.event_type == AuditEvent.EventType.USER_IMPERSONATED
+    assert response.status_code == 302
+    assert SecuritySettings.load().allow_impersonation is True
+    [event] = AuditEvent.objects.filter(event_type=EventType.SECURITY_SETTINGS_CHANGED)
+    assert event.actor.username == "root"
+    assert event.payload["old"] == {"allow_impersonation": False}
+    assert event.payload["new"] == {"allow_impersonation": True}
+    assert event.client_ip == "127.0.0.1"
+    # Saving without a change writes nothing.
+    admin_client_.post(SETTINGS_PAGE, {"token_exchange_enabled": "on", "allow_impersonation": "on"})
+    assert AuditEvent.objects.filter(event_type=EventType.SECURITY_SETTINGS_CHANGED).count() == 1
 
 
-def test_impersonator_grants_show_zitadel_role_names(admin_client_, support, django_user_model):
-    admin_user = django_user_model.objects.create_user("iam-admin", "a@example.com", "pw")
-    grant(admin_user, ImpersonatorGrant.Role.ADMIN_IMPERSONATOR)
-    listing = admin_client_.get("/admin/token_exchange/impersonatorgrant/")
-    assert listing.status_code == 200
-    assert b"Org End User Impersonator" in listing.content
-    assert b"IAM Admin Impersonator" in listing.content
+def test_only_the_change_permission_changes_it(django_user_model):
+    SecuritySettings.load()
+    viewer = staff_with(django_user_model, "view_securitysettings")
+    assert viewer.get(SETTINGS_PAGE).status_code == 200
+    assert viewer.post(SETTINGS_PAGE, {"allow_impersonation": "on"}).status_code == 403
+    assert SecuritySettings.load().allow_impersonation is False
+    assert not AuditEvent.objects.exists()
+    outsider = Client()
+    outsider.force_login(django_user_model.objects.create_user("o", "o@example.com", "pw", is_staff=True))
+    assert outsider.get("/admin/token_exchange/securitysettings/").status_code == 403
+
+
+def test_csrf_is_required(admin_client_):
+    strict = Client(enforce_csrf_checks=True)
+    strict.cookies = admin_client_.cookies
+    assert strict.post(SETTINGS_PAGE, {"allow_impersonation": "on"}).status_code == 403
+    assert SecuritySettings.load().allow_impersonation is False
+
+
+# --- Applications: policy and keys inline -------------------------------------------------------
+
+
+def application_form(app: Any, **policy: Any) -> dict[str, Any]:
+    form = {
+        "client_id": app.client_id,
+        "client_secret": "",
+        "hash_client_secret": "on",
+        "name": app.name,
+        "client_type": app.client_type,
+        "authorization_grant_type": app.authorization_grant_type,
+        "redirect_uris": app.redirect_uris,
+        "post_logout_redirect_uris": "",
+        "allowed_origins": "",
+        "algorithm": app.algorithm,
+        "skip_authorization": "on",
+        "token_exchange_policy-TOTAL_FORMS": "1",
+        "token_exchange_policy-INITIAL_FORMS": "1" if hasattr(app, "token_exchange_policy") else "0",
+        "token_exchange_policy-MIN_NUM_FORMS": "0",
+        "token_exchange_policy-MAX_NUM_FORMS": "1",
+        "token_exchange_policy-0-application": app.pk,
+        "token_exchange_keys-TOTAL_FORMS": "0",
+        "token_exchange_keys-INITIAL_FORMS": "0",
+        "token_exchange_keys-MIN_NUM_FORMS": "0",
+        "token_exchange_keys-MAX_NUM_FORMS": "1000",
+    }
+    if hasattr(app, "token_exchange_policy"):
+        form["token_exchange_policy-0-id"] = app.token_exchange_policy.pk
+    for key, value in policy.items():
+        form[f"token_exchange_policy-0-{key}"] = value
+    return form
+
+
+def test_the_application_page_has_the_policy_and_keys_inline(admin_client_, portal):
+    page = admin_client_.get(f"/admin/oauth2_provider/application/{portal.pk}/change/")
+    assert page.status_code == 200
+    assert b"token_exchange_policy-0-token_exchange_enabled" in page.content
+    assert b"token_exchange_policy-0-launch_url" in page.content
+    assert b"token_exchange_keys-TOTAL_FORMS" in page.content
+
+
+def test_a_public_client_cannot_enable_token_exchange_and_the_form_says_why(admin_client_):
+    spa = make_app("spa", exchange=None, client_type="public")
+    response = admin_client_.post(
+        f"/admin/oauth2_provider/application/{spa.pk}/change/",
+        application_form(spa, token_exchange_enabled="on"),
+    )
+    assert response.status_code == 200
+    assert b"A public client cannot use token exchange" in response.content
+    assert not ClientPolicy.objects.filter(application=spa).exists()
+
+    allowed = admin_client_.post(
+        f"/admin/oauth2_provider/application/{spa.pk}/change/",
+        application_form(spa, admin_impersonation_enabled="on", launch_url="https://spa.example.com/launch"),
+    )
+    assert allowed.status_code == 302, allowed.content.decode()[:3000]
+    policy = ClientPolicy.objects.get(application=spa)
+    assert (policy.token_exchange_enabled, policy.admin_impersonation_enabled) == (False, True)
+
+
+def test_switching_an_enabled_client_to_public_is_refused(admin_client_, portal):
+    form = application_form(portal, token_exchange_enabled="on")
+    form["client_type"] = "public"
+    response = admin_client_.post(f"/admin/oauth2_provider/application/{portal.pk}/change/", form)
+    assert b"A public client cannot use token exchange" in response.content
+    portal.refresh_from_db()
+    assert portal.client_type == "confidential"
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"admin_impersonation_enabled": "on"}, b"needs the application&#x27;s launch URL"),
+        ({"launch_url": "http://app.example.com/"}, b"The launch URL must use HTTPS"),
+    ],
+)
+def test_launch_url_rules(admin_client_, portal, policy, message):
+    response = admin_client_.post(
+        f"/admin/oauth2_provider/application/{portal.pk}/change/", application_form(portal, **policy)
+    )
+    assert response.status_code == 200
+    assert message in response.content
 
 
 def test_client_keys_are_validated_in_the_admin(admin_client_, portal):
-    from token_exchange.client_keys import generate_key_pair
-    from token_exchange.models import ClientKey
-
     pair = generate_key_pair("RS256")
     form = {"application": portal.pk, "kid": "k1", "algorithm": "RS256", "active": "on"}
     refused = admin_client_.post(
@@ -67,3 +190,137 @@ def test_client_keys_are_validated_in_the_admin(admin_client_, portal):
     assert added.status_code == 302
     assert ClientKey.objects.get().kid == "k1"
     assert admin_client_.get("/admin/token_exchange/clientkey/").status_code == 200
+
+
+def test_client_keys_inline_validates_too(admin_client_, portal):
+    pair = generate_key_pair("RS256")
+    form = application_form(portal, token_exchange_enabled="on")
+    form.update(
+        {
+            "token_exchange_keys-TOTAL_FORMS": "1",
+            "token_exchange_keys-0-kid": "inline",
+            "token_exchange_keys-0-algorithm": "ES256",
+            "token_exchange_keys-0-public_key": pair.public_pem,
+            "token_exchange_keys-0-active": "on",
+            "token_exchange_keys-0-application": portal.pk,
+        }
+    )
+    response = admin_client_.post(f"/admin/oauth2_provider/application/{portal.pk}/change/", form)
+    assert response.status_code == 200
+    assert not ClientKey.objects.exists()
+    form["token_exchange_keys-0-algorithm"] = "RS256"
+    assert (
+        admin_client_.post(f"/admin/oauth2_provider/application/{portal.pk}/change/", form).status_code == 302
+    )
+    assert ClientKey.objects.get().kid == "inline"
+
+
+# --- Impersonator grants ------------------------------------------------------------------------
+
+
+def test_impersonator_grants_show_zitadel_role_names(admin_client_, support, django_user_model):
+    admin_user = django_user_model.objects.create_user("iam-admin", "a@example.com", "pw")
+    grant(admin_user, ImpersonatorGrant.Role.ADMIN_IMPERSONATOR)
+    listing = admin_client_.get("/admin/token_exchange/impersonatorgrant/")
+    assert listing.status_code == 200
+    assert b"Org End User Impersonator" in listing.content
+    assert b"IAM Admin Impersonator" in listing.content
+    assert (
+        admin_client_.get("/admin/token_exchange/impersonatorgrant/?q=iam-adm").content.count(b"iam-admin")
+        >= 1
+    )
+    filtered = admin_client_.get("/admin/token_exchange/impersonatorgrant/?role__exact=admin_impersonator")
+    assert b"Org End User Impersonator" not in filtered.content
+
+
+def test_the_user_page_lists_and_adds_roles_inline(admin_client_, support):
+    page = admin_client_.get(f"/admin/auth/user/{support.pk}/change/")
+    assert page.status_code == 200
+    assert b"Impersonator roles" in page.content
+    assert b"Org End User Impersonator" in page.content
+    assert b"impersonator_grants-TOTAL_FORMS" in page.content
+
+
+# --- Audit events -------------------------------------------------------------------------------
+
+
+def audit_rows(portal: Any, support: Any, end_user: Any) -> list[AuditEvent]:
+    now = timezone.now()
+    return [
+        AuditEvent.objects.create(
+            event_type=EventType.USER_IMPERSONATED,
+            actor=support,
+            subject=end_user,
+            application=portal,
+            created_at=now - datetime.timedelta(days=40),
+            payload={"actor": {"issuer": "x", "user_id": str(support.pk)}, "scope": "openid"},
+        ),
+        AuditEvent.objects.create(
+            event_type=EventType.TOKEN_EXCHANGED, subject=end_user, application=portal, created_at=now
+        ),
+        AuditEvent.objects.create(event_type=EventType.TOKEN_EXCHANGE_REFUSED, created_at=now),
+    ]
+
+
+def test_audit_events_are_read_only(admin_client_, support, end_user, portal):
+    event = audit_rows(portal, support, end_user)[0]
+    listing = admin_client_.get("/admin/token_exchange/auditevent/")
+    assert listing.status_code == 200
+    assert b"User impersonated" in listing.content
+    assert admin_client_.get("/admin/token_exchange/auditevent/add/").status_code == 403
+    detail = f"/admin/token_exchange/auditevent/{event.pk}/change/"
+    page = admin_client_.get(detail)
+    assert page.status_code == 200  # view only
+    # The payload, readable: indented JSON.
+    assert b"&quot;scope&quot;: &quot;openid&quot;" in page.content
+    assert b"<pre" in page.content
+    assert admin_client_.post(detail, {"event_type": "token.exchanged"}).status_code == 403
+    assert admin_client_.post(f"/admin/token_exchange/auditevent/{event.pk}/delete/").status_code == 403
+    event.refresh_from_db()
+    assert event.event_type == EventType.USER_IMPERSONATED
+
+
+def test_audit_list_newest_first_with_links_filters_and_search(admin_client_, support, end_user, portal):
+    impersonated, exchanged, refused = audit_rows(portal, support, end_user)
+    listing = admin_client_.get("/admin/token_exchange/auditevent/")
+    results = list(listing.context["cl"].result_list)
+    assert results == [refused, exchanged, impersonated]
+    assert f'href="/admin/auth/user/{support.pk}/change/"'.encode() in listing.content
+    assert f'href="/admin/oauth2_provider/application/{portal.pk}/change/"'.encode() in listing.content
+
+    def listed(query: str) -> list[AuditEvent]:
+        response = admin_client_.get(f"/admin/token_exchange/auditevent/?{query}")
+        assert response.status_code == 200
+        return list(response.context["cl"].result_list)
+
+    assert listed("event_type__exact=user.impersonated") == [impersonated]
+    assert listed(f"application__id__exact={portal.pk}") == [exchanged, impersonated]
+    assert listed("q=suppo") == [impersonated]
+    assert listed("q=end-user") == [exchanged, impersonated]
+    assert listed("q=end-user%40example.com") == [exchanged, impersonated]
+    assert listed("q=nobody") == []
+    this_year = timezone.localtime(exchanged.created_at)
+    assert exchanged in listed(f"created_at__year={this_year.year}&created_at__month={this_year.month}")
+    since = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0) - datetime.timedelta(
+        days=7
+    )
+    assert listed(urlencode({"created_at__gte": str(since)})) == [refused, exchanged]
+
+
+def test_audit_list_never_counts_the_whole_table(admin_client_, support, end_user, portal, monkeypatch):
+    audit_rows(portal, support, end_user)
+    monkeypatch.setattr(CappedCountPaginator, "LIMIT", 2)
+    response = admin_client_.get("/admin/token_exchange/auditevent/?q=end-user")
+    assert response.context["cl"].result_count == 2
+    assert response.context["cl"].full_result_count is None
+
+
+def test_date_hierarchy_periods_come_from_min_and_max():
+    tz = timezone.get_current_timezone()
+    first = datetime.datetime(2025, 11, 30, 23, 0, tzinfo=tz)
+    last = datetime.datetime(2026, 2, 2, 1, 0, tzinfo=tz)
+    assert [m.month for m in _periods(first, last, "month")] == [11, 12, 1, 2]
+    assert [y.year for y in _periods(first, last, "year")] == [2025, 2026]
+    days = list(_periods(first, first + datetime.timedelta(days=2), "day"))
+    assert [d.day for d in days] == [30, 1, 2]
+    assert AuditQuerySet(AuditEvent).datetimes("created_at", "year") == []

@@ -89,7 +89,9 @@ def impersonate_url(user: Any) -> str:
 
 
 def start(browser: Client, subject: Any, app: Any, *, reason: str = "Ticket #4711", minutes: int = 15) -> Any:
-    return browser.post(impersonate_url(subject), {"application": app.pk, "reason": reason, "minutes": minutes})
+    return browser.post(
+        impersonate_url(subject), {"application": app.pk, "reason": reason, "minutes": minutes}
+    )
 
 
 class SinglePageApp:
@@ -131,7 +133,8 @@ class SinglePageApp:
 
 def refresh(app: Any, refresh_token: str) -> Any:
     return Client().post(
-        "/o/token/", {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": app.client_id}
+        "/o/token/",
+        {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": app.client_id},
     )
 
 
@@ -367,7 +370,9 @@ def test_grant_withdrawn_after_the_code_refuses_the_token(
     assert events(EventType.TOKEN_EXCHANGE_REFUSED)[0].payload["reason"] == "actor_not_impersonator"
 
 
-def test_refresh_keeps_act_while_it_lasts(support_browser, support, customer, portal_spa, impersonation_allowed):
+def test_refresh_keeps_act_while_it_lasts(
+    support_browser, support, customer, portal_spa, impersonation_allowed
+):
     start(support_browser, customer, portal_spa)
     body = SinglePageApp(support_browser, portal_spa).sign_in().json()
     refreshed = refresh(portal_spa, body["refresh_token"])
@@ -383,22 +388,28 @@ def test_exchanging_a_token_of_the_impersonation_ends_with_it(
     support_browser, customer, impersonation_allowed, token_endpoint
 ):
     backend = make_app("backend", redirect_uris=SPA_URL)
-    ClientPolicy.objects.filter(application=backend).update(admin_impersonation_enabled=True, launch_url=SPA_URL)
+    ClientPolicy.objects.filter(application=backend).update(
+        admin_impersonation_enabled=True, launch_url=SPA_URL
+    )
     start(support_browser, customer, backend)
     spa = SinglePageApp(support_browser, backend)
     location = spa.authorize()["Location"]
     code = parse_qs(urlsplit(location).query)["code"][0]
-    tokens = Client().post(
-        "/o/token/",
-        {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": SPA_URL,
-            "client_id": backend.client_id,
-            "client_secret": backend.plain_secret,
-            "code_verifier": spa.verifier,
-        },
-    ).json()
+    tokens = (
+        Client()
+        .post(
+            "/o/token/",
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": SPA_URL,
+                "client_id": backend.client_id,
+                "client_secret": backend.plain_secret,
+                "code_verifier": spa.verifier,
+            },
+        )
+        .json()
+    )
     exchanged = token_endpoint.exchange(
         backend, subject_token=tokens["access_token"], subject_token_type=ACCESS_TOKEN_TYPE, scope="openid"
     )
@@ -477,7 +488,9 @@ def test_launch_url_truth_table(url, safe):
     assert is_safe_launch_url(url) is safe
 
 
-def test_grant_for_the_other_org_is_not_enough(support_browser, support, customer, portal_spa, impersonation_allowed):
+def test_grant_for_the_other_org_is_not_enough(
+    support_browser, support, customer, portal_spa, impersonation_allowed
+):
     ImpersonatorGrant.objects.filter(user=support).delete()
     from django.contrib.auth.models import Group
 

@@ -29,6 +29,7 @@ def run() -> list[str]:
         + checks.check_token_view()
         + checks.check_impersonation_guard()
         + checks.check_replay_cache()
+        + checks.check_admin_screens()
     )
     return [message.id for message in messages]
 
@@ -139,3 +140,36 @@ def test_w003_w004_replay_cache_deployment_warnings(caches, expected):
     assert checks.W004.msg.startswith(
         "TOKEN_EXCHANGE['REPLAY_CACHE'] culls entries once it holds MAX_ENTRIES items"
     )
+
+
+def test_w005_user_admin_without_the_mixin():
+    from django.contrib import admin
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.admin import UserAdmin
+
+    User = get_user_model()
+    extended = type(admin.site._registry[User])
+    admin.site.unregister(User)
+    admin.site.register(User, UserAdmin)
+    try:
+        assert run() == ["token_exchange.W005"]
+    finally:
+        admin.site.unregister(User)
+        admin.site.register(User, extended)
+    assert run() == []
+    assert checks.W005.msg.startswith(
+        "The user model's admin lacks token_exchange.admin.ImpersonationUserAdminMixin"
+    )
+
+
+def test_w006_application_admin():
+    with dot(APPLICATION_ADMIN_CLASS="oauth2_provider.admin.ApplicationAdmin"):
+        assert run() == ["token_exchange.W006"]
+    assert checks.W006.msg.startswith("OAUTH2_PROVIDER['APPLICATION_ADMIN_CLASS'] is not")
+
+
+def test_w007_banner_middleware():
+    banner = "token_exchange.banner.ImpersonationBannerMiddleware"
+    with override_settings(MIDDLEWARE=[m for m in settings.MIDDLEWARE if m != banner]):
+        assert run() == ["token_exchange.W007"]
+    assert checks.W007.msg.startswith("token_exchange.banner.ImpersonationBannerMiddleware is not installed")

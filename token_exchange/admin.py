@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import django
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
@@ -26,7 +27,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.core.validators import MaxValueValidator
-from django.db import router
+from django.db import models, router
 from django.db.models import Max, Min, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -99,8 +100,15 @@ class SecuritySettingsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 # --- Applications: the client policy and keys inline on DOT's page ------------------------------
 
 
+# Django 5 warns that forms.URLField will assume https:// from 6.0; say so now.
+_URL_FIELDS: dict[Any, dict[str, Any]] = (
+    {models.URLField: {"assume_scheme": "https"}} if django.VERSION >= (5, 0) else {}
+)
+
+
 class ClientPolicyInline(admin.StackedInline):  # type: ignore[type-arg]
     model = ClientPolicy
+    formfield_overrides = _URL_FIELDS
     can_delete = False
     max_num = 1
     fields = ("token_exchange_enabled", "admin_impersonation_enabled", "launch_url")
@@ -137,6 +145,7 @@ class ClientKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(ClientPolicy)
 class ClientPolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    formfield_overrides = _URL_FIELDS
     list_display = ("application", "token_exchange_enabled", "admin_impersonation_enabled", "launch_url")
     list_filter = ("token_exchange_enabled", "admin_impersonation_enabled")
     raw_id_fields = ("application",)
