@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: install demo test test-sqlite test-postgres lint tox clean
+.PHONY: install chromium demo test test-sqlite test-postgres lint tox screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,20 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The browser tests drive Debian's Chromium (Playwright downloads no browser here). Installed with
+# apt-get when missing (as root, or through sudo); CHROMIUM_PATH points at another build.
+chromium:
+	@if [ "$${SKIP_BROWSER_TESTS:-0}" = 1 ] || [ -n "$${CHROMIUM_PATH:-}" ] || command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing Chromium for the browser tests (apt-get install chromium)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "Chromium is missing: install it (apt-get install chromium), set CHROMIUM_PATH, or SKIP_BROWSER_TESTS=1"; \
+		exit 1; \
+	fi
 
 # The example identity provider on an embedded SQLite database, with the guide's walkthrough.
 demo: install
@@ -25,12 +39,12 @@ demo: install
 	$(PY) manage.py runserver 127.0.0.1:8000
 
 # The whole suite on SQLite, then on PostgreSQL when it answers (REQUIRE_POSTGRES=1: must answer).
-test: install lint test-sqlite test-postgres
+test: install chromium lint test-sqlite test-postgres
 
-test-sqlite: install
+test-sqlite: install chromium
 	$(PY) -m pytest
 
-test-postgres: install
+test-postgres: install chromium
 	@if $(PY) -c "import psycopg; psycopg.connect('$(POSTGRES_URL)', connect_timeout=3).close()" 2>/dev/null; then \
 		DATABASE_URL=$(POSTGRES_URL) $(PY) -m pytest; \
 	elif [ "$${REQUIRE_POSTGRES:-0}" = "1" ]; then \
@@ -49,6 +63,10 @@ lint: install
 # The Python x Django matrix (needs the interpreters, e.g. from pyenv).
 tox: install
 	$(VENV)/bin/tox
+
+# The README's screenshots, taken by the browser tests.
+screenshots: install chromium
+	SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest tests/test_browser.py -q
 
 clean:
 	rm -rf $(VENV) .tox example_project/db.sqlite3

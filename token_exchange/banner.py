@@ -37,7 +37,7 @@ class ImpersonationBannerMiddleware:
             return response
         banner = render_to_string(
             "token_exchange/impersonation_banner.html",
-            {"impersonation": session, "stop_url": stop_url, "next": request.get_full_path()},
+            {"impersonation": session, "stop_url": stop_url},
             request=request,
         ).encode(response.charset)
         content, count = _BODY.subn(lambda match: match.group(0) + banner, response.content, count=1)

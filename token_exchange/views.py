@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any
@@ -14,7 +15,6 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils.decorators import method_decorator
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 from oauth2_provider import views as oauth2_views
@@ -117,23 +117,20 @@ class AuthorizationView(oauth2_views.AuthorizationView):  # type: ignore[misc]
 @require_POST
 @login_required
 def stop_impersonation(request: HttpRequest) -> HttpResponse:
-    """The banner's Stop: end this browser session's impersonation and revoke its tokens.
+    """The banner's Stop: end this browser session's impersonation, revoke its tokens, and go
+    back to the customer's admin page, where it started.
 
     POST only, with Django's CSRF check; it never changes who is logged in here.
     """
     session = impersonation_sessions.stop(request)
-    target = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
-        target = ""
-    if not target and session is not None:
-        try:
+    target = "/"  # also when the user model has no admin
+    if session is not None:
+        subject = session.subject
+        with contextlib.suppress(NoReverseMatch):
             target = reverse(
-                f"admin:{session.subject._meta.app_label}_{session.subject._meta.model_name}_change",
-                args=[session.subject.pk],
+                f"admin:{subject._meta.app_label}_{subject._meta.model_name}_change", args=[subject.pk]
             )
-        except NoReverseMatch:  # no admin for the user model: go home
-            target = "/"
-    return HttpResponseRedirect(target or "/")
+    return HttpResponseRedirect(target)
 
 
 def _epoch(moment: Any) -> int:

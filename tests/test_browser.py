@@ -1,0 +1,221 @@
+"""The admin as staff see it, in a real browser: Playwright driving Debian's headless Chromium
+against the example project on a live server.
+
+Set ``SCREENSHOTS_DIR`` to save the main screens (``make screenshots`` writes docs/screenshots/).
+Chromium is found at ``$CHROMIUM_PATH``, else ``chromium`` on the PATH; ``make test`` installs
+it when it is missing. Without it these tests fail, unless ``SKIP_BROWSER_TESTS=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+from django.core.management import call_command
+from oauth2_provider.models import get_access_token_model, get_application_model
+
+from example_project.demo import data
+from token_exchange.models import AuditEvent, ImpersonationSession, ImpersonatorGrant, SecuritySettings
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORDS = {spec.username: spec.password for spec in data.USERS}
+EventType = AuditEvent.EventType
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser(django_db_setup: None) -> Iterator[Any]:
+    if os.environ.get("SKIP_BROWSER_TESTS") == "1":
+        pytest.skip("SKIP_BROWSER_TESTS=1")
+    executable = chromium_path()
+    if executable is None:
+        pytest.fail(
+            "Chromium not found: apt-get install -y chromium, or set CHROMIUM_PATH (make test does it)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop running in this thread, and Django refuses ORM
+    # calls next to a running loop; these tests' ORM calls are synchronous, so allow them here.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=executable, headless=True, args=CHROMIUM_ARGS
+            )
+            yield chromium
+            chromium.close()
+
+
+@pytest.fixture
+def demo(browser: Any, live_server: Any) -> str:
+    """The example project's data (``seed_demo``), with the portal SPA at the live server's URL."""
+    call_command("seed_demo", stdout=StringIO())
+    portal = f"{live_server.url}/portal/"
+    spa = get_application_model().objects.get(client_id=data.PORTAL_SPA_CLIENT_ID)
+    spa.redirect_uris = portal
+    spa.save()
+    spa.token_exchange_policy.launch_url = portal
+    spa.token_exchange_policy.save()
+    return str(live_server.url)
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
+    context.set_default_timeout(15_000)
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+def screenshot(page: Any, name: str) -> None:
+    directory = os.environ.get("SCREENSHOTS_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(directory) / f"{name}.png"), full_page=False)
+
+
+def log_in(page: Any, base: str, username: str) -> None:
+    page.goto(f"{base}/admin/login/?next=/admin/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORDS.get(username, "pw"))
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{base}/admin/")
+
+
+def user_pk(username: str) -> int:
+    from django.contrib.auth import get_user_model
+
+    return int(get_user_model().objects.get(username=username).pk)
+
+
+def test_toggle_allow_impersonation_and_see_the_audit_row(page, demo):
+    log_in(page, demo, "admin")
+    page.click("text=Security settings")
+    checkbox = page.locator("#id_allow_impersonation")
+    assert checkbox.is_checked()  # seed_demo turns it on
+    assert "Risk when on" in page.content()
+    screenshot(page, "security-settings")
+    checkbox.uncheck()
+    page.click("input[name=_save]")
+    page.wait_for_selector("text=was changed successfully")
+    assert SecuritySettings.load().allow_impersonation is False
+
+    page.goto(f"{demo}/admin/token_exchange/auditevent/")
+    row = page.locator("#result_list tbody tr").first
+    assert "Security settings changed" in row.inner_text()
+    assert "admin" in row.inner_text()
+    screenshot(page, "audit-events")
+    row.locator("th a, td a").first.click()
+    payload = page.locator("pre").inner_text()
+    assert '"allow_impersonation": false' in payload
+    assert '"allow_impersonation": true' in payload
+
+
+def test_grant_a_role_on_the_user_page(page, demo, django_user_model):
+    helpdesk = django_user_model.objects.create_user("helpdesk", "helpdesk@example.com", "pw", is_staff=True)
+    log_in(page, demo, "admin")
+    page.goto(f"{demo}/admin/auth/user/{helpdesk.pk}/change/")
+    page.click("text=Add another Impersonator role")
+    page.select_option("select[name=impersonator_grants-0-role]", "end_user_impersonator")
+    acme = Group.objects.get(name=data.ORGANIZATION)
+    page.select_option("select[name=impersonator_grants-0-organization]", str(acme.pk))
+    screenshot(page, "user-roles-inline")
+    page.click("input[name=_continue]")
+    page.wait_for_selector("text=was changed successfully")
+    assert "Org End User Impersonator" in page.locator("#impersonator_grants-group").inner_text()
+    [role] = ImpersonatorGrant.objects.filter(user=helpdesk)
+    assert (role.role, role.organization) == ("end_user_impersonator", acme)
+
+    page.goto(f"{demo}/admin/token_exchange/impersonatorgrant/?q=helpdesk")
+    assert "Org End User Impersonator" in page.locator("#result_list").inner_text()
+
+
+def test_support_impersonates_a_customer_into_the_portal_and_stops(page, demo):
+    customer = user_pk("end-user")
+    support = user_pk("support")
+    log_in(page, demo, "support")
+    page.goto(f"{demo}/admin/auth/user/{customer}/change/")
+    screenshot(page, "user-page-impersonate-button")
+    page.click("#token-exchange-impersonate")
+    page.fill("#id_reason", "Ticket #4711: customer cannot see their invoices")
+    page.fill("#id_minutes", "10")
+    screenshot(page, "impersonate-form")
+    page.click("input[type=submit]")
+
+    # The portal (a public SPA) receives iss and login_hint, signs in through /o/authorize/ with PKCE.
+    page.wait_for_selector("#signed-in-as")
+    assert page.url == f"{demo}/portal/"  # the code left the address bar; no token ever was in it
+    assert page.inner_text("#signed-in-as") == "end user"
+    assert page.inner_text("#subject") == str(customer)
+    assert page.inner_text("#actor") == str(support)
+    banner = page.locator("#token-exchange-impersonation-banner")
+    assert re.search(
+        r"You \(support\) are acting as end-user for portal \(single-page app\)", banner.inner_text()
+    )
+    screenshot(page, "portal-acting-as")
+
+    [session] = ImpersonationSession.objects.all()
+    assert session.reason == "Ticket #4711: customer cannot see their invoices"
+    [impersonated] = AuditEvent.objects.filter(event_type=EventType.USER_IMPERSONATED)
+    assert impersonated.payload["impersonation"]["reason"] == session.reason
+    assert get_access_token_model().objects.filter(user__pk=customer).count() == 1
+
+    # The admin still belongs to the support user, with the banner on every page.
+    page.goto(f"{demo}/admin/")
+    assert "support" in page.inner_text("#user-tools").lower()
+    assert page.locator("#token-exchange-impersonation-banner").is_visible()
+    screenshot(page, "admin-banner")
+
+    page.click("#token-exchange-stop")
+    page.wait_for_url(f"{demo}/admin/auth/user/{customer}/change/")
+    assert page.locator("#token-exchange-impersonation-banner").count() == 0
+    assert "support" in page.inner_text("#user-tools").lower()
+    session.refresh_from_db()
+    assert session.end_reason == "stopped"
+    assert get_access_token_model().objects.filter(user__pk=customer).count() == 0
+    assert AuditEvent.objects.filter(event_type=EventType.IMPERSONATION_ENDED).count() == 1
+
+
+def test_a_user_without_a_grant_sees_no_button(page, demo, django_user_model):
+    helpdesk = django_user_model.objects.create_user("helpdesk", "helpdesk@example.com", "pw", is_staff=True)
+    helpdesk.user_permissions.add(Permission.objects.get(codename="view_user"))
+    customer = user_pk("end-user")
+    log_in(page, demo, "helpdesk")
+    page.goto(f"{demo}/admin/auth/user/{customer}/change/")
+    assert page.locator("#user_form, .readonly").count() > 0  # the page is there
+    assert page.locator("#token-exchange-impersonate").count() == 0
+    response = page.goto(f"{demo}/admin/auth/user/{customer}/impersonate/")
+    assert response.status == 403
+    assert not ImpersonationSession.objects.exists()
+
+
+def test_the_application_page_shows_the_policy_and_keys(page, demo):
+    log_in(page, demo, "admin")
+    spa = get_application_model().objects.get(client_id=data.PORTAL_SPA_CLIENT_ID)
+    page.goto(f"{demo}/admin/oauth2_provider/application/{spa.pk}/change/")
+    page.check("#id_token_exchange_policy-0-token_exchange_enabled")
+    page.click("input[name=_continue]")
+    error = page.locator(".errorlist").first.inner_text()
+    assert "A public client cannot use token exchange" in error
+    page.locator("#token_exchange_policy-group").scroll_into_view_if_needed()
+    screenshot(page, "application-policy")
