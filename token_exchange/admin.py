@@ -223,8 +223,21 @@ def _periods(first: datetime.datetime, last: datetime.datetime, kind: str) -> An
             moment = timezone.localtime(moment + datetime.timedelta(days=1)).replace(hour=0)
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Nobody adds, changes or deletes these rows here, superusers included."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only for everyone: an audit trail that can be edited proves nothing."""
 
     list_display = ("created_at", "event_type", "actor_link", "subject_link", "application_link", "client_ip")
@@ -292,18 +305,9 @@ class AuditEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False),
         )
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(ImpersonationSession)
-class ImpersonationSessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ImpersonationSessionAdmin(ReadOnlyAdmin):
     """Who impersonated whom, where, why and how long; read-only (the audit trail has the events)."""
 
     list_display = ("started_at", "actor", "subject", "application", "expires_at", "ended_at", "end_reason")
@@ -314,15 +318,6 @@ class ImpersonationSessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         f"subject__{get_user_model().USERNAME_FIELD}",
     )
     date_hierarchy = "started_at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # --- The user page: roles inline and "Impersonate" ----------------------------------------------

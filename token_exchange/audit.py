@@ -159,19 +159,16 @@ def issued(
     return _save(rows, using)
 
 
-def impersonation_started(session: Any, *, client_ip: str | None) -> AuditEvent:
-    """``impersonation.started``: who, as whom, in which application, why and until when.
-
-    Call inside the transaction that stores the session.
-    """
+def _session_event(event_type: str, session: Any, client_ip: str | None, **extra: Any) -> AuditEvent:
     payload: dict[str, Any] = {
         "applicationId": session.application.client_id,
         "actor": _user(session.actor),
         "subject": _user(session.subject),
         **_session(session),
+        **extra,
     }
     event = AuditEvent(
-        event_type=EventType.IMPERSONATION_STARTED,
+        event_type=event_type,
         actor=session.actor,
         subject=session.subject,
         application=session.application,
@@ -179,6 +176,14 @@ def impersonation_started(session: Any, *, client_ip: str | None) -> AuditEvent:
         payload=payload,
     )
     return _save([event], router.db_for_write(AuditEvent))[0]
+
+
+def impersonation_started(session: Any, *, client_ip: str | None) -> AuditEvent:
+    """``impersonation.started``: who, as whom, in which application, why and until when.
+
+    Call inside the transaction that stores the session.
+    """
+    return _session_event(EventType.IMPERSONATION_STARTED, session, client_ip)
 
 
 def impersonation_ended(session: Any, *, revoked: dict[str, int], client_ip: str | None) -> AuditEvent:
@@ -186,23 +191,9 @@ def impersonation_ended(session: Any, *, revoked: dict[str, int], client_ip: str
 
     Call inside the transaction that ends the session and revokes its tokens.
     """
-    payload: dict[str, Any] = {
-        "applicationId": session.application.client_id,
-        "actor": _user(session.actor),
-        "subject": _user(session.subject),
-        **_session(session),
-        "end_reason": session.end_reason,
-        "revoked": revoked,
-    }
-    event = AuditEvent(
-        event_type=EventType.IMPERSONATION_ENDED,
-        actor=session.actor,
-        subject=session.subject,
-        application=session.application,
-        client_ip=client_ip,
-        payload=payload,
+    return _session_event(
+        EventType.IMPERSONATION_ENDED, session, client_ip, end_reason=session.end_reason, revoked=revoked
     )
-    return _save([event], router.db_for_write(AuditEvent))[0]
 
 
 def security_settings_changed(
