@@ -31,7 +31,7 @@ from token_exchange.models import (
     is_safe_launch_url,
 )
 
-from .conftest import grant, make_app
+from .conftest import basic, grant, make_app
 from .jwt_helpers import verify
 
 pytestmark = pytest.mark.django_db
@@ -311,20 +311,29 @@ def test_expiry_ends_it_and_revokes_its_tokens(support_browser, customer, portal
     redeemed = spa.redeem(location)
     assert redeemed.status_code == 400
     assert redeemed.json()["error"] == "invalid_grant"
-    assert refresh(portal_spa, body["refresh_token"]).json()["error"] == "invalid_grant"
-    assert [event.payload["reason"] for event in events(EventType.TOKEN_EXCHANGE_REFUSED)] == [
-        "impersonation_expired",
-        "impersonation_expired",
-    ]
-
-    page = support_browser.get("/admin/")  # the next page ends it
-    assert b"token-exchange-impersonation-banner" not in page.content
+    # The first refusal ends the session and revokes everything issued under it.
     session = ImpersonationSession.objects.get()
     assert session.end_reason == "expired"
     assert not AccessToken.objects.filter(application=portal_spa).exists()
     assert not Grant.objects.exists()
     [ended] = events(EventType.IMPERSONATION_ENDED)
     assert ended.payload["revoked"]["authorization_codes"] == 1
+    assert [event.payload["reason"] for event in events(EventType.TOKEN_EXCHANGE_REFUSED)] == [
+        "impersonation_expired"
+    ]
+    assert refresh(portal_spa, body["refresh_token"]).json()["error"] == "invalid_grant"
+    page = support_browser.get("/admin/")
+    assert b"token-exchange-impersonation-banner" not in page.content
+
+
+def test_expiry_is_noticed_by_the_next_page(support_browser, customer, portal_spa, impersonation_allowed):
+    start(support_browser, customer, portal_spa)
+    SinglePageApp(support_browser, portal_spa).sign_in()
+    ImpersonationSession.objects.update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
+    page = support_browser.get("/admin/")
+    assert b"token-exchange-impersonation-banner" not in page.content
+    assert ImpersonationSession.objects.get().end_reason == "expired"
+    assert not AccessToken.objects.filter(application=portal_spa).exists()
 
 
 def test_switch_off_after_start_refuses_the_sign_in_and_ends_it(
@@ -473,3 +482,142 @@ def test_grant_for_the_other_org_is_not_enough(
 
     grant(support, ImpersonatorGrant.Role.END_USER_IMPERSONATOR, Group.objects.create(name="Other"))
     assert start(support_browser, customer, portal_spa).status_code == 403
+
+
+# --- Found by review: each failed before its fix ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["token_exchange_impersonation", "token_exchange_refreshed", "token_exchange_context"]
+)
+def test_parameters_named_like_internal_state_change_nothing(name, django_user_model, portal_spa, support):
+    """oauthlib answers unknown request attributes from the parameters; ours are never read so."""
+    browser = Client(raise_request_exception=False)
+    browser.force_login(django_user_model.objects.create_user("anyone", "a@example.com", "pw"))
+    spa = SinglePageApp(browser, portal_spa)
+    location = spa.authorize(**{name: str(support.pk)})["Location"]
+    response = spa.redeem(location, **{name: "1"})
+    assert response.status_code == 200
+    assert "act" not in verify(response.json()["id_token"])[1]
+
+
+def test_stop_committed_during_a_refresh_wins(
+    monkeypatch, support_browser, customer, portal_spa, impersonation_allowed
+):
+    from token_exchange import impersonation_sessions
+    from token_exchange.validator import TokenExchangeValidator
+
+    start(support_browser, customer, portal_spa)
+    body = SinglePageApp(support_browser, portal_spa).sign_in().json()
+    validate = TokenExchangeValidator.validate_refresh_token
+
+    def validate_then_stop(self: Any, *args: Any, **kwargs: Any) -> bool:
+        valid = validate(self, *args, **kwargs)
+        impersonation_sessions.end(ImpersonationSession.objects.get(), reason="stopped")  # a concurrent Stop
+        return bool(valid)
+
+    monkeypatch.setattr(TokenExchangeValidator, "validate_refresh_token", validate_then_stop)
+    response = refresh(portal_spa, body["refresh_token"])
+    # The refresh re-checks the session under its lock before DOT rotates anything. (Here the
+    # simulated Stop shares the refresh's transaction and is rolled back with it; a real Stop
+    # commits on its own and has revoked the tokens.)
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_grant", "error_description": "The impersonation has ended."}
+    assert AccessToken.objects.count() == 1  # nothing new was issued
+    assert RefreshToken.objects.count() == 1
+
+
+def test_stop_committed_during_an_exchange_wins(
+    monkeypatch, support_browser, customer, impersonation_allowed, token_endpoint
+):
+    from token_exchange import impersonation_sessions
+    from token_exchange.grant import TokenExchangeGrant
+
+    backend = make_app("backend", redirect_uris=SPA_URL)
+    ClientPolicy.objects.filter(application=backend).update(
+        admin_impersonation_enabled=True, launch_url=SPA_URL
+    )
+    start(support_browser, customer, backend)
+    spa = SinglePageApp(support_browser, backend)
+    tokens = spa.redeem(spa.authorize()["Location"], client_secret=backend.plain_secret).json()
+    decide = TokenExchangeGrant.decide
+
+    def decide_then_stop(self: Any, *args: Any, **kwargs: Any) -> Any:
+        issuance = decide(self, *args, **kwargs)
+        impersonation_sessions.end(ImpersonationSession.objects.get(), reason="stopped")
+        return issuance
+
+    monkeypatch.setattr(TokenExchangeGrant, "decide", decide_then_stop)
+    response = token_endpoint.exchange(
+        backend, subject_token=tokens["access_token"], subject_token_type=ACCESS_TOKEN_TYPE
+    )
+    assert response.json()["error"] == "invalid_request"
+    assert not AccessToken.objects.exists()
+    assert events(EventType.TOKEN_EXCHANGE_REFUSED)[-1].payload["reason"] == "impersonation_ended"
+
+
+def test_a_refusal_at_the_token_endpoint_ends_the_session(
+    support_browser, support, customer, portal_spa, impersonation_allowed
+):
+    start(support_browser, customer, portal_spa)
+    body = SinglePageApp(support_browser, portal_spa).sign_in().json()
+    ImpersonatorGrant.objects.filter(user=support).delete()
+    assert refresh(portal_spa, body["refresh_token"]).json()["error"] == "invalid_grant"
+    assert ImpersonationSession.objects.get().end_reason == "refused"
+    assert not AccessToken.objects.filter(application=portal_spa).exists()
+
+
+def test_an_application_no_longer_offered_ends_it(
+    support_browser, customer, portal_spa, impersonation_allowed
+):
+    start(support_browser, customer, portal_spa)
+    body = SinglePageApp(support_browser, portal_spa).sign_in().json()
+    ClientPolicy.objects.filter(application=portal_spa).update(admin_impersonation_enabled=False)
+    assert refresh(portal_spa, body["refresh_token"]).json()["error"] == "invalid_grant"
+    assert ImpersonationSession.objects.get().end_reason == "refused"
+
+
+def test_a_retry_within_the_refresh_grace_period_answers_the_same_tokens(
+    settings, support_browser, customer, portal_spa, impersonation_allowed
+):
+    settings.OAUTH2_PROVIDER = {**settings.OAUTH2_PROVIDER, "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 60}
+    start(support_browser, customer, portal_spa)
+    body = SinglePageApp(support_browser, portal_spa).sign_in().json()
+    first = refresh(portal_spa, body["refresh_token"])
+    retry = refresh(portal_spa, body["refresh_token"])
+    assert retry.status_code == 200, retry.content
+    assert retry.json()["access_token"] == first.json()["access_token"]
+    assert len(events(EventType.USER_IMPERSONATED)) == 3
+
+
+def test_no_jwt_access_token_from_an_admin_impersonation(
+    support_browser, customer, impersonation_allowed, token_endpoint, aggregates
+):
+    """A JWT would verify offline after Stop; tokens of the session stay revocable rows."""
+    from token_exchange.constants import JWT_TYPE
+
+    backend = make_app("backend", redirect_uris=SPA_URL)
+    ClientPolicy.objects.filter(application=backend).update(
+        admin_impersonation_enabled=True, launch_url=SPA_URL
+    )
+    start(support_browser, customer, backend)
+    spa = SinglePageApp(support_browser, backend)
+    tokens = spa.redeem(spa.authorize()["Location"], client_secret=backend.plain_secret).json()
+    response = token_endpoint.exchange(
+        backend,
+        subject_token=tokens["access_token"],
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        requested_token_type=JWT_TYPE,
+    )
+    assert response.json()["error"] == "invalid_request"
+    assert events(EventType.TOKEN_EXCHANGE_REFUSED)[-1].payload["reason"] == "jwt_under_admin_impersonation"
+    # The tokens of the sign-in have the client in their audience, as DOT's own do.
+    introspection = Client().post(
+        "/o/introspect/",
+        {"token": tokens["access_token"]},
+        HTTP_AUTHORIZATION=basic(aggregates.client_id, aggregates.plain_secret),
+    )
+    assert introspection.status_code == 200, introspection.content[:300]
+    introspection = introspection.json()
+    assert introspection["aud"] == [backend.client_id]
+    assert introspection["act"]["sub"]

@@ -174,17 +174,18 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             self.check_client_policy(client)
             params = parse_parameters(request)
             issuance = self.decide(request, client, params, security, context)
+            # mint refuses too, when an admin-started impersonation ended since decide().
+            return mint(
+                issuance,
+                new_access_token=lambda: str(token_handler.token_generator(request)),
+                new_refresh_token=lambda: str(token_handler.refresh_token_generator(request)),
+            )
         except Refusal as refusal:
             self.refuse(context, refusal.reason, refusal.error_class.error)
             raise refusal.as_oauth2_error() from refusal
         except errors.OAuth2Error as error:
             self.refuse(context, error.error, error.error)
             raise
-        return mint(
-            issuance,
-            new_access_token=lambda: str(token_handler.token_generator(request)),
-            new_refresh_token=lambda: str(token_handler.refresh_token_generator(request)),
-        )
 
     def refuse(self, context: audit.AuditContext, reason: str, error: str) -> None:
         logger.info("Token exchange refused for client %s: %s", context.application.client_id, reason)
@@ -256,9 +257,13 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             terms = self.impersonation_terms(params, subject, actor, client_scopes, security, issuer)
         if subject.impersonation_id is not None:
             # Issued under an impersonation started from the admin: only while it lasts.
-            reason = impersonation_sessions.refusal_by_id(subject.impersonation_id)
+            reason = impersonation_sessions.enforce_by_id(subject.impersonation_id)
             if reason is not None:
                 raise Refusal(reason)
+            if params.requested_token_type == JWT_TYPE:
+                # Stop revokes by deleting rows; a resource server that checks a JWT offline
+                # would accept it until exp. Tokens of such a session stay revocable.
+                raise Refusal("jwt_under_admin_impersonation")
 
         scope = terms.scope
         requested = params.requested_token_type

@@ -73,11 +73,35 @@ def session_refusal(session: ImpersonationSession) -> str | None:
         return "impersonation_ended"
     if not session.is_active():
         return "impersonation_expired"
+    if not launchable_applications().filter(pk=session.application_id).exists():
+        return "application_not_launchable"
     return refusal(actor=session.actor, subject=session.subject)
 
 
-def refusal_by_id(pk: int) -> str | None:
-    """``session_refusal`` for a token that names its session by id (a deleted session refuses)."""
+def enforce(session: ImpersonationSession, *, refused: str | None = None) -> str | None:
+    """``session_refusal`` (or the caller's own reason, ``refused``); a session that may not go on
+    is ended here, and everything issued under it revoked, before the refusal is answered."""
+    reason = refused or session_refusal(session)
+    if reason is not None and session.ended_at is None:
+        end(session, reason=EndReason.EXPIRED if reason == "impersonation_expired" else EndReason.REFUSED)
+    return reason
+
+
+def enforce_by_id(pk: int) -> str | None:
+    """``enforce`` for a token that names its session by id (a deleted session refuses)."""
+    session = (
+        ImpersonationSession.objects.select_related("actor", "subject", "application").filter(pk=pk).first()
+    )
+    return "impersonation_ended" if session is None else enforce(session)
+
+
+def locked_refusal(pk: int) -> str | None:
+    """Lock the session's row for the caller's transaction, then ``session_refusal``.
+
+    Issuing under a session takes this lock first, as ``end`` does: an issuance either commits
+    before the session ends (and ``end`` revokes what it issued) or sees it ended.
+    """
+    ImpersonationSession.objects.select_for_update().filter(pk=pk).values_list("pk").first()
     session = ImpersonationSession.objects.select_related("actor", "subject").filter(pk=pk).first()
     return "impersonation_ended" if session is None else session_refusal(session)
 

@@ -27,7 +27,7 @@ from oauth2_provider.models import (
 )
 from oauth2_provider.settings import oauth2_settings
 
-from . import audit, jose
+from . import audit, impersonation_sessions, jose
 from .constants import (
     ACT,
     BEARER,
@@ -37,6 +37,7 @@ from .constants import (
     NOT_APPLICABLE,
     REFRESH_TOKEN_TYPE,
 )
+from .exceptions import Refusal
 from .models import ExchangedToken
 
 
@@ -170,6 +171,12 @@ def mint(
     AccessToken = get_access_token_model()
     using = router.db_for_write(AccessToken)
     with transaction.atomic(using=using):
+        if issuance.impersonation_id is not None:
+            # The session's lock, taken before any token row as impersonation_sessions.end takes
+            # it: a Stop that committed after the grant decided wins.
+            reason = impersonation_sessions.locked_refusal(issuance.impersonation_id)
+            if reason is not None:
+                raise Refusal(reason)
         if issuance.requested_token_type == ID_TOKEN_TYPE:
             # RFC 8693 §2.2.1: the ID token travels in access_token and is no bearer token.
             id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=None)

@@ -15,6 +15,7 @@ the refresh is audited as ``user.impersonated`` in the transaction that stores t
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import uuid
 from typing import Any
@@ -31,12 +32,24 @@ from oauthlib.oauth2.rfc6749 import errors
 from . import audit, client_assertion, impersonation, impersonation_sessions, policy
 from .conf import token_exchange_settings
 from .constants import ACCESS_TOKEN_TYPE, ACT, AUTHORIZATION_CODE, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
-from .models import ExchangedToken, SecuritySettings
+from .models import ExchangedToken, ImpersonationSession, SecuritySettings
+from .tokens.base import native_audience
 
 logger = logging.getLogger("token_exchange")
 
 _RECORD = "token_exchange_refreshed"
 _ISSUED = "token_exchange_issued"
+_CONTEXT = "token_exchange_context"
+_IMPERSONATION = "token_exchange_impersonation"
+
+
+def _state(request: Request, name: str) -> Any:
+    """An attribute this package (or ``AuthorizationView``'s credentials) set on the request.
+
+    Never ``getattr``: oauthlib's ``Request`` answers unknown attributes from the query and the
+    form body, so a client could otherwise supply any of them as a parameter.
+    """
+    return vars(request).get(name)
 
 
 class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
@@ -75,7 +88,10 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         setattr(request, _RECORD, record)
         if record is None or record.act is None:
             return True
-        return self._recheck_impersonation(record, client, request, grant_type="authorization_code")
+        if not self._recheck_impersonation(record, client, request, grant_type="authorization_code"):
+            return False
+        self._check_and_set_request_resource(request)
+        return True
 
     def validate_refresh_token(
         self, refresh_token: str, client: Any, request: Request, *args: Any, **kwargs: Any
@@ -99,9 +115,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             self._check_and_set_request_resource(request)
         except errors.OAuth2Error as error:
             if record.act is not None:
-                audit.refused(
-                    request.token_exchange_context, reason="audience_exceeds_subject", error=error.error
-                )
+                audit.refused(_state(request, _CONTEXT), reason="audience_exceeds_subject", error=error.error)
             raise
         return True
 
@@ -128,19 +142,17 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         Tokens issued under an admin-started impersonation also need that session to be running.
         """
         context = self._impersonation_context(request, record, grant_type)
-        request.token_exchange_context = context
+        setattr(request, _CONTEXT, context)
         reason = impersonation.recheck(
             allowed=SecuritySettings.load().allow_impersonation,
             act=record.act or {},
             subject=request.user,
             issuer=context.issuer or "",
         )
-        if reason is None and record.impersonation_id is not None:
-            reason = (
-                "impersonation_ended"
-                if record.impersonation is None
-                else impersonation_sessions.session_refusal(record.impersonation)
-            )
+        session = record.impersonation
+        if session is not None:
+            # A session that may not go on ends now, revoking what was issued under it.
+            reason = impersonation_sessions.enforce(session, refused=reason)
         if reason is None:
             return True
         logger.info(
@@ -161,8 +173,8 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
     def _create_authorization_code(self, request: Request, code: dict[str, Any], expires: Any = None) -> Any:
         """A code for the customer, not the support user, while an admin-started impersonation
         runs for this client (``views.AuthorizationView`` puts it on the request)."""
-        session = getattr(request, "token_exchange_impersonation", None)
-        if session is None:
+        session = _state(request, _IMPERSONATION)
+        if not isinstance(session, ImpersonationSession):
             return super()._create_authorization_code(request, code, expires)
         request.user = session.subject
         act = policy.act_claim(
@@ -177,7 +189,8 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
                 grant=grant,
                 jti=uuid.uuid4().hex,
                 issued_token_type=AUTHORIZATION_CODE,
-                audience=list(grant.resource or []),
+                # As for any code DOT issues: its resource indicators plus the client.
+                audience=list(native_audience(grant.resource, request.client.client_id)),
                 resource=list(grant.resource or []),
                 act=act,
                 impersonation=session,
@@ -187,13 +200,13 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
     def _validate_resource_uris(self, request: Request, resources: list[str]) -> None:
         # Audience values this server itself bound to the refresh token (client_ids among
         # them) are not client input; only what is left must look like a resource URI.
-        record: ExchangedToken | None = getattr(request, _RECORD, None)
+        record: ExchangedToken | None = _state(request, _RECORD)
         trusted = set(record.audience) if record is not None else set()
         super()._validate_resource_uris(request, [value for value in resources if value not in trusted])
 
     def _check_and_set_request_resource(self, request: Request) -> None:
         super()._check_and_set_request_resource(request)
-        record: ExchangedToken | None = getattr(request, _RECORD, None)
+        record: ExchangedToken | None = _state(request, _RECORD)
         if record is not None and any(value not in record.audience for value in request.resource):
             raise errors.CustomOAuth2Error(
                 error="invalid_target",
@@ -202,7 +215,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             )
 
     def _copy_record(self, request: Request, issued_token_type: str, **token: Any) -> None:
-        record: ExchangedToken | None = getattr(request, _RECORD, None)
+        record: ExchangedToken | None = _state(request, _RECORD)
         if record is None:
             return
         # DOT has set request.resource to the refresh token's restriction, or to the narrower
@@ -210,37 +223,52 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         created = ExchangedToken.objects.create(
             jti=uuid.uuid4().hex,
             issued_token_type=issued_token_type,
-            audience=list(getattr(request, "resource", None) or []) or record.audience,
-            resource=list(getattr(request, "resource", None) or []),
+            audience=list(_state(request, "resource") or []) or record.audience,
+            resource=list(_state(request, "resource") or []),
             act=record.act,
             impersonation_id=record.impersonation_id,
             **token,
         )
-        getattr(request, _ISSUED).append(created)
+        _state(request, _ISSUED).append(created)
+
+    def save_bearer_token(self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any) -> Any:
+        """DOT's transaction, which for a code or refresh token of an admin-started impersonation
+        first locks the session and checks it again: a Stop that committed after the checks in
+        ``validate_code``/``validate_refresh_token`` wins. The session is locked before DOT locks
+        the refresh token, in the order ``impersonation_sessions.end`` takes them."""
+        record: ExchangedToken | None = _state(request, _RECORD)
+        if record is None or record.impersonation_id is None:
+            return super().save_bearer_token(token, request, *args, **kwargs)
+        with transaction.atomic(using=router.db_for_write(get_access_token_model())):
+            if impersonation_sessions.locked_refusal(record.impersonation_id) is not None:
+                raise errors.InvalidGrantError(description="The impersonation has ended.", request=request)
+            return super().save_bearer_token(token, request, *args, **kwargs)
 
     def _save_bearer_token(self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any) -> Any:
         # DOT runs this inside a transaction on the access token database: the audit row of an
         # impersonated refresh is written, or rolled back, together with the tokens.
-        record: ExchangedToken | None = getattr(request, _RECORD, None)
+        record: ExchangedToken | None = _state(request, _RECORD)
         if record is None or record.act is None:
             return super()._save_bearer_token(token, request, *args, **kwargs)
         cap = max(1, int((self._impersonation_deadline(record) - timezone.now()).total_seconds()))
         token["expires_in"] = min(int(token.get("expires_in") or cap), cap)
         result = super()._save_bearer_token(token, request, *args, **kwargs)
-        issued: list[ExchangedToken] = getattr(request, _ISSUED)
+        issued: list[ExchangedToken] = _state(request, _ISSUED)
         if not any(row.issued_token_type == ACCESS_TOKEN_TYPE for row in issued):
-            # ROTATE_REFRESH_TOKEN off: DOT updated the access token in place and kept the refresh
-            # token, so their existing records name what was issued.
-            rt = request.refresh_token_instance
+            # DOT created no access token: ROTATE_REFRESH_TOKEN off (it updated the token in place)
+            # or a retry within REFRESH_TOKEN_GRACE_PERIOD_SECONDS (it answers with the tokens the
+            # first refresh issued). Either way the response's tokens have their records already.
+            checksum = hashlib.sha256(str(token["access_token"]).encode("utf-8")).hexdigest()
             issued += ExchangedToken.objects.filter(
-                Q(refresh_token=rt) | Q(access_token_id=rt.access_token_id)
+                Q(access_token__token_checksum=checksum)
+                | Q(refresh_token__access_token__token_checksum=checksum)
             )
         audit.issued(
-            request.token_exchange_context,
+            _state(request, _CONTEXT),
             tokens=issued,
             issued_token_type=ACCESS_TOKEN_TYPE,
             scope=token["scope"],
-            audience=list(getattr(request, "resource", None) or []) or record.audience,
+            audience=list(_state(request, "resource") or []) or record.audience,
             expires_in=token["expires_in"],
             act=record.act,
             using=router.db_for_write(get_access_token_model()),
@@ -249,7 +277,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
 
     def get_id_token_dictionary(self, token: Any, token_handler: Any, request: Request) -> Any:
         claims, expiration_time = super().get_id_token_dictionary(token, token_handler, request)
-        record: ExchangedToken | None = getattr(request, _RECORD, None)
+        record: ExchangedToken | None = _state(request, _RECORD)
         if record is not None and record.act is not None:
             claims[ACT] = record.act
             # Impersonated ID tokens are as short-lived as impersonated access tokens.

@@ -85,7 +85,7 @@ class AuthorizationView(oauth2_views.AuthorizationView):  # type: ignore[misc]
     ) -> Any:
         session = impersonation_sessions.current(request) if allow else None
         if session is not None and session.application.client_id == credentials.get("client_id"):
-            reason = impersonation_sessions.session_refusal(session)
+            reason = impersonation_sessions.enforce(session)
             if reason is None and credentials.get("response_type") != "code":
                 reason = "impersonation_needs_code_flow"
             if reason is not None:
@@ -108,10 +108,6 @@ class AuthorizationView(oauth2_views.AuthorizationView):  # type: ignore[misc]
             impersonation=session,
         )
         audit.refused(context, reason=reason, error="access_denied")
-        if reason != "impersonation_needs_code_flow":
-            impersonation_sessions.end(
-                session, reason=impersonation_sessions.EndReason.REFUSED, request=request
-            )
 
 
 @require_POST
