@@ -374,32 +374,23 @@ def test_refresh_keeps_act_while_it_lasts(
     assert refresh(portal_spa, refreshed.json()["refresh_token"]).json()["error"] == "invalid_grant"
 
 
-def test_exchanging_a_token_of_the_impersonation_ends_with_it(
-    support_browser, customer, impersonation_allowed, token_endpoint
-):
+@pytest.fixture
+def backend_signed_in(support_browser: Client, customer: Any, impersonation_allowed: Any) -> tuple[Any, Any]:
+    """A confidential client that exchanges tokens, signed in under support's impersonation."""
     backend = make_app("backend", redirect_uris=SPA_URL)
     ClientPolicy.objects.filter(application=backend).update(
         admin_impersonation_enabled=True, launch_url=SPA_URL
     )
     start(support_browser, customer, backend)
     spa = SinglePageApp(support_browser, backend)
-    location = spa.authorize()["Location"]
-    code = parse_qs(urlsplit(location).query)["code"][0]
-    tokens = (
-        Client()
-        .post(
-            "/o/token/",
-            {
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": SPA_URL,
-                "client_id": backend.client_id,
-                "client_secret": backend.plain_secret,
-                "code_verifier": spa.verifier,
-            },
-        )
-        .json()
-    )
+    tokens = spa.redeem(spa.authorize()["Location"], client_secret=backend.plain_secret).json()
+    return backend, tokens
+
+
+def test_exchanging_a_token_of_the_impersonation_ends_with_it(
+    support_browser, backend_signed_in, token_endpoint
+):
+    backend, tokens = backend_signed_in
     exchanged = token_endpoint.exchange(
         backend, subject_token=tokens["access_token"], subject_token_type=ACCESS_TOKEN_TYPE, scope="openid"
     )
@@ -527,19 +518,11 @@ def test_stop_committed_during_a_refresh_wins(
     assert RefreshToken.objects.count() == 1
 
 
-def test_stop_committed_during_an_exchange_wins(
-    monkeypatch, support_browser, customer, impersonation_allowed, token_endpoint
-):
+def test_stop_committed_during_an_exchange_wins(monkeypatch, backend_signed_in, token_endpoint):
     from token_exchange import impersonation_sessions
     from token_exchange.grant import TokenExchangeGrant
 
-    backend = make_app("backend", redirect_uris=SPA_URL)
-    ClientPolicy.objects.filter(application=backend).update(
-        admin_impersonation_enabled=True, launch_url=SPA_URL
-    )
-    start(support_browser, customer, backend)
-    spa = SinglePageApp(support_browser, backend)
-    tokens = spa.redeem(spa.authorize()["Location"], client_secret=backend.plain_secret).json()
+    backend, tokens = backend_signed_in
     decide = TokenExchangeGrant.decide
 
     def decide_then_stop(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -590,19 +573,11 @@ def test_a_retry_within_the_refresh_grace_period_answers_the_same_tokens(
     assert len(events(EventType.USER_IMPERSONATED)) == 3
 
 
-def test_no_jwt_access_token_from_an_admin_impersonation(
-    support_browser, customer, impersonation_allowed, token_endpoint, aggregates
-):
+def test_no_jwt_access_token_from_an_admin_impersonation(backend_signed_in, token_endpoint, aggregates):
     """A JWT would verify offline after Stop; tokens of the session stay revocable rows."""
     from token_exchange.constants import JWT_TYPE
 
-    backend = make_app("backend", redirect_uris=SPA_URL)
-    ClientPolicy.objects.filter(application=backend).update(
-        admin_impersonation_enabled=True, launch_url=SPA_URL
-    )
-    start(support_browser, customer, backend)
-    spa = SinglePageApp(support_browser, backend)
-    tokens = spa.redeem(spa.authorize()["Location"], client_secret=backend.plain_secret).json()
+    backend, tokens = backend_signed_in
     response = token_endpoint.exchange(
         backend,
         subject_token=tokens["access_token"],

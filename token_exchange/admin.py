@@ -344,7 +344,6 @@ class ImpersonateForm(forms.Form):
         applications.queryset = impersonation_sessions.launchable_applications()
         longest = max(1, token_exchange_settings.ADMIN_IMPERSONATION_MAX_SECONDS // 60)
         minutes: Any = self.fields["minutes"]
-        minutes.max_value = longest
         minutes.validators.append(MaxValueValidator(longest))
         minutes.widget.attrs["max"] = longest
         minutes.initial = min(15, longest)
@@ -418,8 +417,6 @@ class ImpersonationUserAdminMixin:
             "subject": subject,
             "form": form,
             "opts": opts,
-            "original": subject,
-            "has_view_permission": True,
         }
         return TemplateResponse(request, "token_exchange/admin/impersonate.html", context)
 
