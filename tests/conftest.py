@@ -5,12 +5,15 @@ the customer's organization (ACME) and ``mallory`` an attacker."""
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
 from django.conf import settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from django.test import Client
 from oauth2_provider.models import get_access_token_model, get_application_model
 
@@ -18,6 +21,16 @@ from example_project.demo import data
 from example_project.demo.login import authorization_code_login
 from token_exchange.constants import GRANT_TYPE
 from token_exchange.models import AuditEvent, ClientPolicy, ImpersonatorGrant, SecuritySettings
+
+# Fuzzing: a bounded run in `make test`, a long one with `make fuzz` (HYPOTHESIS_PROFILE=long).
+# Properties that post to the token endpoint run inside one test's database transaction.
+_FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
+hypothesis_settings.register_profile("bounded", max_examples=100, derandomize=False, **_FUZZ)
+hypothesis_settings.register_profile("long", max_examples=5000, **_FUZZ)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "bounded"))
+
+# Counts what the adversarial, fuzz, concurrency and fault tests ran, and prints it at the end.
+pytest_plugins = ["tests.proof"]
 
 Application = get_application_model()
 CRM = "https://crm.example.com/"
