@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.db import DatabaseError, router, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils.decorators import method_decorator
@@ -27,6 +29,8 @@ from oauthlib.oauth2.rfc6749 import errors
 from . import audit, impersonation_sessions
 from .constants import ACT, BEARER, CLIENT_KEY_ALGORITHMS, GRANT_TYPE, PRIVATE_KEY_JWT
 from .tokens import access_token_claims, load_access_token
+
+logger = logging.getLogger("token_exchange")
 
 # Every form parameter of the token endpoint that is, or proves possession of, a credential.
 SENSITIVE_POST_PARAMETERS = (
@@ -48,7 +52,20 @@ class TokenView(oauth2_views.TokenView):  # type: ignore[misc]
     def authorization_flow_token_response(
         self, request: HttpRequest, *args: Any, **kwargs: Any
     ) -> HttpResponse:
-        _url, headers, body, status = self.create_token_response(request)
+        try:
+            # One transaction for the whole request, whichever grant: tokens, their audit rows and
+            # the spent code or rotated refresh token are written together or not at all.
+            with transaction.atomic(using=router.db_for_write(get_access_token_model())):
+                _url, headers, body, status = self.create_token_response(request)
+        except DatabaseError as exc:
+            # The database refused a write (or is down): everything above was rolled back, so
+            # nothing was issued and the client may retry. The exception's text is not logged:
+            # a failing INSERT's message can quote the row, and the row holds the token.
+            logger.error("Token request failed in the database (%s): nothing was issued", type(exc).__name__)
+            error = errors.TemporarilyUnavailableError(
+                description="The token could not be issued. Try again later.", status_code=503
+            )
+            _url, headers, body, status = None, {"Retry-After": "1"}, error.json, error.status_code
         if status == 200:
             access_token = json.loads(body).get("access_token")
             # An exchange may answer with an ID token in access_token (token_type N_A): there
