@@ -12,9 +12,9 @@ from urllib.parse import quote_plus
 
 import pytest
 from django.conf import settings
+from django.test import Client
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
-from django.test import Client
 from oauth2_provider.models import get_access_token_model, get_application_model
 
 from example_project.demo import data
@@ -24,8 +24,11 @@ from token_exchange.models import AuditEvent, ClientPolicy, ImpersonatorGrant, S
 
 # Fuzzing: a bounded run in `make test`, a long one with `make fuzz` (HYPOTHESIS_PROFILE=long).
 # Properties that post to the token endpoint run inside one test's database transaction.
-_FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
-hypothesis_settings.register_profile("bounded", max_examples=100, derandomize=False, **_FUZZ)
+_FUZZ = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+hypothesis_settings.register_profile("bounded", max_examples=100, **_FUZZ)
 hypothesis_settings.register_profile("long", max_examples=5000, **_FUZZ)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "bounded"))
 

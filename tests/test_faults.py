@@ -13,13 +13,10 @@ import base64
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from django.db import connection
 from django.test import Client
 from oauth2_provider.models import get_access_token_model, get_id_token_model, get_refresh_token_model
 
@@ -27,42 +24,11 @@ from token_exchange.constants import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, USER_ID_T
 from token_exchange.models import AuditEvent, ExchangedToken
 
 from .adversarial import TokenClient, audit_rows_after, last_audit_pk, token_rows
+from .db_faults import failing_insert
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.faults]
 
 AccessToken = get_access_token_model()
-
-
-@contextmanager
-def failing_insert(model: Any, when: str = "") -> Iterator[None]:
-    """Make the database reject every INSERT into ``model``'s table (``when``: an SQL condition
-    on ``NEW``), until the block ends."""
-    table = connection.ops.quote_name(model._meta.db_table)
-    condition = f"WHEN ({when})" if when else ""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'injected fault'; END $$"
-            )
-            cursor.execute(
-                f"CREATE TRIGGER injected_fault BEFORE INSERT ON {table} FOR EACH ROW {condition} "
-                "EXECUTE FUNCTION injected_fault()"
-            )
-        else:
-            cursor.execute(
-                f"CREATE TRIGGER injected_fault BEFORE INSERT ON {table} {condition} "
-                "BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
-            )
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute(f"DROP TRIGGER injected_fault ON {table}")
-                cursor.execute("DROP FUNCTION injected_fault()")
-            else:
-                cursor.execute("DROP TRIGGER injected_fault")
 
 
 @pytest.fixture
