@@ -22,7 +22,7 @@ from token_exchange.constants import (
 )
 from token_exchange.models import ClientPolicy, SecuritySettings
 
-from .conftest import basic, make_app
+from .conftest import basic, form_post, make_app
 
 pytestmark = pytest.mark.django_db
 AccessToken = get_access_token_model()
@@ -216,7 +216,8 @@ def test_actor_tokens_are_refused_until_impersonation_exists(token_endpoint, por
 
 
 def test_tokens_in_the_query_string_are_refused(portal, user_tokens):
-    response = Client().post(
+    response = form_post(
+        Client(),
         f"/o/token/?subject_token={user_tokens['access_token']}",
         {"grant_type": GRANT_TYPE, "subject_token_type": ACCESS_TOKEN_TYPE},
         HTTP_AUTHORIZATION=basic("portal", portal.plain_secret),

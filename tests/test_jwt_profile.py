@@ -37,7 +37,7 @@ from .client_jwt import (
     subject_claims,
     unsigned,
 )
-from .conftest import basic, make_app, refusals
+from .conftest import basic, form_post, make_app, refusals
 from .jwt_helpers import verify
 from .test_exchange import introspect
 
@@ -70,7 +70,7 @@ def mallory_key(mallory_app: Any) -> KeyFile:
 
 
 def post(form: dict[str, Any], **extra: Any) -> Any:
-    return Client().post("/o/token/", form, **extra)
+    return form_post(Client(), "/o/token/", form, **extra)
 
 
 def jwt_profile_form(actor_tokens: dict[str, Any], subject_jwt: str, **params: Any) -> dict[str, Any]:

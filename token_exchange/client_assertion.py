@@ -61,7 +61,8 @@ def _single(body: list[tuple[str, str]], name: str) -> str:
     return values[0]
 
 
-def _basic_auth(request: Request) -> bool:
+def basic_auth(request: Request) -> bool:
+    """Does the request carry HTTP Basic credentials (client_secret_basic)?"""
     scheme = (request.headers.get("HTTP_AUTHORIZATION") or request.headers.get("Authorization") or "").split()
     return bool(scheme) and scheme[0].lower() == "basic"
 
@@ -75,7 +76,7 @@ def verify(request: Request, *, issuer: str) -> Any:
         raise AssertionRefusal("unsupported_assertion_type")
     assertion = _single(body, "client_assertion")
     # RFC 6749 §2.3: one authentication method per request.
-    if _basic_auth(request) or any(key == "client_secret" for key, _value in body):
+    if basic_auth(request) or any(key == "client_secret" for key, _value in body):
         raise AssertionRefusal("several_authentication_methods")
     if len(assertion) > MAX_ASSERTION_LENGTH:
         raise AssertionRefusal("assertion_too_long")

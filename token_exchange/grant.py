@@ -48,6 +48,8 @@ logger = logging.getLogger("token_exchange")
 # anything that would make hashing or JSON parsing expensive.
 MAX_TOKEN_LENGTH = 16 * 1024
 
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
 # Parameters that carry credentials: they must never travel in a URL (RFC 9700 §4.3.2).
 _BODY_ONLY = frozenset({"subject_token", "actor_token", "client_secret", "client_assertion"})
 
@@ -192,6 +194,10 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         audit.refused(context, reason=reason, error=error)
 
     def check_request_shape(self, request: Request) -> None:
+        content_type = str(request.headers.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
+        if content_type != FORM_CONTENT_TYPE:
+            # RFC 8693 §2.1: "using the application/x-www-form-urlencoded format".
+            raise _invalid_request(f"Send the parameters as {FORM_CONTENT_TYPE}.")
         duplicates = set(request.duplicate_params) - REPEATABLE_PARAMETERS
         if duplicates:
             raise _invalid_request(f"Duplicate {sorted(duplicates)[0]} parameter.")

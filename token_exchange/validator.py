@@ -67,8 +67,18 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         """
         if client_assertion.presented(request):
             return client_assertion.authenticate(request, issuer=self.get_oidc_issuer_endpoint(request))
-        authenticated: bool = super().authenticate_client(request, *args, **kwargs)
-        return authenticated
+        body: list[tuple[str, str]] = list(request.decoded_body or [])
+        if client_assertion.basic_auth(request) and any(key == "client_secret" for key, _value in body):
+            # RFC 6749 §2.3: one method per request. DOT would try Basic and ignore the body.
+            logger.info("Client authentication refused: several_authentication_methods")
+            return False
+        if not super().authenticate_client(request, *args, **kwargs):
+            return False
+        if any(key == "client_id" and value != request.client.client_id for key, value in body):
+            # Authenticated as one client while naming another: DOT would go on as the first.
+            logger.info("Client authentication refused for %s: client_id_mismatch", request.client.client_id)
+            return False
+        return True
 
     def validate_code(
         self, client_id: str, code: str, client: Any, request: Request, *args: Any, **kwargs: Any

@@ -13,10 +13,12 @@ import logging
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.db import DatabaseError, router, transaction
+from django.core.exceptions import BadRequest, SuspiciousOperation
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils.decorators import method_decorator
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 from oauth2_provider import views as oauth2_views
@@ -45,7 +47,50 @@ SENSITIVE_POST_PARAMETERS = (
 )
 
 
-class TokenView(oauth2_views.TokenView):  # type: ignore[misc]
+FORM = "application/x-www-form-urlencoded"
+# DOT reads both HTML form encodings; token exchange itself takes the first only (grant.py).
+FORMS = frozenset({FORM, "multipart/form-data"})
+
+
+def _invalid_request(description: str) -> HttpResponse:
+    error = errors.InvalidRequestError(description=description)
+    response = HttpResponse(error.json, status=error.status_code, content_type="application/json")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def form_body_refusal(request: HttpRequest) -> HttpResponse | None:
+    """An ``invalid_request`` answer for a POST body that is not a readable form, or None.
+
+    RFC 6749 §3.2, RFC 7009 §2.1 and RFC 7662 §2.1 take parameters as a form: a JSON, XML or
+    text body is refused rather than ignored. (DOT also reads ``multipart/form-data``, so its
+    own grants keep accepting it; the token exchange grant does not.) A body Django will not parse (too large for ``DATA_UPLOAD_MAX_MEMORY_SIZE``, too
+    many fields, not UTF-8) gets the same JSON error instead of Django's HTML 400 page.
+    """
+    if request.method != "POST":
+        return None
+    media_type = (request.content_type or "").split(";")[0].strip().lower()
+    if media_type not in FORMS and (request.META.get("CONTENT_LENGTH") or "0") not in ("", "0"):
+        return _invalid_request(f"Send the parameters as {FORM}.")
+    try:
+        request.POST  # noqa: B018 - parsing is what may fail
+    except (BadRequest, SuspiciousOperation):
+        return _invalid_request("The request body could not be read.")
+    return None
+
+
+class FormEndpoint:
+    """Refuses bodies that are not forms before DOT reads them (``form_body_refusal``)."""
+
+    @method_decorator(csrf_exempt)
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        refusal = form_body_refusal(request)
+        if refusal is not None:
+            return refusal
+        return super().dispatch(request, *args, **kwargs)  # type: ignore[misc,no-any-return]
+
+
+class TokenView(FormEndpoint, oauth2_views.TokenView):  # type: ignore[misc]
     """DOT's token endpoint; hides token parameters from error reports, knows N_A responses."""
 
     @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS))
@@ -53,14 +98,12 @@ class TokenView(oauth2_views.TokenView):  # type: ignore[misc]
         self, request: HttpRequest, *args: Any, **kwargs: Any
     ) -> HttpResponse:
         try:
-            # One transaction for the whole request, whichever grant: tokens, their audit rows and
-            # the spent code or rotated refresh token are written together or not at all.
-            with transaction.atomic(using=router.db_for_write(get_access_token_model())):
-                _url, headers, body, status = self.create_token_response(request)
+            _url, headers, body, status = self.create_token_response(request)
         except DatabaseError as exc:
-            # The database refused a write (or is down): everything above was rolled back, so
-            # nothing was issued and the client may retry. The exception's text is not logged:
-            # a failing INSERT's message can quote the row, and the row holds the token.
+            # The database refused a write (or is down). The backend ran the request in one
+            # transaction, now rolled back: nothing was issued and the client may retry. The
+            # exception's text is not logged: a failing INSERT's message can quote the row,
+            # and the row holds the token.
             logger.error("Token request failed in the database (%s): nothing was issued", type(exc).__name__)
             error = errors.TemporarilyUnavailableError(
                 description="The token could not be issued. Try again later.", status_code=503
@@ -151,7 +194,7 @@ def _epoch(moment: Any) -> int:
 
 
 @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS, "token"), name="dispatch")
-class IntrospectTokenView(oauth2_views.IntrospectTokenView):  # type: ignore[misc]
+class IntrospectTokenView(FormEndpoint, oauth2_views.IntrospectTokenView):  # type: ignore[misc]
     """RFC 7662 introspection with the JWT claims of the token: sub, iss, aud, jti, iat, act."""
 
     def introspect(self, request: HttpRequest, token_value: str | None) -> JsonResponse:
@@ -192,7 +235,7 @@ class IntrospectTokenView(oauth2_views.IntrospectTokenView):  # type: ignore[mis
 
 
 @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS, "token"), name="dispatch")
-class RevokeTokenView(oauth2_views.RevokeTokenView):  # type: ignore[misc]
+class RevokeTokenView(FormEndpoint, oauth2_views.RevokeTokenView):  # type: ignore[misc]
     """DOT's RFC 7009 revocation, with the token and client credentials hidden from error reports."""
 
 
