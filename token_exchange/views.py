@@ -64,8 +64,9 @@ def form_body_refusal(request: HttpRequest) -> HttpResponse | None:
 
     RFC 6749 §3.2, RFC 7009 §2.1 and RFC 7662 §2.1 take parameters as a form: a JSON, XML or
     text body is refused rather than ignored. (DOT also reads ``multipart/form-data``, so its
-    own grants keep accepting it; the token exchange grant does not.) A body Django will not parse (too large for ``DATA_UPLOAD_MAX_MEMORY_SIZE``, too
-    many fields, not UTF-8) gets the same JSON error instead of Django's HTML 400 page.
+    own grants keep accepting it; the token exchange grant does not.) A body Django will not
+    parse (larger than ``DATA_UPLOAD_MAX_MEMORY_SIZE``, too many fields, not UTF-8) gets the
+    same JSON error instead of Django's HTML 400 page.
     """
     if request.method != "POST":
         return None
