@@ -50,21 +50,30 @@ def last_audit_pk() -> int:
     return AuditEvent.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
 
 
+class OneConnectionPerRequest(requests.Session):
+    """On a kept-alive connection the live server's small writes wait for a delayed ACK, 40 ms
+    a request; and it closes a connection asked to close without saying so, so one cannot
+    simply send ``Connection: close``."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().request(*args, **kwargs)
+        self.close()
+        return response
+
+
 class TokenClient:
     """A client of the live server's token endpoint, speaking raw HTTP through ``requests``."""
 
     def __init__(self, base_url: str) -> None:
         self.url = f"{base_url}/o/token/"
-        self.session = requests.Session()
+        self.session = OneConnectionPerRequest()
 
     def post(self, data: Any = None, *, auth: tuple[str, str] | None = None, **kwargs: Any) -> Any:
         return self.session.post(self.url, data=data, auth=auth, timeout=30, **kwargs)
 
     def exchange(self, app: Any, *, auth: tuple[str, str] | None = None, **params: Any) -> Any:
         """A token exchange authenticated with the client's secret (HTTP Basic, RFC 6749 §2.3.1)."""
-        return self.post(
-            {"grant_type": GRANT_TYPE, **params}, auth=auth or (app.client_id, app.plain_secret)
-        )
+        return self.post({"grant_type": GRANT_TYPE, **params}, auth=auth or (app.client_id, app.plain_secret))
 
 
 def refused(

@@ -48,8 +48,13 @@ OURS = {"https://idp.example/o", "https://idp.example/o/token/"}
         ({"alg": "RS256", "crit": []}, "crit_header"),
         ({"alg": "RS256", "typ": "at+jwt"}, "wrong_typ"),
         ({"alg": "RS256", "typ": "client-authentication+jwt"}, "wrong_typ"),
-        ({"alg": "RS256", "typ": None}, None),
+        ({"alg": "RS256", "typ": None}, "wrong_typ"),
         ({"alg": "RS256", "typ": 1}, "wrong_typ"),
+        ({"alg": "RS256", "kid": "k"}, None),
+        ({"alg": "RS256", "kid": None}, "malformed_kid"),
+        ({"alg": "RS256", "kid": ""}, "malformed_kid"),
+        ({"alg": "RS256", "kid": 7}, "malformed_kid"),
+        ({"alg": "RS256", "kid": ["k"]}, "malformed_kid"),
     ],
 )
 def test_header_refusal(header, reason):

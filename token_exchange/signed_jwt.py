@@ -61,8 +61,10 @@ def header_refusal(header: Mapping[str, Any], *, allowed_typ: Collection[str]) -
         return "key_in_header"
     if "crit" in header:
         return "crit_header"
-    typ = header.get("typ")
-    if typ is not None and not (isinstance(typ, str) and media_type(typ) in allowed_typ):
+    if "kid" in header and not (isinstance(header["kid"], str) and header["kid"]):
+        # RFC 7515 §4.1.4: a string. A null kid is no kid, which would pick the only key.
+        return "malformed_kid"
+    if "typ" in header and not (isinstance(header["typ"], str) and media_type(header["typ"]) in allowed_typ):
         return "wrong_typ"
     return None
 
