@@ -57,7 +57,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             continue
         parts = [f"{tally[name]} {name}" for name in ("passed", "failed", "skipped") if tally[name]]
         line = f"{label}: {', '.join(parts)}"
-        if kind in EXTRAS:
+        if kind in EXTRAS and _counts[EXTRAS[kind][0]]:
             name, unit = EXTRAS[kind]
             line += f"; {_counts[name]:,} {unit}"
         write(line)

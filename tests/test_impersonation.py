@@ -865,7 +865,7 @@ def test_a_refresh_without_rotation_is_audited_with_its_tokens(token_endpoint, p
         oauth2_settings.reload()
 
 
-@pytest.mark.parametrize("spelling", ["1_0", " 2", "٢", "+2", "2 "])
+@pytest.mark.parametrize("spelling", ["1_0", " 2", "٢", "+2", "2 ", "02", "00"])
 def test_a_user_id_has_one_spelling(
     token_endpoint, portal, impersonation_allowed, support, support_tokens, end_user_in_acme, spelling
 ):

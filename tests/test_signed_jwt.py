@@ -123,6 +123,8 @@ def claims(**overrides: Any) -> dict[str, Any]:
         ({"jti": 5}, "missing_jti"),
         ({"jti": "j" * 255}, None),
         ({"jti": "j" * 256}, "missing_jti"),
+        ({"jti": "\ud800"}, "missing_jti"),
+        ({"jti": "a\x00b"}, None),
     ],
 )
 def test_claims_refusal(overrides, reason):

@@ -33,7 +33,7 @@ from . import audit, client_assertion, impersonation, impersonation_sessions, po
 from .conf import token_exchange_settings
 from .constants import ACCESS_TOKEN_TYPE, ACT, AUTHORIZATION_CODE, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
 from .models import ExchangedToken, ImpersonationSession, SecuritySettings
-from .tokens.base import native_audience
+from .tokens.base import native_audience, storable
 
 logger = logging.getLogger("token_exchange")
 
@@ -79,6 +79,13 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             logger.info("Client authentication refused for %s: client_id_mismatch", request.client.client_id)
             return False
         return True
+
+    def _load_application(self, client_id: Any, request: Request) -> Any:
+        """DOT's lookup, for a client_id a database can compare: one with a NUL byte or a lone
+        surrogate names no client (PostgreSQL would raise, not answer)."""
+        if not isinstance(client_id, str) or not storable(client_id):
+            return None
+        return super()._load_application(client_id, request)
 
     def validate_code(
         self, client_id: str, code: str, client: Any, request: Request, *args: Any, **kwargs: Any

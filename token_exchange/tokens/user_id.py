@@ -16,8 +16,8 @@ from django.db import models
 from ..exceptions import Refusal
 from .base import VerifiedToken, storable
 
-# One spelling per user: int() would also read "1_0", " 2" or non-ASCII digits.
-_INTEGER = re.compile(r"[0-9]{1,20}")
+# One spelling per user: int() would also read "1_0", " 2", "01" or non-ASCII digits.
+_INTEGER = re.compile(r"0|[1-9][0-9]{0,19}")
 
 
 def read_user_id(value: str, token_type: str, refusal: type[Refusal]) -> VerifiedToken:
