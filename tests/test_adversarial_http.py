@@ -55,6 +55,18 @@ def exchange_body(tokens: dict[str, Any], **params: Any) -> dict[str, Any]:
     }
 
 
+def impersonation_body(actor_token: str, subject: Any, **params: Any) -> dict[str, Any]:
+    """The actor's access token and the customer's user id: impersonation (ZITADEL's guide)."""
+    return {
+        "grant_type": GRANT_TYPE,
+        "subject_token": str(subject.pk if hasattr(subject, "pk") else subject),
+        "subject_token_type": USER_ID_TYPE,
+        "actor_token": actor_token,
+        "actor_token_type": ACCESS_TOKEN_TYPE,
+        **params,
+    }
+
+
 def raw(body: str | bytes, content_type: str = FORM) -> dict[str, Any]:
     return {"data": body, "headers": {"Content-Type": content_type}}
 
@@ -395,13 +407,7 @@ def test_opaque_tokens(
         secrets = [user_tokens["access_token"]]
     else:
         actor_tokens = login(support)
-        form = exchange_body(
-            user_tokens,
-            subject_token=str(end_user_in_acme.pk),
-            subject_token_type=USER_ID_TYPE,
-            actor_token=spoil(actor_tokens),
-            actor_token_type=ACCESS_TOKEN_TYPE,
-        )
+        form = impersonation_body(spoil(actor_tokens), end_user_in_acme)
         secrets = [actor_tokens["access_token"]]
     refused(
         lambda: http.post(form, auth=("portal", portal.plain_secret)),
@@ -537,13 +543,7 @@ def test_an_impersonation_cannot_widen_past_the_actor(
     http, portal, impersonation_allowed, support, end_user_in_acme, login
 ):
     actor_tokens = login(support, resources=(data.AGGREGATES_URI,), scope="openid read")
-    form = exchange_body(
-        actor_tokens,
-        subject_token=str(end_user_in_acme.pk),
-        subject_token_type=USER_ID_TYPE,
-        actor_token=actor_tokens["access_token"],
-        actor_token_type=ACCESS_TOKEN_TYPE,
-    )
+    form = impersonation_body(actor_tokens["access_token"], end_user_in_acme)
     for widen, error, reason in (
         ({"scope": "read write"}, "invalid_scope", "scope_exceeds_actor"),
         ({"audience": data.SETTINGS_URI}, "invalid_target", "audience_exceeds_subject"),
@@ -621,13 +621,7 @@ def test_impersonation_rules(
 ):
     actor_tokens = login(support)
     arrange(support, end_user_in_acme)
-    form = exchange_body(
-        actor_tokens,
-        subject_token=str(end_user_in_acme.pk),
-        subject_token_type=USER_ID_TYPE,
-        actor_token=actor_tokens["access_token"],
-        actor_token_type=ACCESS_TOKEN_TYPE,
-    )
+    form = impersonation_body(actor_tokens["access_token"], end_user_in_acme)
     refused(
         lambda: http.exchange(portal, **form),
         status=400,
@@ -657,13 +651,7 @@ def test_more_impersonation_rules(
     ]
     for actor, subject_id, reason in cases:
         actor_tokens = login(actor)
-        form = exchange_body(
-            actor_tokens,
-            subject_token=str(subject_id),
-            subject_token_type=USER_ID_TYPE,
-            actor_token=actor_tokens["access_token"],
-            actor_token_type=ACCESS_TOKEN_TYPE,
-        )
+        form = impersonation_body(actor_tokens["access_token"], subject_id)
         refused(
             lambda form=form: http.exchange(portal, **form),
             status=400,
@@ -676,13 +664,7 @@ def test_more_impersonation_rules(
 def test_an_inactive_actor(http, portal, impersonation_allowed, support, end_user_in_acme, login):
     actor_tokens = login(support)
     type(support).objects.filter(pk=support.pk).update(is_active=False)
-    form = exchange_body(
-        actor_tokens,
-        subject_token=str(end_user_in_acme.pk),
-        subject_token_type=USER_ID_TYPE,
-        actor_token=actor_tokens["access_token"],
-        actor_token_type=ACCESS_TOKEN_TYPE,
-    )
+    form = impersonation_body(actor_tokens["access_token"], end_user_in_acme)
     refused(
         lambda: http.exchange(portal, **form), status=400, error="invalid_request", reasons=["inactive_user"]
     )
@@ -704,13 +686,8 @@ def impersonated(
     actor_tokens = login(support)
     response = http.exchange(
         portal,
-        **exchange_body(
-            actor_tokens,
-            subject_token=str(end_user_in_acme.pk),
-            subject_token_type=USER_ID_TYPE,
-            actor_token=actor_tokens["access_token"],
-            actor_token_type=ACCESS_TOKEN_TYPE,
-            scope="openid offline_access read",
+        **impersonation_body(
+            actor_tokens["access_token"], end_user_in_acme, scope="openid offline_access read"
         ),
     )
     assert response.status_code == 200, response.text

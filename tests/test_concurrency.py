@@ -68,6 +68,53 @@ def in_parallel(send: Callable[[requests.Session, int], requests.Response], n: i
     return results
 
 
+Sent = list[tuple[float, int, dict[str, Any]]]
+
+
+def while_clients_send(
+    form_for: Callable[[int], dict[str, Any]],
+    auth: tuple[str, str],
+    token_url: str,
+    *,
+    workers: int,
+    event: Callable[[], None],
+    on_answer: Callable[[int, int, dict[str, Any]], None] = lambda _i, _s, _b: None,
+) -> tuple[Sent, float]:
+    """``workers`` clients post ``form_for(index)`` in a loop; after 3 successes per client
+    ``event()`` runs, and once 3 requests per client have started after it returned, they stop.
+    Returns every (start time, status, body), and when ``event()`` returned."""
+    sent: Sent = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = session.post(token_url, data=form_for(index), auth=auth, timeout=60)
+                body = response.json()
+                with lock:
+                    sent.append((started, response.status_code, body))
+                    on_answer(index, response.status_code, body)
+
+    def wait_for(enough: Callable[[Sent], bool]) -> None:
+        while not enough(list(sent)):
+            time.sleep(0.01)
+
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(client, index) for index in range(workers)]
+        wait_for(lambda done: sum(status == 200 for _t, status, _b in done) >= 3 * workers)
+        event()
+        happened_at = time.monotonic()
+        wait_for(lambda done: sum(started > happened_at for started, _s, _b in done) >= 3 * workers)
+        stop.set()
+        for future in futures:
+            future.result()
+    proof.count("parallel requests", len(sent))
+    assert all(status < 500 for _t, status, _b in sent)
+    return sent, happened_at
+
+
 def statuses(results: list[tuple[int, dict[str, Any]]]) -> Counter[tuple[int, str | None]]:
     return Counter((status, body.get("error")) for status, body in results)
 
@@ -257,39 +304,18 @@ def test_turning_impersonation_off_stops_every_request_that_starts_afterwards(
         actor_token=support_tokens["access_token"],
         actor_token_type=ACCESS_TOKEN_TYPE,
     )
-    auth = ("portal", portal.plain_secret)
-    switched_off_at: list[float] = []
-    sent: list[tuple[float, int, dict[str, Any]]] = []
-    lock = threading.Lock()
-    stop = threading.Event()
 
-    def client(_index: int) -> None:
-        with requests.Session() as session:
-            while not stop.is_set():
-                started = time.monotonic()
-                response = session.post(token_url, data=form, auth=auth, timeout=60)
-                with lock:
-                    sent.append((started, response.status_code, response.json()))
-
-    workers = 8
-    with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(client, index) for index in range(workers)]
-        while sum(status == 200 for _t, status, _b in list(sent)) < 2 * workers:
-            time.sleep(0.01)
+    def switch_off() -> None:
         settings_row = SecuritySettings.load()
         settings_row.allow_impersonation = False
         settings_row.save()
-        switched_off_at.append(time.monotonic())
-        while sum(started > switched_off_at[0] for started, _s, _b in list(sent)) < 4 * workers:
-            time.sleep(0.01)
-        stop.set()
-        for future in futures:
-            future.result()
-    proof.count("parallel requests", len(sent))
 
-    before = [(status, body.get("error")) for started, status, body in sent if started < switched_off_at[0]]
-    after = [(status, body.get("error")) for started, status, body in sent if started > switched_off_at[0]]
-    assert all(status < 500 for _t, status, _b in sent)
+    sent, switched_off_at = while_clients_send(
+        lambda _index: form, ("portal", portal.plain_secret), token_url, workers=8, event=switch_off
+    )
+
+    before = [(status, body.get("error")) for started, status, body in sent if started < switched_off_at]
+    after = [(status, body.get("error")) for started, status, body in sent if started > switched_off_at]
     assert (200, None) in before
     assert set(after) == {(400, "invalid_request")}, Counter(after)
     reasons = Counter(row.payload["reason"] for row in events(EventType.TOKEN_EXCHANGE_REFUSED))
@@ -320,44 +346,28 @@ def test_a_stop_while_tokens_of_the_impersonation_are_exchanged_and_refreshed(
     ).json()["access_token"]
     exchange = exchange_form(subject_token=derived, subject_token_type=ACCESS_TOKEN_TYPE)
     latest_refresh = [tokens["refresh_token"]]
-    sent: list[tuple[float, int, dict[str, Any]]] = []
-    lock = threading.Lock()
-    stop = threading.Event()
 
-    def client(index: int) -> None:
-        with requests.Session() as http:
-            while not stop.is_set():
-                started = time.monotonic()
-                if index == 0:  # one client refreshes, always with the newest refresh token
-                    form = {"grant_type": "refresh_token", "refresh_token": latest_refresh[0]}
-                else:
-                    form = exchange
-                response = http.post(token_url, data=form, auth=auth, timeout=60)
-                body = response.json()
-                with lock:
-                    sent.append((started, response.status_code, body))
-                    if index == 0 and response.status_code == 200:
-                        latest_refresh[0] = body["refresh_token"]
+    def form_for(index: int) -> dict[str, Any]:
+        if index == 0:  # one client refreshes, always with the newest refresh token
+            return {"grant_type": "refresh_token", "refresh_token": latest_refresh[0]}
+        return exchange
 
-    workers = 6
+    def keep_the_newest(index: int, status: int, body: dict[str, Any]) -> None:
+        if index == 0 and status == 200:
+            latest_refresh[0] = body["refresh_token"]
+
     # Each token record takes 20 ms to write: Stop lands while issuances are between their
     # checks and their commit, which is where a missing lock would let a token survive it.
-    with slow_insert(ExchangedToken, 0.02), ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(client, index) for index in range(workers)]
-        while sum(status == 200 for _t, status, _b in list(sent)) < 3 * workers:
-            time.sleep(0.01)
-        impersonation_sessions.end(session, reason=ImpersonationSession.EndReason.STOPPED)
-        stopped_at = time.monotonic()
-        while sum(started > stopped_at for started, _s, _b in list(sent)) < 3 * workers:
-            time.sleep(0.01)
-        stop.set()
-        for future in futures:
-            future.result()
-    proof.count("parallel requests", len(sent))
+    with slow_insert(ExchangedToken, 0.02):
+        sent, stopped_at = while_clients_send(
+            form_for,
+            auth,
+            token_url,
+            workers=6,
+            event=lambda: impersonation_sessions.end(session, reason=ImpersonationSession.EndReason.STOPPED),
+            on_answer=keep_the_newest,
+        )
 
-    assert all(status < 500 for _t, status, _b in sent)
-    before = Counter(status for started, status, _b in sent if started < stopped_at)
-    assert before[200] >= 3 * workers
     after = {(status, body.get("error")) for started, status, body in sent if started > stopped_at}
     assert after <= {(400, "invalid_request"), (400, "invalid_grant")}, after
     under = {"exchanged__impersonation": session}
@@ -365,6 +375,6 @@ def test_a_stop_while_tokens_of_the_impersonation_are_exchanged_and_refreshed(
     assert not get_refresh_token_model().objects.filter(revoked__isnull=True, **under).exists()
     assert not get_id_token_model().objects.filter(**under).exists()
     # Everything issued under the session is audited as an impersonation by support.
-    issued = [row for row in events(EventType.USER_IMPERSONATED)]
+    issued = events(EventType.USER_IMPERSONATED)
     assert {row.payload["act"]["sub"] for row in issued} == {str(support.pk)}
     assert ExchangedToken.objects.filter(impersonation=session).count() >= len(issued)
