@@ -1,9 +1,9 @@
 """What ``make test`` says it proved: the adversarial cases, fuzz examples, concurrency runs and
 injected faults it executed, counted as they pass and printed at the end of the run.
 
-Tests carry one of the markers in :data:`KINDS`; a fuzz property calls :func:`count` once per
-example it runs and a concurrency test once per request it sends in parallel, so the figures
-are what ran, not what was written.
+Tests carry one of the markers in :data:`KINDS`; a test of subtests counts one case per subtest.
+A fuzz property calls :func:`count` once per example it runs and a concurrency test once per
+request it sends in parallel, so the figures are what ran, not what was written.
 """
 
 from __future__ import annotations
@@ -35,13 +35,25 @@ def count(what: str, n: int = 1) -> None:
     _counts[what] += n
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
-    outcome = yield
-    report = outcome.get_result()
-    kind = next((kind for kind in KINDS if item.get_closest_marker(kind)), None)
+_kind_of: dict[str, str] = {}  # node id -> kind
+_of_subtests: set[str] = set()  # node ids of tests that use subtests
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = next((kind for kind in KINDS if item.get_closest_marker(kind)), None)
+        if kind is not None:
+            _kind_of[item.nodeid] = kind
+            if "subtests" in getattr(item, "fixturenames", ()):
+                _of_subtests.add(item.nodeid)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    kind = _kind_of.get(report.nodeid)
     if kind is None:
         return
+    if report.nodeid in _of_subtests and report.when == "call" and type(report).__name__ != "SubtestReport":
+        return  # a test of subtests is counted by its subtests, one case each
     if report.when == "call" or (report.when == "setup" and not report.passed):
         _outcomes[kind][report.outcome] += 1
 

@@ -813,20 +813,86 @@ def test_a_deactivated_customer_is_exchanged_no_more(http, portal, user_tokens, 
     )
 
 
-@pytest.mark.parametrize("path", ["/o/introspect/", "/o/revoke_token/"])
+UNREADABLE = "The request body could not be read."
+
+
+@pytest.mark.parametrize("path", ["/o/token/", "/o/introspect/", "/o/revoke_token/"])
 @pytest.mark.parametrize(
-    "request_options",
+    ("request_options", "description"),
     [
-        pytest.param(raw(json.dumps({"token": "t"}), "application/json"), id="json"),
-        pytest.param({"data": {"token": "a" * TEN_MB}}, id="10 MB token"),
-        pytest.param(raw(b"token=%E9", FORM + "; charset=latin-1"), id="latin-1"),
+        pytest.param(
+            raw(json.dumps({"token": "t"}), "application/json"), f"Send the parameters as {FORM}.", id="json"
+        ),
+        pytest.param({"data": {"token": "a" * TEN_MB}}, UNREADABLE, id="10 MB token"),
+        pytest.param(raw(b"token=%E9", FORM + "; charset=latin-1"), UNREADABLE, id="latin-1"),
+        pytest.param(raw(b"--x--", "multipart/form-data"), UNREADABLE, id="multipart without a boundary"),
+        pytest.param(
+            raw(b"--x--", "multipart/form-data; boundary="), UNREADABLE, id="multipart, empty boundary"
+        ),
     ],
 )
-def test_introspection_and_revocation_bodies(live_server, aggregates, path, request_options):
-    """The other two form endpoints answer unreadable bodies with the same JSON error."""
+def test_unreadable_bodies_at_every_form_endpoint(
+    live_server, aggregates, path, request_options, description
+):
+    """The token, introspection and revocation endpoints answer alike: a JSON error, never
+    Django's HTML 400 page."""
     response = requests.post(
         f"{live_server.url}{path}", auth=("aggregates", "aggregates-secret"), timeout=30, **request_options
     )
     assert response.status_code == 400
     assert response.headers["Content-Type"] == "application/json"
-    assert response.json()["error"] == "invalid_request"
+    assert response.json() == {"error": "invalid_request", "error_description": description}
+
+
+@pytest.mark.parametrize(
+    ("body", "request_options"),
+    [
+        pytest.param(
+            {"client_secret": "aggregates-secret"},
+            {"auth": ("aggregates", "aggregates-secret")},
+            id="basic+body",
+        ),
+        pytest.param(
+            {"client_id": "portal"},
+            {"auth": ("aggregates", "aggregates-secret")},
+            id="basic, another client_id",
+        ),
+    ],
+)
+@pytest.mark.parametrize("grant_type", ["client_credentials", "refresh_token"])
+def test_one_client_authentication_per_request_for_every_grant(
+    http, aggregates, portal, user_tokens, body, request_options, grant_type
+):
+    form = {"grant_type": grant_type, "refresh_token": user_tokens["refresh_token"], **body}
+    refused(
+        lambda: http.post(form, **request_options),
+        status=401,
+        error="invalid_client",
+        secrets=[user_tokens["refresh_token"], "aggregates-secret"],
+    )
+
+
+def test_an_empty_body_secret_beside_basic_is_no_second_method(http, portal, user_tokens):
+    """Some client libraries send ``client_secret=`` along with Basic; it authenticates nothing."""
+    response = http.post(exchange_body(user_tokens, client_secret=""), auth=("portal", portal.plain_secret))
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param({"device_code": ""}, id="empty"),
+        pytest.param({"device_code": "a\x00b"}, id="NUL byte"),
+    ],
+)
+def test_a_device_code_request_without_a_usable_device_code(http, aggregates, form):
+    """DOT reads ``device_code`` with ``[]``: without one its token endpoint answered 500."""
+    refused(
+        lambda: http.post(
+            {"grant_type": "urn:ietf:params:oauth:grant-type:device_code", **form},
+            auth=("aggregates", "aggregates-secret"),
+        ),
+        status=400,
+        error="invalid_request",
+    )

@@ -15,12 +15,13 @@ import hashlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import requests
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from oauth2_provider.models import get_access_token_model, get_id_token_model, get_refresh_token_model
@@ -159,12 +160,37 @@ def customer_signed_in_to_backend(support: Any, end_user_in_acme: Any, impersona
     )
 
 
+REPLAY_TABLE = "token_exchange_replay"
+
+
+@pytest.fixture(params=["local memory", "database cache"])
+def replay_cache(request: Any, settings: Any) -> Iterator[None]:
+    """Where used jtis are kept: this process's memory (the example's setting), or the database
+    cache the deployment advice names, shared by every process, whose primary key makes
+    ``add`` atomic. Each test then checks the jti was kept there."""
+    if request.param == "local memory":
+        yield
+        return
+    settings.CACHES = {
+        **settings.CACHES,
+        "replay_db": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": REPLAY_TABLE},
+    }
+    settings.TOKEN_EXCHANGE = {**settings.TOKEN_EXCHANGE, "REPLAY_CACHE": "replay_db"}
+    call_command("createcachetable")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {REPLAY_TABLE}")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {REPLAY_TABLE}")
+        assert cursor.fetchone() == (1,)  # the one jti, kept in the shared table
+
+
 def exchange_form(**params: Any) -> dict[str, Any]:
     return {"grant_type": GRANT_TYPE, **params}
 
 
 def test_one_subject_jwt_sent_twenty_times_at_once_is_used_once(
-    token_url, portal, portal_key, impersonation_allowed, support_tokens, end_user_in_acme
+    token_url, replay_cache, portal, portal_key, impersonation_allowed, support_tokens, end_user_in_acme
 ):
     form = exchange_form(
         subject_token=sign(portal_key, subject_claims("portal", end_user_in_acme)),
@@ -186,7 +212,7 @@ def test_one_subject_jwt_sent_twenty_times_at_once_is_used_once(
 
 
 def test_one_client_assertion_sent_twenty_times_at_once_authenticates_once(
-    token_url, portal, portal_key, user_tokens
+    token_url, replay_cache, portal, portal_key, user_tokens
 ):
     form = exchange_form(
         subject_token=user_tokens["access_token"],

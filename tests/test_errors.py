@@ -6,6 +6,7 @@ import datetime
 import hashlib
 from typing import Any
 
+import django
 import pytest
 from django.test import Client
 from django.utils import timezone
@@ -258,3 +259,17 @@ def test_revocation_and_introspection_hide_credentials_from_error_reports(rf, db
     getattr(views, view_name).as_view()(request)
     for name in ("token", "client_secret", "client_assertion"):
         assert name in request.sensitive_post_parameters
+
+
+@pytest.mark.skipif(django.VERSION < (5, 1), reason="LoginRequiredMiddleware is new in Django 5.1")
+@pytest.mark.parametrize("path", ["/o/token/", "/o/introspect/", "/o/revoke_token/"])
+def test_the_form_endpoints_need_no_login_under_login_required_middleware(settings, aggregates, path):
+    """Django 5.1's LoginRequiredMiddleware: the endpoints keep DOT's login_not_required."""
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "django.contrib.auth.middleware.LoginRequiredMiddleware"]
+    response = form_post(
+        Client(),
+        path,
+        {"grant_type": "client_credentials", "token": "t"},
+        HTTP_AUTHORIZATION=basic("aggregates", aggregates.plain_secret),
+    )
+    assert response.status_code == 200, response.content

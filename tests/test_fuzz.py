@@ -298,12 +298,20 @@ KNOWN_NAMES = (
     "code",
     "redirect_uri",
     "code_verifier",
+    "device_code",
 )
 # Random names stay parseable in every encoding (a quote or a newline would cut a multipart name).
 names = st.sampled_from(KNOWN_NAMES) | st.text(
     st.characters(exclude_characters='"\r\n', exclude_categories=("Cs",)), min_size=1, max_size=12
 )
-GRANTS = (GRANT_TYPE, "refresh_token", "authorization_code", "client_credentials", "password")
+GRANTS = (
+    GRANT_TYPE,
+    "refresh_token",
+    "authorization_code",
+    "client_credentials",
+    "password",
+    "urn:ietf:params:oauth:grant-type:device_code",
+)
 grant_types = st.sampled_from(GRANTS) | hostile_text
 
 

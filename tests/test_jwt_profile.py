@@ -241,6 +241,10 @@ def _now() -> int:
     return int(time.time())
 
 
+class Later(int):
+    """A time claim given as seconds from the moment the JWT is signed."""
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -613,9 +617,10 @@ def jwt_profile(portal, portal_key, impersonation_allowed, support, support_toke
         ({"exp": None}, "missing_exp_or_iat"),
         ({"iat": None}, "missing_exp_or_iat"),
         ({"jti": None}, "missing_jti"),
-        ({"iat": _now() - 600, "exp": _now() - 300}, "expired"),
-        ({"exp": _now() + 3700}, "lifetime_too_long"),
-        ({"nbf": _now() + 600}, "not_yet_valid"),
+        # Times relative to the signing (+N seconds), not to when the tests were collected.
+        ({"iat": Later(-600), "exp": Later(-300)}, "expired"),
+        ({"exp": Later(3700)}, "lifetime_too_long"),
+        ({"nbf": Later(600)}, "not_yet_valid"),
         ({"sub": None}, "malformed_user_id"),
         ({"sub": 42}, "malformed_user_id"),
         ({"sub": "portal"}, "subject_is_client"),
@@ -627,6 +632,10 @@ def jwt_profile(portal, portal_key, impersonation_allowed, support, support_toke
 )
 def test_subject_jwt_rules(jwt_profile, portal_key, end_user_in_acme, overrides, reason):
     before = token_rows()
+    now = _now()
+    overrides = {
+        name: now + value if isinstance(value, Later) else value for name, value in overrides.items()
+    }
     subject_jwt = sign(portal_key, subject_claims("portal", end_user_in_acme, **overrides))
     assert_subject_refused(jwt_profile(subject_jwt), before, reason)
 

@@ -68,8 +68,10 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         if client_assertion.presented(request):
             return client_assertion.authenticate(request, issuer=self.get_oidc_issuer_endpoint(request))
         body: list[tuple[str, str]] = list(request.decoded_body or [])
-        if client_assertion.basic_auth(request) and any(key == "client_secret" for key, _value in body):
+        secret_in_body = any(key == "client_secret" and value for key, value in body)
+        if client_assertion.basic_auth(request) and secret_in_body:
             # RFC 6749 §2.3: one method per request. DOT would try Basic and ignore the body.
+            # (An empty client_secret, which some libraries send beside Basic, is no method.)
             logger.info("Client authentication refused: several_authentication_methods")
             return False
         if not super().authenticate_client(request, *args, **kwargs):

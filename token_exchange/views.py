@@ -16,12 +16,14 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import BadRequest, SuspiciousOperation
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.urls import NoReverseMatch, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 from oauth2_provider import views as oauth2_views
+from oauth2_provider.compat import login_not_required
 from oauth2_provider.exceptions import OAuthToolkitError
 from oauth2_provider.models import get_access_token_model
 from oauth2_provider.settings import oauth2_settings
@@ -31,6 +33,7 @@ from oauthlib.oauth2.rfc6749 import errors
 from . import audit, impersonation_sessions
 from .constants import ACT, BEARER, CLIENT_KEY_ALGORITHMS, GRANT_TYPE, PRIVATE_KEY_JWT
 from .tokens import access_token_claims, load_access_token
+from .tokens.base import storable
 
 logger = logging.getLogger("token_exchange")
 
@@ -48,6 +51,7 @@ SENSITIVE_POST_PARAMETERS = (
 
 
 FORM = "application/x-www-form-urlencoded"
+DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 # DOT reads both HTML form encodings; token exchange itself takes the first only (grant.py).
 FORMS = frozenset({FORM, "multipart/form-data"})
 
@@ -75,15 +79,30 @@ def form_body_refusal(request: HttpRequest) -> HttpResponse | None:
         return _invalid_request(f"Send the parameters as {FORM}.")
     try:
         request.POST  # noqa: B018 - parsing is what may fail
-    except (BadRequest, SuspiciousOperation):
+    except (BadRequest, SuspiciousOperation, MultiPartParserError):
         return _invalid_request("The request body could not be read.")
     return None
+
+
+def _nothing_issued(exc: DatabaseError) -> tuple[str, int, dict[str, str]]:
+    """503 ``temporarily_unavailable`` for a token request the database failed.
+
+    The backend runs a token request in one transaction, now rolled back: nothing was issued
+    and the client may retry. The exception's text is not logged: a failing INSERT's message
+    can quote the row, and the row holds the token.
+    """
+    logger.error("Token request failed in the database (%s): nothing was issued", type(exc).__name__)
+    error = errors.TemporarilyUnavailableError(
+        description="The token could not be issued. Try again later.", status_code=503
+    )
+    return error.json, error.status_code, {"Retry-After": "1", "Cache-Control": "no-store"}
 
 
 class FormEndpoint:
     """Refuses bodies that are not forms before DOT reads them (``form_body_refusal``)."""
 
     @method_decorator(csrf_exempt)
+    @method_decorator(login_not_required)
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         refusal = form_body_refusal(request)
         if refusal is not None:
@@ -94,6 +113,24 @@ class FormEndpoint:
 class TokenView(FormEndpoint, oauth2_views.TokenView):  # type: ignore[misc]
     """DOT's token endpoint; hides token parameters from error reports, knows N_A responses."""
 
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.POST.get("grant_type") == DEVICE_CODE_GRANT_TYPE:
+            # DOT reads device_code with [] (a 500 when it is missing) and looks it up as is.
+            device_code = request.POST.get("device_code")
+            if not device_code or not storable(device_code):
+                return _invalid_request("Missing or malformed device_code parameter.")
+        return super().post(request, *args, **kwargs)  # type: ignore[no-any-return]
+
+    def device_flow_token_response(self, request: HttpRequest, device_code: str) -> HttpResponse:
+        try:
+            return super().device_flow_token_response(request, device_code)  # type: ignore[no-any-return]
+        except DatabaseError as exc:
+            body, status, headers = _nothing_issued(exc)
+            response = HttpResponse(body, status=status, content_type="application/json")
+            for key, value in headers.items():
+                response[key] = value
+            return response
+
     @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS))
     def authorization_flow_token_response(
         self, request: HttpRequest, *args: Any, **kwargs: Any
@@ -101,15 +138,7 @@ class TokenView(FormEndpoint, oauth2_views.TokenView):  # type: ignore[misc]
         try:
             _url, headers, body, status = self.create_token_response(request)
         except DatabaseError as exc:
-            # The database refused a write (or is down). The backend ran the request in one
-            # transaction, now rolled back: nothing was issued and the client may retry. The
-            # exception's text is not logged: a failing INSERT's message can quote the row,
-            # and the row holds the token.
-            logger.error("Token request failed in the database (%s): nothing was issued", type(exc).__name__)
-            error = errors.TemporarilyUnavailableError(
-                description="The token could not be issued. Try again later.", status_code=503
-            )
-            _url, headers, body, status = None, {"Retry-After": "1"}, error.json, error.status_code
+            body, status, headers = _nothing_issued(exc)
         if status == 200:
             access_token = json.loads(body).get("access_token")
             # An exchange may answer with an ID token in access_token (token_type N_A): there
