@@ -59,18 +59,18 @@ def subject(tokens: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("model", "when"),
+    "model",
     [
-        pytest.param(AuditEvent, "", id="audit row"),
-        pytest.param(AccessToken, "", id="access token row"),
-        pytest.param(get_refresh_token_model(), "", id="refresh token row"),
-        pytest.param(get_id_token_model(), "", id="id token row"),
-        pytest.param(ExchangedToken, "", id="exchange record"),
+        pytest.param(AuditEvent, id="audit row"),
+        pytest.param(AccessToken, id="access token row"),
+        pytest.param(get_refresh_token_model(), id="refresh token row"),
+        pytest.param(get_id_token_model(), id="id token row"),
+        pytest.param(ExchangedToken, id="exchange record"),
     ],
 )
-def test_a_failed_write_during_an_exchange_issues_nothing(http, portal, user_tokens, caplog, model, when):
+def test_a_failed_write_during_an_exchange_issues_nothing(http, portal, user_tokens, caplog, model):
     form = {**subject(user_tokens), "scope": "openid offline_access read"}
-    with failing_insert(model, when):
+    with failing_insert(model):
         assert_nothing_issued(lambda: http.exchange(portal, **form), caplog, user_tokens["access_token"])
 
     retried = http.exchange(portal, **form)

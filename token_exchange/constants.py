@@ -32,6 +32,9 @@ AUTHORIZATION_CODE: Final = "authorization_code"
 BEARER: Final = "Bearer"
 NOT_APPLICABLE: Final = "N_A"
 
+# RFC 6749 §3.2 / RFC 8693 §2.1: how a client sends the token endpoint its parameters.
+FORM_CONTENT_TYPE: Final = "application/x-www-form-urlencoded"
+
 # Parameters that RFC 8693 §2.1 allows to repeat; every other one must appear at most once.
 REPEATABLE_PARAMETERS: Final = frozenset({"audience", "resource"})
 

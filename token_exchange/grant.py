@@ -28,6 +28,7 @@ from .constants import (
     ACCESS_TOKEN_TYPE,
     ACTOR_ONLY_SUBJECT_TYPES,
     ACTOR_TOKEN_TYPES,
+    FORM_CONTENT_TYPE,
     GRANT_TYPE,
     ID_TOKEN_TYPE,
     JWT_TYPE,
@@ -47,8 +48,6 @@ logger = logging.getLogger("token_exchange")
 # Far above any token this server issues (a JWT with a deep act chain is a few KB), far below
 # anything that would make hashing or JSON parsing expensive.
 MAX_TOKEN_LENGTH = 16 * 1024
-
-FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 # Parameters that carry credentials: they must never travel in a URL (RFC 9700 §4.3.2).
 _BODY_ONLY = frozenset({"subject_token", "actor_token", "client_secret", "client_assertion"})

@@ -30,6 +30,7 @@ from .client_keys import InvalidKey, choose_key, parse_public_key
 from .conf import token_exchange_settings
 from .constants import CLIENT_KEY_ALGORITHMS
 from .models import ClientKey
+from .tokens.base import encodable
 
 # RFC 7523 §3 lets the server bound how long it accepts a JWT; one hour, as ZITADEL's keys.
 MAX_LIFETIME_SECONDS = 3600
@@ -80,15 +81,6 @@ def _numeric_date(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _encodable(value: str) -> bool:
-    """A lone surrogate (``"\\ud800"`` in the JSON) is no text: it has no UTF-8 to hash or store."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def audience_matches(aud: object, accepted: Collection[str]) -> bool:
     """``aud`` names this server and nothing else: a string, or a list of only accepted values.
 
@@ -131,7 +123,7 @@ def claims_refusal(
     if exp <= iat or exp - iat > MAX_LIFETIME_SECONDS:
         return "lifetime_too_long"
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH or not _encodable(jti):
+    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH or not encodable(jti):
         return "missing_jti"
     return None
 

@@ -31,7 +31,7 @@ from oauth2_provider.signals import app_authorized
 from oauthlib.oauth2.rfc6749 import errors
 
 from . import audit, impersonation_sessions
-from .constants import ACT, BEARER, CLIENT_KEY_ALGORITHMS, GRANT_TYPE, PRIVATE_KEY_JWT
+from .constants import ACT, BEARER, CLIENT_KEY_ALGORITHMS, FORM_CONTENT_TYPE, GRANT_TYPE, PRIVATE_KEY_JWT
 from .tokens import access_token_claims, load_access_token
 from .tokens.base import storable
 
@@ -50,10 +50,9 @@ SENSITIVE_POST_PARAMETERS = (
 )
 
 
-FORM = "application/x-www-form-urlencoded"
 DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 # DOT reads both HTML form encodings; token exchange itself takes the first only (grant.py).
-FORMS = frozenset({FORM, "multipart/form-data"})
+FORMS = frozenset({FORM_CONTENT_TYPE, "multipart/form-data"})
 
 
 def _invalid_request(description: str) -> HttpResponse:
@@ -76,7 +75,7 @@ def form_body_refusal(request: HttpRequest) -> HttpResponse | None:
         return None
     media_type = (request.content_type or "").split(";")[0].strip().lower()
     if media_type not in FORMS and (request.META.get("CONTENT_LENGTH") or "0") not in ("", "0"):
-        return _invalid_request(f"Send the parameters as {FORM}.")
+        return _invalid_request(f"Send the parameters as {FORM_CONTENT_TYPE}.")
     try:
         request.POST  # noqa: B018 - parsing is what may fail
     except (BadRequest, SuspiciousOperation, MultiPartParserError):
