@@ -42,8 +42,12 @@ FORM = "application/x-www-form-urlencoded"
 
 
 def pytest_configure() -> None:
-    # Client secrets are hashed with the first password hasher; PBKDF2 would cost ~0.2 s a request.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Users' passwords: MD5, as PBKDF2 would cost ~0.3 s a login. Client secrets: the example
+    # project's CLIENT_SECRET_HASHER, which must be listed.
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        "token_exchange.hashers.ClientSecretHasher",
+    ]
 
 
 def form_post(client: Client, path: str, data: Any, **extra: Any) -> Any:

@@ -30,6 +30,7 @@ def run() -> list[str]:
         + checks.check_impersonation_guard()
         + checks.check_replay_cache()
         + checks.check_admin_screens()
+        + checks.check_client_secret_hasher()
     )
     return [message.id for message in messages]
 
@@ -173,3 +174,34 @@ def test_w007_banner_middleware():
     with override_settings(MIDDLEWARE=[m for m in settings.MIDDLEWARE if m != banner]):
         assert run() == ["token_exchange.W007"]
     assert checks.W007.msg.startswith("token_exchange.banner.ImpersonationBannerMiddleware is not installed")
+
+
+DJANGO_DEFAULT_HASHERS = [
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
+
+
+@pytest.mark.parametrize(
+    ("hashers", "client_secret_hasher", "expected"),
+    [
+        # Django's defaults: client secrets would be hashed by PBKDF2 on every request.
+        (DJANGO_DEFAULT_HASHERS, "default", ["token_exchange.W008"]),
+        (DJANGO_DEFAULT_HASHERS, "pbkdf2_sha1", ["token_exchange.W008"]),
+        (DJANGO_DEFAULT_HASHERS, "argon2", ["token_exchange.W008"]),
+        (DJANGO_DEFAULT_HASHERS, "bcrypt_sha256", ["token_exchange.W008"]),
+        (DJANGO_DEFAULT_HASHERS, "scrypt", ["token_exchange.W008"]),
+        # The example project: passwords keep PBKDF2, client secrets get the fast hasher.
+        ([*DJANGO_DEFAULT_HASHERS, "token_exchange.hashers.ClientSecretHasher"], "token_exchange_sha256", []),
+        (["token_exchange.hashers.ClientSecretHasher"], "default", []),
+        # A hasher DOT cannot find: it could neither hash nor check a secret.
+        (DJANGO_DEFAULT_HASHERS, "token_exchange_sha256", ["token_exchange.E007"]),
+    ],
+)
+def test_w008_e007_client_secret_hasher(hashers, client_secret_hasher, expected):
+    with override_settings(PASSWORD_HASHERS=hashers), dot(CLIENT_SECRET_HASHER=client_secret_hasher):
+        oauth2_settings.reload()
+        assert [message.id for message in checks.check_client_secret_hasher()] == expected

@@ -255,3 +255,50 @@ def check_admin_screens(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     if not any(_is_subclass(path, _BANNER_MIDDLEWARE) for path in middleware):
         warnings.append(W007)
     return warnings
+
+
+# Hashers built to be slow (key stretching for passwords people choose), and their subclasses.
+_SLOW_HASHERS = (
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",  # and BCryptPasswordHasher
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+)
+_FAST_SECRET_HINT = (
+    "Add 'token_exchange.hashers.ClientSecretHasher' to PASSWORD_HASHERS after your password hasher "
+    "and set OAUTH2_PROVIDER['CLIENT_SECRET_HASHER'] = 'token_exchange_sha256' (for generated secrets "
+    "only), or authenticate clients with private_key_jwt (manage.py createclientkey)."
+)
+
+
+def _client_secret_hasher() -> Any:
+    from django.contrib.auth.hashers import get_hasher
+
+    return get_hasher(oauth2_settings.CLIENT_SECRET_HASHER)
+
+
+@register(Tags.security)
+def check_client_secret_hasher(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every request a client authenticates with its secret pays for this hasher once."""
+    try:
+        hasher = _client_secret_hasher()
+    except ValueError:
+        return [
+            Error(
+                f"OAUTH2_PROVIDER['CLIENT_SECRET_HASHER'] = {oauth2_settings.CLIENT_SECRET_HASHER!r} names "
+                "no hasher in PASSWORD_HASHERS: DOT cannot hash or check client secrets.",
+                hint="List the hasher in PASSWORD_HASHERS, or set CLIENT_SECRET_HASHER to 'default'.",
+                id="token_exchange.E007",
+            )
+        ]
+    if any(_is_subclass(type(hasher), path) for path in _SLOW_HASHERS):
+        return [
+            Warning(
+                f"Client secrets are hashed with {hasher.algorithm!r}, a hasher made slow for passwords: "
+                "every token request a client authenticates with its secret spends hundreds of "
+                "milliseconds hashing it (token exchanges of resource servers included).",
+                hint=_FAST_SECRET_HINT,
+                id="token_exchange.W008",
+            )
+        ]
+    return []
