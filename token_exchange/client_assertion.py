@@ -22,6 +22,7 @@ from oauthlib.common import Request
 
 from . import jose, signed_jwt
 from .constants import CLIENT_ASSERTION_TYPE
+from .lookups import unique_row
 from .tokens.base import storable
 
 logger = logging.getLogger("token_exchange")
@@ -67,6 +68,13 @@ def basic_auth(request: Request) -> bool:
     return bool(scheme) and scheme[0].lower() == "basic"
 
 
+def load_client(client_id: str) -> Any:
+    """The Application with ``client_id`` and its token exchange policy, in one query, or None."""
+    return unique_row(
+        get_application_model().objects.select_related("token_exchange_policy").filter(client_id=client_id)
+    )
+
+
 def verify(request: Request, *, issuer: str) -> Any:
     """The Application that signed the request's assertion, or :class:`AssertionRefusal`."""
     if set(PARAMETERS) & {key for key, _value in request.uri_query_params}:
@@ -94,7 +102,7 @@ def verify(request: Request, *, issuer: str) -> Any:
         raise AssertionRefusal("unknown_client")
     # Straight to the table: DOT's _load_application may fetch a client metadata document
     # named by the client_id, and an unverified iss must never make this server fetch anything.
-    application = get_application_model().objects.filter(client_id=client_id).first()
+    application = load_client(client_id)
     if application is None:
         raise AssertionRefusal("unknown_client")
     if application.client_type != application.CLIENT_CONFIDENTIAL or not application.is_usable(request):

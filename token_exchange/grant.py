@@ -216,7 +216,9 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         return client
 
     def check_client_policy(self, client: Any) -> None:
-        if not ClientPolicy.objects.filter(application=client, token_exchange_enabled=True).exists():
+        # Loaded with the client (validator._load_application); a client without one has none.
+        policy: ClientPolicy | None = getattr(client, "token_exchange_policy", None)
+        if policy is None or not policy.token_exchange_enabled:
             raise errors.UnauthorizedClientError(
                 description="This client is not allowed to use token exchange."
             )

@@ -14,6 +14,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from .conf import token_exchange_settings
+from .lookups import unique_row
 from .models import ImpersonatorGrant
 from .policy import Party, Role, actor_chain, impersonation_refusal
 
@@ -30,32 +31,49 @@ def is_admin_subject(user: Any) -> bool:
     return ImpersonatorGrant.objects.filter(user=user).exists()
 
 
-def roles_of(user: Any) -> tuple[Role, ...]:
-    rows = ImpersonatorGrant.objects.filter(user=user).values_list("role", "organization_id")
-    return tuple(Role(role=role, organization=organization) for role, organization in rows)
+def _grants(*users: Any) -> dict[Any, tuple[Role, ...]]:
+    """The impersonator grants of several users, in one query, by user primary key."""
+    grants: dict[Any, list[Role]] = {}
+    rows = ImpersonatorGrant.objects.filter(user__in=[user.pk for user in users]).values_list(
+        "user_id", "role", "organization_id"
+    )
+    for user_id, role, organization in rows:
+        grants.setdefault(user_id, []).append(Role(role=role, organization=organization))
+    return {user_id: tuple(roles) for user_id, roles in grants.items()}
 
 
 def actor_party(user: Any) -> Party:
     return Party(id=str(user.pk), is_active=user.is_active, is_superuser=user.is_superuser)
 
 
-def subject_party(user: Any) -> Party:
+def subject_party(user: Any, *, holds_grant: bool | None = None) -> Party:
+    """The subject's facts. ``holds_grant``, when the caller already read the subject's grants,
+    spares the default ``IS_ADMIN_SUBJECT`` its query (a custom one is always called)."""
+    is_admin_check = token_exchange_settings.IS_ADMIN_SUBJECT
+    if is_admin_check is is_admin_subject and holds_grant is not None:
+        is_admin = user.is_staff or user.is_superuser or holds_grant
+    else:
+        is_admin = bool(is_admin_check(user))
     return Party(
         id=str(user.pk),
         is_active=user.is_active,
         is_superuser=user.is_superuser,
-        is_admin=bool(token_exchange_settings.IS_ADMIN_SUBJECT(user)),
+        is_admin=is_admin,
         organizations=frozenset(token_exchange_settings.USER_ORGANIZATIONS(user)),
     )
 
 
 def refusal(*, allowed: bool, actor: Any, subject: Any) -> str | None:
-    """Why ``actor`` may not impersonate ``subject`` now, or ``None`` if they may."""
+    """Why ``actor`` may not impersonate ``subject`` now, or ``None`` if they may.
+
+    Two queries with the defaults: both users' grants at once, and the subject's organizations.
+    """
+    grants = _grants(actor, subject)
     return impersonation_refusal(
         allowed=allowed,
         actor=actor_party(actor),
-        subject=subject_party(subject),
-        actor_roles=roles_of(actor),
+        subject=subject_party(subject, holds_grant=bool(grants.get(subject.pk))),
+        actor_roles=grants.get(actor.pk, ()),
     )
 
 
@@ -71,7 +89,7 @@ def recheck(*, allowed: bool, act: dict[str, Any], subject: Any, issuer: str) ->
     for link in actor_chain(act):
         if link.get("iss") != issuer:
             return "foreign_actor"
-        actor = User._default_manager.filter(pk=str(link.get("sub"))).first()
+        actor = unique_row(User._default_manager.filter(pk=str(link.get("sub"))))
         if actor is None:
             return "actor_deleted"
         reason = refusal(allowed=allowed, actor=actor, subject=subject)

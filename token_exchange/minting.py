@@ -168,67 +168,93 @@ def mint(
         "expires_in": issuance.expires_in,
         "scope": _scope_string(issuance.scope),
     }
-    AccessToken = get_access_token_model()
-    using = router.db_for_write(AccessToken)
-    with transaction.atomic(using=using):
+    using = router.db_for_write(get_access_token_model())
+    # No savepoint of its own: inside the token request's transaction (backend.py) a failing
+    # write rolls the whole request back, and a refusal is raised only once the block is left.
+    with transaction.atomic(using=using, savepoint=False):
+        reason = None
         if issuance.impersonation_id is not None:
             # The session's lock, taken before any token row as impersonation_sessions.end takes
             # it: a Stop that committed after the grant decided wins.
             reason = impersonation_sessions.locked_refusal(issuance.impersonation_id)
-            if reason is not None:
-                raise Refusal(reason)
-        if issuance.requested_token_type == ID_TOKEN_TYPE:
-            # RFC 8693 §2.2.1: the ID token travels in access_token and is no bearer token.
-            id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=None)
-            record = _record(issuance, ID_TOKEN_TYPE, id_token=id_row)
-            record.save()
-            _audit(issuance, [record], using)
-            response.update(access_token=id_token, token_type=NOT_APPLICABLE)
-            return response
+        if reason is None:
+            _store(
+                issuance,
+                response,
+                now=now,
+                expires=expires,
+                new_access_token=new_access_token,
+                new_refresh_token=new_refresh_token,
+                using=using,
+            )
+    if reason is not None:
+        raise Refusal(reason)
+    return response
 
-        records: list[ExchangedToken] = []
-        record = _record(issuance, issuance.requested_token_type)
-        if issuance.requested_token_type == JWT_TYPE:
-            access_token = _jwt_access_token(issuance, jti=record.jti, now=now, expires=expires)
-        else:
-            access_token = new_access_token()
-        id_row = None
-        if issuance.issue_id_token:
-            id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=access_token)
-            records.append(_record(issuance, ID_TOKEN_TYPE, id_token=id_row))
-            response["id_token"] = id_token
 
-        token_row = AccessToken(
+def _store(
+    issuance: Issuance,
+    response: dict[str, Any],
+    *,
+    now: datetime.datetime,
+    expires: datetime.datetime,
+    new_access_token: Callable[[], str],
+    new_refresh_token: Callable[[], str],
+    using: str,
+) -> None:
+    """Write the token rows, their ``ExchangedToken`` rows and the audit rows; fill ``response``."""
+    if issuance.requested_token_type == ID_TOKEN_TYPE:
+        # RFC 8693 §2.2.1: the ID token travels in access_token and is no bearer token.
+        id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=None)
+        record = _record(issuance, ID_TOKEN_TYPE, id_token=id_row)
+        record.save()
+        _audit(issuance, [record], using)
+        response.update(access_token=id_token, token_type=NOT_APPLICABLE)
+        return
+
+    AccessToken = get_access_token_model()
+    records: list[ExchangedToken] = []
+    record = _record(issuance, issuance.requested_token_type)
+    if issuance.requested_token_type == JWT_TYPE:
+        access_token = _jwt_access_token(issuance, jti=record.jti, now=now, expires=expires)
+    else:
+        access_token = new_access_token()
+    id_row = None
+    if issuance.issue_id_token:
+        id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=access_token)
+        records.append(_record(issuance, ID_TOKEN_TYPE, id_token=id_row))
+        response["id_token"] = id_token
+
+    token_row = AccessToken(
+        user=issuance.user,
+        application=issuance.client,
+        scope=_scope_string(issuance.scope),
+        expires=expires,
+        id_token=id_row,
+        resource=list(issuance.resource),
+    )
+    set_token_value(token_row, access_token)
+    token_row.save()
+    record.access_token = token_row
+    records.append(record)
+    response.update(access_token=access_token, token_type=BEARER)
+
+    if issuance.issue_refresh_token:
+        refresh_token = new_refresh_token()
+        refresh_row = get_refresh_token_model()(
             user=issuance.user,
             application=issuance.client,
-            scope=_scope_string(issuance.scope),
-            expires=expires,
-            id_token=id_row,
+            access_token=token_row,
+            token_family=uuid.uuid4(),
             resource=list(issuance.resource),
         )
-        set_token_value(token_row, access_token)
-        token_row.save()
-        record.access_token = token_row
-        records.append(record)
-        response.update(access_token=access_token, token_type=BEARER)
+        set_token_value(refresh_row, refresh_token)
+        refresh_row.save()
+        records.append(_record(issuance, REFRESH_TOKEN_TYPE, refresh_token=refresh_row))
+        response["refresh_token"] = refresh_token
 
-        if issuance.issue_refresh_token:
-            refresh_token = new_refresh_token()
-            refresh_row = get_refresh_token_model()(
-                user=issuance.user,
-                application=issuance.client,
-                access_token=token_row,
-                token_family=uuid.uuid4(),
-                resource=list(issuance.resource),
-            )
-            set_token_value(refresh_row, refresh_token)
-            refresh_row.save()
-            records.append(_record(issuance, REFRESH_TOKEN_TYPE, refresh_token=refresh_row))
-            response["refresh_token"] = refresh_token
-
-        ExchangedToken.objects.bulk_create(records)
-        _audit(issuance, records, using)
-    return response
+    ExchangedToken.objects.bulk_create(records)
+    _audit(issuance, records, using)
 
 
 def _audit(issuance: Issuance, records: list[ExchangedToken], using: str) -> None:

@@ -32,6 +32,7 @@ from oauthlib.oauth2.rfc6749 import errors
 from . import audit, client_assertion, impersonation, impersonation_sessions, policy
 from .conf import token_exchange_settings
 from .constants import ACCESS_TOKEN_TYPE, ACT, AUTHORIZATION_CODE, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
+from .lookups import unique_row
 from .models import ExchangedToken, ImpersonationSession, SecuritySettings
 from .tokens.base import native_audience, storable
 
@@ -41,6 +42,7 @@ _RECORD = "token_exchange_refreshed"
 _ISSUED = "token_exchange_issued"
 _CONTEXT = "token_exchange_context"
 _IMPERSONATION = "token_exchange_impersonation"
+_CIMD = "cimd"  # DOT's Application.RegistrationSource.CIMD
 
 
 def _state(request: Request, name: str) -> Any:
@@ -84,9 +86,18 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
 
     def _load_application(self, client_id: Any, request: Request) -> Any:
         """DOT's lookup, for a client_id a database can compare: one with a NUL byte or a lone
-        surrogate names no client (PostgreSQL would raise, not answer)."""
+        surrogate names no client (PostgreSQL would raise, not answer).
+
+        The client is read with its token exchange policy in one query and handed to DOT, which
+        reuses a client already on the request (and still checks that it is usable). Unknown
+        ids and Client ID Metadata Document clients take DOT's own path, which may fetch.
+        """
         if not isinstance(client_id, str) or not storable(client_id):
             return None
+        if not request.client:
+            client = client_assertion.load_client(client_id)
+            if client is not None and getattr(client, "registration_source", None) != _CIMD:
+                request.client = client
         return super()._load_application(client_id, request)
 
     def validate_code(
@@ -119,7 +130,9 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         if not valid:
             return False
         instance = request.refresh_token_instance
-        record = ExchangedToken.objects.select_related("impersonation").filter(refresh_token=instance).first()
+        record = unique_row(
+            ExchangedToken.objects.select_related("impersonation").filter(refresh_token=instance)
+        )
         setattr(request, _RECORD, record)
         setattr(request, _ISSUED, [])
         if record is None:

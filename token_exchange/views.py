@@ -142,11 +142,12 @@ class TokenView(FormEndpoint, oauth2_views.TokenView):  # type: ignore[misc]
             access_token = json.loads(body).get("access_token")
             # An exchange may answer with an ID token in access_token (token_type N_A): there
             # is no access token row, and no application was authorized to access anything.
+            # Read back only for receivers of DOT's signal: a query no one would use otherwise.
             token = (
                 get_access_token_model()
                 .objects.filter(token_checksum=hashlib.sha256(access_token.encode("utf-8")).hexdigest())
                 .first()
-                if access_token
+                if access_token and app_authorized.has_listeners(sender=self)
                 else None
             )
             if token is not None:

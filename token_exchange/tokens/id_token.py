@@ -18,6 +18,7 @@ from oauth2_provider.models import get_id_token_model
 from .. import jose
 from ..constants import SUBJECT_DATA_SCOPES
 from ..exceptions import Refusal
+from ..lookups import unique_row
 from .base import VerifiedToken, exchanged_claims
 
 
@@ -37,11 +38,10 @@ def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer
     except (jose.JoseError, ValueError) as exc:
         raise refusal("malformed_id_token") from exc
 
-    row = (
+    row = unique_row(
         get_id_token_model()
         .objects.select_related("user", "application", "access_token", "exchanged")
         .filter(jti=jti)
-        .first()
     )
     if row is None or row.application is None or row.user is None:
         raise refusal("unknown_token")

@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from ..exceptions import Refusal
+from ..lookups import unique_row
 from .base import VerifiedToken, storable
 
 # One spelling per user: int() would also read "1_0", " 2", "01" or non-ASCII digits.
@@ -28,7 +29,7 @@ def read_user_id(value: str, token_type: str, refusal: type[Refusal]) -> Verifie
         raise refusal("malformed_user_id")
     try:
         pk = User._meta.pk.to_python(value) if User._meta.pk is not None else value
-        user = User._default_manager.filter(pk=pk).first()
+        user = unique_row(User._default_manager.filter(pk=pk))
     except (ValidationError, ValueError, TypeError, OverflowError) as exc:
         raise refusal("malformed_user_id") from exc
     if user is None:
