@@ -102,7 +102,8 @@ def verify(request: Request, *, issuer: str) -> Any:
         raise AssertionRefusal("unknown_client")
     # Straight to the table: DOT's _load_application may fetch a client metadata document
     # named by the client_id, and an unverified iss must never make this server fetch anything.
-    application = load_client(client_id)
+    keys = signed_jwt.usable_keys_of(client_id)
+    application = keys[0].application if keys else load_client(client_id)
     if application is None:
         raise AssertionRefusal("unknown_client")
     if application.client_type != application.CLIENT_CONFIDENTIAL or not application.is_usable(request):
@@ -113,6 +114,7 @@ def verify(request: Request, *, issuer: str) -> Any:
             application=application,
             audiences={issuer, token_endpoint(issuer)},
             allowed_typ=ASSERTION_TYP,
+            keys=keys,
         )
     except signed_jwt.JWTRefusal as exc:
         raise AssertionRefusal(exc.reason) from exc

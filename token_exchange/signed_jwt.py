@@ -22,7 +22,7 @@ import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from . import jose, replay
@@ -128,19 +128,37 @@ def claims_refusal(
     return None
 
 
+def _usable(keys: QuerySet[ClientKey]) -> list[ClientKey]:
+    unexpired = Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+    return list(keys.filter(active=True).filter(unexpired))
+
+
 def usable_keys(application: Any) -> list[ClientKey]:
-    now = timezone.now()
-    return list(
-        ClientKey.objects.filter(application=application, active=True).filter(
-            Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    return _usable(ClientKey.objects.filter(application=application))
+
+
+def usable_keys_of(client_id: str) -> list[ClientKey]:
+    """The usable keys of the client named ``client_id``, each with the client and its token
+    exchange policy: one query authenticates a client by its assertion."""
+    return _usable(
+        ClientKey.objects.select_related("application__token_exchange_policy").filter(
+            application__client_id=client_id
         )
     )
 
 
 def verify(
-    token: str, *, application: Any, audiences: Collection[str], allowed_typ: Collection[str]
+    token: str,
+    *,
+    application: Any,
+    audiences: Collection[str],
+    allowed_typ: Collection[str],
+    keys: list[ClientKey] | None = None,
 ) -> dict[str, Any]:
-    """The claims of ``token``, a JWT ``application`` signed, or :class:`JWTRefusal`."""
+    """The claims of ``token``, a JWT ``application`` signed, or :class:`JWTRefusal`.
+
+    ``keys``: the application's usable keys, if already read (``usable_keys_of``).
+    """
     try:
         header, _unverified = jose.peek(token)
     except jose.JoseError as exc:
@@ -148,7 +166,7 @@ def verify(
     reason = header_refusal(header, allowed_typ=allowed_typ)
     if reason is not None:
         raise JWTRefusal(reason)
-    key = choose_key(usable_keys(application), kid=header.get("kid"))
+    key = choose_key(usable_keys(application) if keys is None else keys, kid=header.get("kid"))
     if isinstance(key, str):
         raise JWTRefusal(key)
     if header["alg"] != key.algorithm:
