@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: install chromium demo test test-sqlite test-postgres lint fuzz tox screenshots clean
+.PHONY: install chromium demo test test-sqlite test-postgres lint fuzz bench bench-scale tox screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,17 @@ lint: install
 # The fuzz properties at length: 5,000 examples each instead of make test's 100 (SQLite).
 fuzz: install
 	HYPOTHESIS_PROFILE=long $(PY) -m pytest -m fuzz -p no:cacheprovider --hypothesis-show-statistics
+
+# Token exchange against DOT's client_credentials grant, in one process, on PostgreSQL when it
+# answers (else an SQLite file): a table, and bench/results.json. docs/performance.md reads it.
+BENCH_DATABASE = $$($(PY) -c "import psycopg; psycopg.connect('$(POSTGRES_URL)', connect_timeout=3).close()" 2>/dev/null && echo "DATABASE_URL=$(POSTGRES_URL)")
+
+bench: install
+	env $(BENCH_DATABASE) $(PY) -m bench $(BENCH_ARGS)
+
+# The same, then again after filling 100,000 users, 200,000 access tokens and 1,000,000 audit rows.
+bench-scale: install
+	env $(BENCH_DATABASE) $(PY) -m bench --scale $(BENCH_ARGS)
 
 # The Python x Django matrix (needs the interpreters, e.g. from pyenv).
 tox: install
