@@ -13,7 +13,7 @@ import datetime
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -56,7 +56,6 @@ class Case:
     make: Callable[[], Request]
     check: Callable[[dict[str, Any]], None]  # raises if the response is not what the case issues
     rounds_divisor: int = 1  # run once every this many rounds (the PBKDF2 reference is slow)
-    results: dict[str, Any] = field(default_factory=dict)
 
 
 def _basic(client_id: str, secret: str) -> dict[str, str]:

@@ -82,13 +82,15 @@ def send(driver: Driver, case: Case) -> float:
 
 
 def count_queries(driver: Driver, case: Case, times: int = 3) -> int:
-    """SQL statements per request (the most of ``times`` requests; they must agree)."""
+    """SQL statements per request; ``times`` requests must agree on it."""
     counts = set()
     for _ in range(times):
         with CaptureQueriesContext(connection) as queries:
             send(driver, case)
         counts.add(len(queries.captured_queries))
-    return max(counts)
+    if len(counts) != 1:
+        raise AssertionError(f"{case.name}: the statements per request vary: {sorted(counts)}")
+    return counts.pop()
 
 
 def percentile(values: list[float], fraction: float) -> float:
