@@ -14,14 +14,18 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from .conf import token_exchange_settings
-from .lookups import unique_row
+from .lookups import PreparedLookup, unique_row
 from .models import ImpersonatorGrant
 from .policy import Party, Role, actor_chain, impersonation_refusal
+
+_GRANTS = PreparedLookup(lambda: ImpersonatorGrant.objects.all(), "user")
+# The rows of the user-to-group table: the groups' primary keys without joining auth_group.
+_MEMBERSHIPS = PreparedLookup(lambda: get_user_model().groups.through.objects.all(), "user")
 
 
 def user_groups(user: Any) -> Iterable[Any]:
     """Default ``USER_ORGANIZATIONS``: the primary keys of the user's ``auth`` groups."""
-    return user.groups.values_list("pk", flat=True)  # type: ignore[no-any-return]
+    return [membership.group_id for membership in _MEMBERSHIPS.rows(user.pk)]
 
 
 def is_admin_subject(user: Any) -> bool:
@@ -34,11 +38,8 @@ def is_admin_subject(user: Any) -> bool:
 def _grants(*users: Any) -> dict[Any, tuple[Role, ...]]:
     """The impersonator grants of several users, in one query, by user primary key."""
     grants: dict[Any, list[Role]] = {}
-    rows = ImpersonatorGrant.objects.filter(user__in=[user.pk for user in users]).values_list(
-        "user_id", "role", "organization_id"
-    )
-    for user_id, role, organization in rows:
-        grants.setdefault(user_id, []).append(Role(role=role, organization=organization))
+    for row in _GRANTS.rows(*(user.pk for user in users)):
+        grants.setdefault(row.user_id, []).append(Role(role=row.role, organization=row.organization_id))
     return {user_id: tuple(roles) for user_id, roles in grants.items()}
 
 

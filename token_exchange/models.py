@@ -24,7 +24,7 @@ from oauth2_provider.settings import oauth2_settings
 from . import constants
 from .client_keys import InvalidKey, parse_public_key
 from .conf import token_exchange_settings
-from .lookups import unique_row
+from .lookups import PreparedLookup
 
 
 def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
@@ -81,10 +81,13 @@ class SecuritySettings(models.Model):
         No per-process cache: a change in the admin takes effect on the next request in every
         process, at the price of one primary-key lookup per token exchange.
         """
-        row = unique_row(cls.objects.filter(pk=cls.SINGLETON_PK))
+        row = _SECURITY_SETTINGS.get(cls.SINGLETON_PK)
         if row is None:
             row, _created = cls.objects.get_or_create(pk=cls.SINGLETON_PK)
         return row
+
+
+_SECURITY_SETTINGS = PreparedLookup(lambda: SecuritySettings.objects.all(), "pk")
 
 
 class ClientPolicy(models.Model):

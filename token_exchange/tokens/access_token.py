@@ -12,18 +12,18 @@ from typing import Any
 from oauth2_provider.models import get_access_token_model
 
 from ..exceptions import Refusal
-from ..lookups import unique_row
+from ..lookups import PreparedLookup
 from .base import VerifiedToken, access_token_claims
+
+_BY_CHECKSUM = PreparedLookup(
+    lambda: get_access_token_model().objects.select_related("user", "application", "exchanged"),
+    "token_checksum",
+)
 
 
 def load_access_token(value: str) -> Any:
     """DOT's AccessToken row for a token value (or None), with what the claims are made of."""
-    checksum = hashlib.sha256(value.encode("utf-8")).hexdigest()
-    return unique_row(
-        get_access_token_model()
-        .objects.select_related("user", "application", "exchanged")
-        .filter(token_checksum=checksum)
-    )
+    return _BY_CHECKSUM.get(hashlib.sha256(value.encode("utf-8")).hexdigest())
 
 
 def read_access_token(value: str, token_type: str, refusal: type[Refusal]) -> VerifiedToken:

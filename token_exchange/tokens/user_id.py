@@ -14,8 +14,10 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from ..exceptions import Refusal
-from ..lookups import unique_row
+from ..lookups import PreparedLookup
 from .base import VerifiedToken, storable
+
+_BY_PK = PreparedLookup(lambda: get_user_model()._default_manager.all(), "pk")
 
 # One spelling per user: int() would also read "1_0", " 2", "01" or non-ASCII digits.
 _INTEGER = re.compile(r"0|[1-9][0-9]{0,19}")
@@ -29,7 +31,7 @@ def read_user_id(value: str, token_type: str, refusal: type[Refusal]) -> Verifie
         raise refusal("malformed_user_id")
     try:
         pk = User._meta.pk.to_python(value) if User._meta.pk is not None else value
-        user = unique_row(User._default_manager.filter(pk=pk))
+        user = _BY_PK.get(pk)
     except (ValidationError, ValueError, TypeError, OverflowError) as exc:
         raise refusal("malformed_user_id") from exc
     if user is None:
