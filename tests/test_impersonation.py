@@ -817,11 +817,11 @@ def test_a_refresh_that_fails_midway_leaves_nothing(
     form = {"grant_type": "refresh_token", "refresh_token": impersonated_refresh}
     before = (*token_rows(), AuditEvent.objects.count())
 
-    def broken_save(self: AuditEvent, *args: Any, **kwargs: Any) -> None:
+    def broken_insert(rows: Any, using: str) -> None:
         raise RuntimeError("audit table unavailable")
 
     with monkeypatch.context() as patch:
-        patch.setattr(AuditEvent, "save", broken_save)
+        patch.setattr("token_exchange.audit.insert_rows", broken_insert)
         with pytest.raises(RuntimeError):
             token_endpoint.post(form, auth=(portal.client_id, portal.plain_secret))
     assert (*token_rows(), AuditEvent.objects.count()) == before

@@ -15,11 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections, router, transaction
+from django.db import router, transaction
 from django.dispatch import Signal
 
 from . import signals
 from .constants import GRANT_TYPE, KNOWN_TOKEN_TYPES
+from .inserts import insert_rows
 from .models import AuditEvent, ExchangedToken
 
 logger = logging.getLogger("token_exchange")
@@ -101,12 +102,8 @@ def _session(session: Any) -> dict[str, Any]:
 
 
 def _save(rows: list[AuditEvent], using: str) -> list[AuditEvent]:
-    """Insert the rows in one statement (one per row where the database cannot return their ids)."""
-    if len(rows) > 1 and connections[using].features.can_return_rows_from_bulk_insert:
-        AuditEvent.objects.using(using).bulk_create(rows)
-    else:
-        for row in rows:
-            row.save(using=using)
+    """Insert the rows in one statement."""
+    insert_rows(rows, using)
     for row in rows:
         transaction.on_commit(lambda row=row: _send(row), using=using)  # type: ignore[misc]
     return rows

@@ -38,6 +38,7 @@ from .constants import (
     REFRESH_TOKEN_TYPE,
 )
 from .exceptions import Refusal
+from .inserts import insert_rows
 from .models import ExchangedToken
 
 
@@ -207,7 +208,7 @@ def _store(
         # RFC 8693 §2.2.1: the ID token travels in access_token and is no bearer token.
         id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=None)
         record = _record(issuance, ID_TOKEN_TYPE, id_token=id_row)
-        record.save()
+        insert_rows([record], using)
         _audit(issuance, [record], using)
         response.update(access_token=id_token, token_type=NOT_APPLICABLE)
         return
@@ -253,7 +254,7 @@ def _store(
         records.append(_record(issuance, REFRESH_TOKEN_TYPE, refresh_token=refresh_row))
         response["refresh_token"] = refresh_token
 
-    ExchangedToken.objects.bulk_create(records)
+    insert_rows(records, using)
     _audit(issuance, records, using)
 
 
