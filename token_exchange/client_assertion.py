@@ -102,8 +102,9 @@ def verify(request: Request, *, issuer: str) -> Any:
         raise AssertionRefusal("unknown_client")
     # Straight to the table: DOT's _load_application may fetch a client metadata document
     # named by the client_id, and an unverified iss must never make this server fetch anything.
-    keys = signed_jwt.usable_keys_of(client_id)
-    application = keys[0].application if keys else load_client(client_id)
+    application, keys = signed_jwt.keys_of(client_id)
+    if application is None:
+        application = load_client(client_id)  # a client without keys: refused below, with a reason
     if application is None:
         raise AssertionRefusal("unknown_client")
     if application.client_type != application.CLIENT_CONFIDENTIAL or not application.is_usable(request):

@@ -62,6 +62,17 @@ class _Compiled:
     populators: list[Any]
 
 
+def _column_field(model: type[Model], column: str) -> Field[Any, Any]:
+    """The field a lookup path (``"pk"``, ``"user"``, ``"application__client_id"``) ends at."""
+    *relations, name = column.split("__")
+    for relation in relations:
+        model = model._meta.get_field(relation).related_model  # type: ignore[assignment]
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    if not isinstance(field, Field):
+        raise TypeError(f"{column} is not a column of {model.__name__}")
+    return field
+
+
 def _related_populators(queryset: QuerySet[Any], klass_info: Any, select: Any, using: str) -> Any:
     """``select_related`` objects as the queryset's iterator attaches them; since Django 6.1
     (fetch modes) in the queryset's fetch mode."""
@@ -75,6 +86,7 @@ def _related_populators(queryset: QuerySet[Any], klass_info: Any, select: Any, u
 class PreparedLookup(Generic[M]):
     """The rows whose ``column`` equals one of a few values, through SQL compiled once.
 
+    ``column`` is a field or a lookup path across relations (``"application__client_id"``).
     ``queryset`` builds the lookup without its filter (``select_related`` welcome); it must not
     depend on anything but the looked-up values, since its SQL is kept for the connection's life
     (one statement per number of values). The statement still goes through
@@ -120,9 +132,7 @@ class PreparedLookup(Generic[M]):
 
     def _compile(self, queryset: QuerySet[M], using: str, count: int) -> _Compiled:
         model = queryset.model
-        field = model._meta.pk if self._column == "pk" else model._meta.get_field(self._column)
-        if not isinstance(field, Field):
-            raise TypeError(f"{model.__name__}.{self._column} is not a column")
+        field = _column_field(model, self._column)
         matches = [Q(**{self._column: _Placeholder(field, index)}) for index in range(count)]
         compiler = queryset.filter(reduce(operator.or_, matches)).query.get_compiler(using=using)
         sql, params = compiler.as_sql()

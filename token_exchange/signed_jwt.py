@@ -29,6 +29,7 @@ from . import jose, replay
 from .client_keys import InvalidKey, choose_key, parse_public_key
 from .conf import token_exchange_settings
 from .constants import CLIENT_KEY_ALGORITHMS
+from .lookups import PreparedLookup
 from .models import ClientKey
 from .tokens.base import encodable
 
@@ -137,14 +138,22 @@ def usable_keys(application: Any) -> list[ClientKey]:
     return _usable(ClientKey.objects.filter(application=application))
 
 
-def usable_keys_of(client_id: str) -> list[ClientKey]:
-    """The usable keys of the client named ``client_id``, each with the client and its token
-    exchange policy: one query authenticates a client by its assertion."""
-    return _usable(
-        ClientKey.objects.select_related("application__token_exchange_policy").filter(
-            application__client_id=client_id
-        )
-    )
+_KEYS_OF_CLIENT = PreparedLookup(
+    lambda: ClientKey.objects.select_related("application__token_exchange_policy"), "application__client_id"
+)
+
+
+def keys_of(client_id: str) -> tuple[Any, list[ClientKey]]:
+    """The client named ``client_id`` (None if it has no keys) and its usable keys, each key with
+    the client and its token exchange policy: one query authenticates a client by its assertion.
+
+    Every key of the client is read and the unusable ones dropped here, as ``usable_keys``
+    would in SQL: a client has a handful, and the statement stays the same on every call.
+    """
+    keys = _KEYS_OF_CLIENT.rows(client_id)
+    now = timezone.now()
+    usable = [key for key in keys if key.active and (key.expires_at is None or key.expires_at > now)]
+    return (keys[0].application if keys else None), usable
 
 
 def verify(
@@ -157,7 +166,7 @@ def verify(
 ) -> dict[str, Any]:
     """The claims of ``token``, a JWT ``application`` signed, or :class:`JWTRefusal`.
 
-    ``keys``: the application's usable keys, if already read (``usable_keys_of``).
+    ``keys``: the application's usable keys, if already read (``keys_of``).
     """
     try:
         header, _unverified = jose.peek(token)
