@@ -1,0 +1,97 @@
+"""``insert_rows``: the exchange's own rows in one plain INSERT, read back as the ORM wrote them."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.db.models import QuerySet
+
+from token_exchange.constants import ACCESS_TOKEN_TYPE
+from token_exchange.inserts import insert_rows
+from token_exchange.models import AuditEvent, ExchangedToken
+
+pytestmark = pytest.mark.django_db
+EventType = AuditEvent.EventType
+
+
+def events(end_user: Any, portal: Any, count: int) -> list[AuditEvent]:
+    return [
+        AuditEvent(
+            event_type=EventType.TOKEN_EXCHANGED,
+            subject=end_user,
+            application=portal,
+            payload={"scope": "read", "audience": [portal.client_id], "n": n, "note": "é ' \" %s"},
+            client_ip="2001:db8::1",
+        )
+        for n in range(count)
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_rows_are_written_in_one_statement_with_their_ids(end_user, portal, count, django_assert_num_queries):
+    rows = events(end_user, portal, count)
+    with django_assert_num_queries(1):
+        insert_rows(rows, "default")
+    assert all(row.pk is not None and not row._state.adding for row in rows)
+    assert len({row.pk for row in rows}) == count
+    for n, row in enumerate(rows):
+        stored = AuditEvent.objects.get(pk=row.pk)
+        assert stored.payload == {
+            "scope": "read",
+            "audience": [portal.client_id],
+            "n": n,
+            "note": "é ' \" %s",
+        }
+        assert (stored.subject, stored.application, stored.actor) == (end_user, portal, None)
+        assert stored.client_ip == "2001:db8::1"
+        assert stored.created_at == row.created_at
+        assert stored.created_at.tzinfo is not None
+
+
+def test_exchanged_token_rows_keep_their_links_and_json(end_user, portal, user_tokens):
+    from oauth2_provider.models import get_access_token_model
+
+    token = get_access_token_model().objects.get()
+    act = {"iss": "https://idp.example.com", "sub": "7"}
+    record = ExchangedToken(
+        access_token=token,
+        jti=uuid.uuid4().hex,
+        issued_token_type=ACCESS_TOKEN_TYPE,
+        audience=["https://aggregates.example.com/"],
+        resource=[],
+        act=act,
+    )
+    insert_rows([record], "default")
+    stored = ExchangedToken.objects.get(pk=record.pk)
+    assert (stored.access_token_id, stored.act, stored.audience) == (
+        token.pk,
+        act,
+        ["https://aggregates.example.com/"],
+    )
+    assert abs(stored.created_at - datetime.datetime.now(datetime.timezone.utc)) < datetime.timedelta(
+        minutes=1
+    )
+
+
+def test_without_insert_returning_it_falls_back_to_bulk_create(end_user, portal, monkeypatch):
+    monkeypatch.setattr(type(connection.features), "can_return_rows_from_bulk_insert", False)
+    calls = []
+    original = QuerySet.bulk_create
+
+    def bulk_create(self: QuerySet[Any], rows: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append((self.model, len(rows)))
+        return original(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "bulk_create", bulk_create)
+    insert_rows(events(end_user, portal, 2), "default")
+    assert calls == [(AuditEvent, 2)]
+    assert AuditEvent.objects.filter(event_type=EventType.TOKEN_EXCHANGED).count() == 2
+
+
+def test_nothing_to_write_writes_nothing(django_assert_num_queries):
+    with django_assert_num_queries(0):
+        insert_rows([], "default")
