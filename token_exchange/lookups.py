@@ -1,4 +1,4 @@
-"""Reading one row on the token endpoint's hot path.
+"""Reading rows on the token endpoint's hot path.
 
 A resource server may exchange a token for every call it makes downstream, so the reads an
 exchange makes must cost little more than the database takes to answer them. Building and

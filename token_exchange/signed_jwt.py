@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from . import jose, replay
@@ -129,9 +128,11 @@ def claims_refusal(
     return None
 
 
-def _usable(keys: QuerySet[ClientKey]) -> list[ClientKey]:
-    unexpired = Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
-    return list(keys.filter(active=True).filter(unexpired))
+def _usable(keys: Iterable[ClientKey]) -> list[ClientKey]:
+    """The active, unexpired keys among a client's (a handful: filtered here, not in SQL, so that
+    the statement reading them does not change with the time and can be prepared)."""
+    now = timezone.now()
+    return [key for key in keys if key.active and (key.expires_at is None or key.expires_at > now)]
 
 
 def usable_keys(application: Any) -> list[ClientKey]:
@@ -145,15 +146,9 @@ _KEYS_OF_CLIENT = PreparedLookup(
 
 def keys_of(client_id: str) -> tuple[Any, list[ClientKey]]:
     """The client named ``client_id`` (None if it has no keys) and its usable keys, each key with
-    the client and its token exchange policy: one query authenticates a client by its assertion.
-
-    Every key of the client is read and the unusable ones dropped here, as ``usable_keys``
-    would in SQL: a client has a handful, and the statement stays the same on every call.
-    """
+    the client and its token exchange policy: one query authenticates a client by its assertion."""
     keys = _KEYS_OF_CLIENT.rows(client_id)
-    now = timezone.now()
-    usable = [key for key in keys if key.active and (key.expires_at is None or key.expires_at > now)]
-    return (keys[0].application if keys else None), usable
+    return (keys[0].application if keys else None), _usable(keys)
 
 
 def verify(
