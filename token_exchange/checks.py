@@ -13,6 +13,7 @@ from django.urls import NoReverseMatch, resolve, reverse
 from django.utils.module_loading import import_string
 from oauth2_provider.settings import oauth2_settings
 
+from . import client_assertion
 from .conf import token_exchange_settings
 
 E001 = Error(
@@ -302,3 +303,35 @@ def check_client_secret_hasher(app_configs: Any = None, **kwargs: Any) -> list[C
             )
         ]
     return []
+
+
+E010 = Error(
+    "TOKEN_EXCHANGE['CLIENT_AUTHENTICATION'] is 'token_exchange' while django-oauth-toolkit's own JWT "
+    "client authentication is enabled: this package would verify every client_assertion against "
+    "ClientKey rows, and the clients' client_jwks would never be read.",
+    hint=(
+        "Run 'manage.py export_client_jwks --write' and set TOKEN_EXCHANGE['CLIENT_AUTHENTICATION'] = "
+        "'oauth2_provider'; or keep this package's and remove 'private_key_jwt' and 'client_secret_jwt' "
+        "from OAUTH2_PROVIDER['OAUTH2_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED'] and "
+        "['OIDC_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED']. See docs/dot-compatibility.md."
+    ),
+    id="token_exchange.E010",
+)
+E011 = Error(
+    "TOKEN_EXCHANGE['CLIENT_AUTHENTICATION'] is 'oauth2_provider', but the installed "
+    "django-oauth-toolkit cannot authenticate clients by JWT assertion: every client_assertion "
+    "will be refused.",
+    hint=(
+        "Upgrade django-oauth-toolkit to a release with RFC 7523 client authentication (an application "
+        "model with client_jwks), or set TOKEN_EXCHANGE['CLIENT_AUTHENTICATION'] = 'token_exchange'."
+    ),
+    id="token_exchange.E011",
+)
+
+
+@register(Tags.security)
+def check_client_authentication(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """One implementation of private_key_jwt, and one that exists (client_assertion decides)."""
+    if client_assertion.ours():
+        return [E010] if client_assertion.dot_client_authentication_enabled() else []
+    return [] if client_assertion.dot_client_authentication_installed() else [E011]

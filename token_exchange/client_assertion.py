@@ -8,19 +8,29 @@ URL; it is signed with one of the client's active ``ClientKey`` rows; its ``jti`
 Whatever fails, the client is not authenticated (``invalid_client``, 401) and learns nothing
 more; the reason code goes to the log. Unauthenticated requests write no audit rows, so nobody
 can fill the audit table without a key.
+
+This is also the one seam between this package's ``private_key_jwt`` and django-oauth-toolkit's
+own (RFC 7523 client authentication, on DOT's main branch after 3.4.1): ``ours()`` alone reads
+``TOKEN_EXCHANGE["CLIENT_AUTHENTICATION"]``, and the validator (``handles``) and the discovery
+documents ask it. ``dot_client_authentication_installed`` alone knows how to tell whether the
+installed DOT has its own. See docs/dot-compatibility.md.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.core.exceptions import FieldDoesNotExist
 from django.urls import reverse
 from oauth2_provider.models import get_application_model
+from oauth2_provider.settings import oauth2_settings
 from oauthlib.common import Request
 
 from . import jose, signed_jwt
+from .conf import token_exchange_settings
 from .constants import CLIENT_ASSERTION_TYPE
 from .lookups import unique_row
 from .tokens.base import storable
@@ -34,6 +44,79 @@ ASSERTION_TYP = frozenset({"jwt", "client-authentication+jwt"})
 MAX_ASSERTION_LENGTH = 8 * 1024
 # DOT's client_id column holds 100 characters; anything longer names no client.
 MAX_CLIENT_ID_LENGTH = 255
+
+
+# TOKEN_EXCHANGE["CLIENT_AUTHENTICATION"]: who verifies client assertions.
+THIS_PACKAGE = "token_exchange"
+DOT = "oauth2_provider"
+CLIENT_AUTHENTICATION_CHOICES = (THIS_PACKAGE, DOT)
+# The RFC 7523 token_endpoint_auth_method values DOT main knows (its Application.JWT_AUTH_METHODS).
+DOT_JWT_METHODS = ("private_key_jwt", "client_secret_jwt")
+# Where DOT main keeps authenticate_client_assertion: the module of its PR #1762 (782ef9a1), and
+# the one its role-package refactor (990c6b59) moved it to, leaving a shim at the old path.
+_DOT_ASSERTION_MODULES = (
+    "oauth2_provider.authorization_server.client_assertions",
+    "oauth2_provider.client_assertions",
+)
+
+
+def ours() -> bool:
+    """Does this package verify client assertions (True), or DOT (False)? The one decision.
+
+    Only ``"oauth2_provider"`` hands them to DOT: any other value keeps this package's
+    verification, so a misspelt value never leaves assertions to a path nobody configured
+    (and the settings check reports it).
+    """
+    return token_exchange_settings.CLIENT_AUTHENTICATION != DOT
+
+
+def handles(request: Request) -> bool:
+    """Is this request's client authenticated here, by its assertion (and by nothing else)?"""
+    return presented(request) and ours()
+
+
+def dot_client_authentication_installed() -> bool:
+    """Can the installed DOT itself authenticate a client by a JWT assertion (RFC 7523 §2.2)?
+
+    DOT has no flag saying so. Checked against DOT main at 782ef9a1 (PR #1762) and 0f9d49f4: its
+    application model has ``client_jwks`` (migration 0024) and its ``OAuth2Validator`` hands a
+    request carrying ``client_assertion`` to ``authenticate_client_assertion`` in one of
+    ``_DOT_ASSERTION_MODULES``. Both are required: the fields of a custom application model
+    authenticate nobody without DOT's code, nor DOT's code without the fields. False on 3.4.1.
+    Should DOT grow a public flag, read that here instead.
+    """
+    try:
+        get_application_model()._meta.get_field("client_jwks")
+    except FieldDoesNotExist:
+        return False
+    for name in _DOT_ASSERTION_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if callable(getattr(module, "authenticate_client_assertion", None)):
+            return True
+    return False
+
+
+def dot_advertised_jwt_methods() -> list[str]:
+    """The RFC 7523 methods DOT's discovery settings advertise: DOT's documented opt-in."""
+    advertised = [
+        *oauth2_settings.OAUTH2_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED,
+        *oauth2_settings.OIDC_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED,
+    ]
+    return [method for method in DOT_JWT_METHODS if method in advertised]
+
+
+def dot_client_authentication_enabled() -> bool:
+    """Is DOT's own JWT client authentication switched on: installed, and advertised?
+
+    DOT main's validator takes any assertion that reaches it, but a site opts in by listing a
+    JWT method in ``OAUTH2_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED`` or
+    ``OIDC_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED`` (and per client, in the database, with
+    ``token_endpoint_auth_method``, which no system check reads).
+    """
+    return bool(dot_advertised_jwt_methods()) and dot_client_authentication_installed()
 
 
 class AssertionRefusal(Exception):

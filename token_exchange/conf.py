@@ -107,6 +107,16 @@ class TokenExchangeSettings:
         """
         return str(self._get("REPLAY_CACHE", "default"))
 
+    @property
+    def CLIENT_AUTHENTICATION(self) -> str:
+        """Who verifies ``client_assertion``s (RFC 7523 ``private_key_jwt``): ``"token_exchange"``
+        (the default: this package, against ``ClientKey`` rows) or ``"oauth2_provider"`` (DOT's
+        own, against the application's ``client_jwks``/``client_jwks_uri``).
+
+        ``token_exchange.client_assertion.ours`` is the one place that reads it.
+        """
+        return str(self._get("CLIENT_AUTHENTICATION", "token_exchange"))
+
     def _callable(self, name: str, default: str) -> Callable[..., Any]:
         value = self._get(name, default)
         return import_string(value) if isinstance(value, str) else value  # type: ignore[no-any-return]

@@ -56,7 +56,7 @@ def _state(request: Request, name: str) -> Any:
 
 class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
     def client_authentication_required(self, request: Request, *args: Any, **kwargs: Any) -> bool:
-        if client_assertion.presented(request):
+        if client_assertion.handles(request):
             return True
         required: bool = super().client_authentication_required(request, *args, **kwargs)
         return required
@@ -65,9 +65,11 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         """DOT's client_secret_basic and client_secret_post, plus private_key_jwt.
 
         A request that carries a client assertion is authenticated by it alone, for every grant
-        and for the revocation and introspection endpoints alike.
+        and for the revocation and introspection endpoints alike. Who verifies it is decided by
+        ``client_assertion.handles``: this package, or, with ``TOKEN_EXCHANGE["CLIENT_AUTHENTICATION"]
+        = "oauth2_provider"``, DOT's ``authenticate_client`` (below, as for a secret).
         """
-        if client_assertion.presented(request):
+        if client_assertion.handles(request):
             return client_assertion.authenticate(request, issuer=self.get_oidc_issuer_endpoint(request))
         body: list[tuple[str, str]] = list(request.decoded_body or [])
         secret_in_body = any(key == "client_secret" and value for key, value in body)

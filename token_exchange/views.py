@@ -30,7 +30,7 @@ from oauth2_provider.settings import oauth2_settings
 from oauth2_provider.signals import app_authorized
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import audit, impersonation_sessions
+from . import audit, client_assertion, impersonation_sessions
 from .constants import ACT, BEARER, CLIENT_KEY_ALGORITHMS, FORM_CONTENT_TYPE, GRANT_TYPE, PRIVATE_KEY_JWT
 from .tokens import access_token_claims, load_access_token
 from .tokens.base import storable
@@ -270,15 +270,17 @@ class RevokeTokenView(FormEndpoint, oauth2_views.RevokeTokenView):  # type: igno
 
 
 def _with_token_exchange(response: HttpResponse, grant_types: list[str]) -> HttpResponse:
-    """Add the token exchange grant and private_key_jwt to a metadata document."""
+    """Add the token exchange grant, and our private_key_jwt unless DOT verifies assertions, to a
+    metadata document."""
     data = json.loads(response.content)
     data["grant_types_supported"] = list(
         dict.fromkeys([*data.get("grant_types_supported", grant_types), GRANT_TYPE])
     )
-    # TokenExchangeValidator accepts a client assertion wherever DOT authenticates a client.
+    # TokenExchangeValidator accepts a client assertion wherever DOT authenticates a client, when
+    # this package verifies them; when DOT does, DOT's documents say what DOT accepts.
     for endpoint in ("token_endpoint", "revocation_endpoint", "introspection_endpoint"):
         methods = f"{endpoint}_auth_methods_supported"
-        if methods in data:
+        if methods in data and client_assertion.ours():
             data[methods] = list(dict.fromkeys([*data[methods], PRIVATE_KEY_JWT]))
             data[f"{endpoint}_auth_signing_alg_values_supported"] = list(CLIENT_KEY_ALGORITHMS)
     response.content = json.dumps(data).encode("utf-8")
