@@ -7,10 +7,10 @@ by ``kid`` or as that client's only key. Nothing in a JWS header (``jku``, ``x5u
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -108,3 +108,48 @@ def choose_key(keys: Sequence[Any], *, kid: object) -> Any | str:
         if key.kid == kid:
             return key
     return "unknown_kid"
+
+
+class RegisteredKey(Protocol):
+    """What a ``ClientKey`` row is to the functions here: a kid, a PEM public key, an algorithm."""
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def public_key(self) -> str: ...
+
+    @property
+    def algorithm(self) -> str: ...
+
+
+def public_jwk(key: RegisteredKey) -> dict[str, Any]:
+    """The RFC 7517 JWK of a registered key: its public members, ``kid``, ``alg``, ``use: sig``.
+
+    Pure. :class:`InvalidKey` if the PEM is not a public key of the algorithm's type and size.
+    """
+    members: dict[str, Any] = parse_public_key(key.public_key, key.algorithm).export_public(as_dict=True)
+    return {**members, "kid": key.kid, "alg": key.algorithm, "use": "sig"}
+
+
+def jwks(keys: Iterable[RegisteredKey]) -> dict[str, list[dict[str, Any]]]:
+    """The RFC 7517 JWK Set ``{"keys": [...]}`` of ``keys``, in their order. Pure.
+
+    A key that does not parse is left out: it verifies nothing here either (``unusable_key``).
+    """
+    members = []
+    for key in keys:
+        try:
+            members.append(public_jwk(key))
+        except InvalidKey:
+            continue
+    return {"keys": members}
+
+
+def application_jwks(application: Any) -> dict[str, list[dict[str, Any]]]:
+    """The JWK Set of ``application``'s usable keys (active, unexpired), as DOT's ``client_jwks``
+    field holds it (``json.dumps`` it): the data migration from ``ClientKey`` rows."""
+    # Imported here: signed_jwt imports this module. Its rule for a usable key is the one rule.
+    from .signed_jwt import usable_keys
+
+    return jwks(usable_keys(application))
