@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "oauth2_provider",
     "token_exchange",
+    "token_exchange.contrib.user_admin",
     "example_project.demo",
 ]
 

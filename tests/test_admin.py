@@ -4,6 +4,9 @@ token exchange policy and keys, impersonator roles, and the read-only audit trai
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
+import sys
 from typing import Any
 from urllib.parse import urlencode
 
@@ -12,8 +15,9 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
-from token_exchange.admin import AuditQuerySet, CappedCountPaginator, _periods
+from token_exchange.admin import AuditQuerySet, CappedCountPaginator, ImpersonationUserAdminMixin, _periods
 from token_exchange.client_keys import generate_key_pair
+from token_exchange.contrib.user_admin.apps import extend_user_admin
 from token_exchange.models import AuditEvent, ClientKey, ClientPolicy, ImpersonatorGrant, SecuritySettings
 
 from .conftest import grant, make_app
@@ -239,6 +243,72 @@ def test_the_user_page_lists_and_adds_roles_inline(admin_client_, support):
     assert b"Impersonator roles" in page.content
     assert b"Org End User Impersonator" in page.content
     assert b"impersonator_grants-TOTAL_FORMS" in page.content
+
+
+# --- The user admin: an opt-in --------------------------------------------------------------------
+
+
+def test_the_contrib_app_adds_the_mixin_keeping_the_class_name():
+    from django.contrib import admin
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.admin import UserAdmin
+
+    model_admin = admin.site.get_model_admin(get_user_model())
+    assert isinstance(model_admin, ImpersonationUserAdminMixin)
+    assert isinstance(model_admin, UserAdmin)
+    extended = type(model_admin)
+    assert (extended.__name__, extended.__qualname__, extended.__module__) == (
+        "UserAdmin",
+        "UserAdmin",
+        "django.contrib.auth.admin",
+    )
+    assert str(model_admin) == "auth.UserAdmin"
+
+
+def test_extend_user_admin_once_and_only_when_registered(django_user_model):
+    from django.contrib.admin import AdminSite
+    from django.contrib.auth.admin import UserAdmin
+
+    site = AdminSite(name="elsewhere")
+    extend_user_admin(site)
+    assert not site.is_registered(django_user_model)
+    site.register(django_user_model, UserAdmin)
+    extend_user_admin(site)
+    extended = type(site.get_model_admin(django_user_model))
+    assert extended.__mro__[1:3] == (ImpersonationUserAdminMixin, UserAdmin)
+    extend_user_admin(site)
+    assert type(site.get_model_admin(django_user_model)) is extended
+
+
+def test_importing_the_admin_module_changes_no_user_admin():
+    """Without ``token_exchange.contrib.user_admin`` the user admin stays Django's, and W005 says
+    what to add. In a fresh process: this one's admin is already set up."""
+    program = """
+import django
+from django.conf import settings
+settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "token_exchange.contrib.user_admin"]
+django.setup()
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+import token_exchange.admin
+from token_exchange import checks
+assert type(admin.site.get_model_admin(get_user_model())) is UserAdmin
+print([message.id for message in checks.check_admin_screens()])
+"""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "example_project.settings"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['token_exchange.W005']"
 
 
 # --- Audit events -------------------------------------------------------------------------------

@@ -158,8 +158,14 @@ def test_w005_user_admin_without_the_mixin():
         admin.site.unregister(User)
         admin.site.register(User, extended)
     assert run() == []
-    assert checks.W005.msg.startswith(
-        "The user model's admin lacks token_exchange.admin.ImpersonationUserAdminMixin"
+    assert checks.W005.msg == (
+        "The user model's admin lacks token_exchange.admin.ImpersonationUserAdminMixin: no impersonator "
+        "roles on the user page and no Impersonate button."
+    )
+    assert checks.W005.hint == (
+        "Add 'token_exchange.contrib.user_admin' to INSTALLED_APPS after 'django.contrib.admin' (and "
+        "after the app that registers your user admin), or add "
+        "token_exchange.admin.ImpersonationUserAdminMixin to your own user admin's bases."
     )
 
 

@@ -6,10 +6,10 @@ Two hooks into admins this app does not own:
 
 - DOT's application admin: set ``OAUTH2_PROVIDER["APPLICATION_ADMIN_CLASS"]`` to
   ``"token_exchange.admin.ApplicationAdmin"`` (check ``token_exchange.W006``).
-- The user admin: when this module is imported and the user model's admin is already registered
-  (``django.contrib.auth`` comes before ``token_exchange`` in ``INSTALLED_APPS``), it is
-  re-registered with ``ImpersonationUserAdminMixin``; otherwise add the mixin to your own user
-  admin (check ``token_exchange.W005``).
+- The user admin: add ``ImpersonationUserAdminMixin`` to your own user admin, or put
+  ``token_exchange.contrib.user_admin`` in ``INSTALLED_APPS`` after ``django.contrib.admin`` to
+  have it added to the registered one (check ``token_exchange.W005``). Importing this module
+  changes no admin it does not own.
 """
 
 from __future__ import annotations
@@ -420,18 +420,3 @@ class ImpersonationUserAdminMixin:
         }
         return TemplateResponse(request, "token_exchange/admin/impersonate.html", context)
 
-
-def extend_user_admin(site: admin.AdminSite = admin.site) -> None:
-    """Re-register the user model's admin with ``ImpersonationUserAdminMixin``, if it is registered."""
-    User = get_user_model()
-    current = site._registry.get(User)
-    if current is None or getattr(current, "token_exchange_impersonation", False):
-        return
-    extended = type(
-        f"Impersonation{type(current).__name__}", (ImpersonationUserAdminMixin, type(current)), {}
-    )
-    site.unregister(User)
-    site.register(User, extended)
-
-
-extend_user_admin()

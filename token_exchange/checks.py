@@ -209,8 +209,9 @@ W005 = Warning(
     "The user model's admin lacks token_exchange.admin.ImpersonationUserAdminMixin: no impersonator "
     "roles on the user page and no Impersonate button.",
     hint=(
-        "Put 'token_exchange' after the app that registers your user admin in INSTALLED_APPS, or add "
-        "ImpersonationUserAdminMixin to your user admin's bases."
+        "Add 'token_exchange.contrib.user_admin' to INSTALLED_APPS after 'django.contrib.admin' (and "
+        "after the app that registers your user admin), or add "
+        "token_exchange.admin.ImpersonationUserAdminMixin to your own user admin's bases."
     ),
     id="token_exchange.W005",
 )
