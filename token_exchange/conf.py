@@ -2,15 +2,124 @@
 
 Every property reads ``django.conf.settings`` on each access, so ``override_settings`` works and
 nothing is cached per process. Defaults live here, never written back into ``settings``.
+
+``SETTINGS`` declares every key and what it may hold: the system checks (``token_exchange.E008``,
+``E009``) and the properties read the same rules, and a test fails for a property not declared there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+
+# What a key may hold. Each rule returns None when the value is fine, else why it is not
+# ("" when the value's type says it all).
+Rule = Callable[[Any], "str | None"]
+
+
+def _is_int(value: Any) -> bool:
+    # bool is a subclass of int: True would be a lifetime of one second, or an act depth of one.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> str | None:
+    return None if _is_int(value) and value > 0 else ""
+
+
+def _positive_int_or_none(value: Any) -> str | None:
+    return None if value is None else _positive_int(value)
+
+
+def _non_negative_int(value: Any) -> str | None:
+    return None if _is_int(value) and value >= 0 else ""
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) else ""
+
+
+def _one_of(*choices: str) -> Rule:
+    def rule(value: Any) -> str | None:
+        return None if isinstance(value, str) and value in choices else ""
+
+    return rule
+
+
+_GUARDS_EVERY_PATH = "until it is, impersonated tokens are refused on every path"
+
+
+def _url_prefixes(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):  # a bare string included: see PRIVILEGED_URL_PREFIXES
+        return _GUARDS_EVERY_PATH
+    for prefix in value:
+        if not isinstance(prefix, str):
+            return f"{prefix!r} is not a string; {_GUARDS_EVERY_PATH}"
+        if not prefix.startswith("/"):
+            return f"{prefix!r} does not start with '/', so no path matches it; {_GUARDS_EVERY_PATH}"
+    return None
+
+
+def _callable_or_path(value: Any) -> str | None:
+    if callable(value):
+        return None
+    if not isinstance(value, str):
+        return ""
+    try:
+        target = import_string(value)
+    except ImportError as error:
+        return str(error)
+    return None if callable(target) else f"it names a {type(target).__name__}, which cannot be called"
+
+
+def _model_label(value: Any) -> str | None:
+    """Only once the app registry is ready, i.e. in a system check."""
+    if not isinstance(value, str):
+        return ""
+    app_label, _, model_name = value.partition(".")
+    if not app_label or not model_name or "." in model_name:
+        return "it is not of the form app_label.ModelName"
+    from django.apps import apps
+
+    try:
+        apps.get_model(app_label, model_name)
+    except LookupError as error:
+        return str(error)
+    return None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``TOKEN_EXCHANGE`` key: what it must be (E008's message), what to write (its hint)."""
+
+    expected: str
+    example: str
+    rule: Rule
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:59]}…"
+
+
+def invalid(name: str, value: Any) -> tuple[str, str] | None:
+    """E008's message and hint for ``TOKEN_EXCHANGE[name] = value``, or ``None`` if it is fine."""
+    declared = SETTINGS[name]
+    why = declared.rule(value)
+    if why is None:
+        return None
+    message = (
+        f"TOKEN_EXCHANGE[{name!r}] must be {declared.expected}, not {type(value).__name__} {_shown(value)}"
+    )
+    message += f": {why.rstrip('.')}." if why else "."  # Django's own reasons end with a full stop
+    hint = f"Write e.g. TOKEN_EXCHANGE[{name!r}] = {declared.example}, or remove the key to get the default."
+    return message, hint
 
 
 class TokenExchangeSettings:
@@ -22,20 +131,28 @@ class TokenExchangeSettings:
     def _get(self, name: str, default: Any) -> Any:
         return self._user_settings.get(name, default)
 
+    def _checked(self, name: str, default: Any) -> Any:
+        """The value, or ``ImproperlyConfigured`` in E008's words: never a silent guess at request time."""
+        value = self._get(name, default)
+        found = invalid(name, value)
+        if found is not None:
+            raise ImproperlyConfigured(" ".join(found))
+        return value
+
     @property
     def ACCESS_TOKEN_EXPIRE_SECONDS(self) -> int | None:
         """Lifetime of exchanged access tokens; ``None`` means DOT's ``ACCESS_TOKEN_EXPIRE_SECONDS``.
 
         Whatever the value, an exchanged token never outlives its subject token.
         """
-        value = self._get("ACCESS_TOKEN_EXPIRE_SECONDS", None)
-        return None if value is None else int(value)
+        value: int | None = self._checked("ACCESS_TOKEN_EXPIRE_SECONDS", None)
+        return value
 
     @property
     def ID_TOKEN_EXPIRE_SECONDS(self) -> int | None:
         """Lifetime of ID tokens minted by an exchange; ``None`` means DOT's ``ID_TOKEN_EXPIRE_SECONDS``."""
-        value = self._get("ID_TOKEN_EXPIRE_SECONDS", None)
-        return None if value is None else int(value)
+        value: int | None = self._checked("ID_TOKEN_EXPIRE_SECONDS", None)
+        return value
 
     @property
     def IMPERSONATION_TOKEN_EXPIRE_SECONDS(self) -> int:
@@ -43,7 +160,7 @@ class TokenExchangeSettings:
 
         Whatever the value, an impersonated token never outlives its actor token.
         """
-        return int(self._get("IMPERSONATION_TOKEN_EXPIRE_SECONDS", 3600))
+        return int(self._checked("IMPERSONATION_TOKEN_EXPIRE_SECONDS", 3600))
 
     @property
     def ADMIN_IMPERSONATION_MAX_SECONDS(self) -> int:
@@ -51,18 +168,20 @@ class TokenExchangeSettings:
 
         Tokens issued under it never outlive it, nor ``IMPERSONATION_TOKEN_EXPIRE_SECONDS``.
         """
-        return int(self._get("ADMIN_IMPERSONATION_MAX_SECONDS", 3600))
+        return int(self._checked("ADMIN_IMPERSONATION_MAX_SECONDS", 3600))
 
     @property
     def MAX_ACT_DEPTH(self) -> int:
         """How many actors one token may name, outermost ``act`` included (RFC 8693 §4.1 nesting)."""
-        return int(self._get("MAX_ACT_DEPTH", 4))
+        return int(self._checked("MAX_ACT_DEPTH", 4))
 
     @property
     def ORGANIZATION_MODEL(self) -> str:
         """``app_label.ModelName`` of the organizations impersonator grants are scoped to.
 
-        Like ``AUTH_USER_MODEL``, choose it before the first ``migrate``.
+        Like ``AUTH_USER_MODEL``, choose it before the first ``migrate``. Read when the models are
+        imported, before the app registry could tell an installed model: E008 and Django's own
+        ``fields.E300`` report a wrong one.
         """
         return str(self._get("ORGANIZATION_MODEL", "auth.Group"))
 
@@ -87,15 +206,25 @@ class TokenExchangeSettings:
     def PRIVILEGED_URL_PREFIXES(self) -> tuple[str, ...] | None:
         """URL path prefixes where ``ImpersonationGuardMiddleware`` refuses impersonated tokens.
 
-        ``None`` (the default) means the Django admin's prefix, when the admin is installed.
+        ``None`` (the default) means the Django admin's prefix, when the admin is installed; an
+        empty list guards no prefix.
+
+        A value that is not a list or tuple of paths starting with ``/`` guards every path (E008
+        says so at startup). The guard exists to keep impersonated tokens out, so when it cannot
+        tell where the site meant, it keeps them out everywhere rather than guess: ``tuple()`` of
+        ``"/admin/"`` would give ``"/"`` (every path) only by luck, of ``"admin/"`` no path at all,
+        and reading ``"/admin/ /staff/"`` as one prefix would guard neither. Only bearer tokens
+        carrying ``act`` are refused, so everyone else is unaffected.
         """
         value = self._get("PRIVILEGED_URL_PREFIXES", None)
+        if invalid("PRIVILEGED_URL_PREFIXES", value) is not None:
+            return ("/",)
         return None if value is None else tuple(value)
 
     @property
     def JWT_LEEWAY_SECONDS(self) -> int:
         """Clock skew tolerated on ``exp``, ``nbf`` and ``iat`` of JWTs a client signs (default 60)."""
-        return int(self._get("JWT_LEEWAY_SECONDS", 60))
+        return int(self._checked("JWT_LEEWAY_SECONDS", 60))
 
     @property
     def REPLAY_CACHE(self) -> str:
@@ -118,8 +247,36 @@ class TokenExchangeSettings:
         return str(self._get("CLIENT_AUTHENTICATION", "token_exchange"))
 
     def _callable(self, name: str, default: str) -> Callable[..., Any]:
-        value = self._get(name, default)
+        value = self._checked(name, default)
         return import_string(value) if isinstance(value, str) else value  # type: ignore[no-any-return]
 
+
+_LIFETIME = "a positive integer (seconds)"
+_CALLABLE = "a callable or its dotted path"
+SETTINGS: dict[str, Setting] = {
+    "ACCESS_TOKEN_EXPIRE_SECONDS": Setting(f"{_LIFETIME} or None", "300", _positive_int_or_none),
+    "ID_TOKEN_EXPIRE_SECONDS": Setting(f"{_LIFETIME} or None", "300", _positive_int_or_none),
+    "IMPERSONATION_TOKEN_EXPIRE_SECONDS": Setting(_LIFETIME, "600", _positive_int),
+    "ADMIN_IMPERSONATION_MAX_SECONDS": Setting(_LIFETIME, "1800", _positive_int),
+    "MAX_ACT_DEPTH": Setting("a positive integer", "4", _positive_int),
+    "ORGANIZATION_MODEL": Setting(
+        "'app_label.ModelName' of an installed model", "'auth.Group'", _model_label
+    ),
+    "USER_ORGANIZATIONS": Setting(_CALLABLE, "'token_exchange.impersonation.user_groups'", _callable_or_path),
+    "IS_ADMIN_SUBJECT": Setting(
+        _CALLABLE, "'token_exchange.impersonation.is_admin_subject'", _callable_or_path
+    ),
+    "PRIVILEGED_URL_PREFIXES": Setting(
+        "a list or tuple of URL path prefixes, or None", "['/admin/']", _url_prefixes
+    ),
+    "JWT_LEEWAY_SECONDS": Setting("a non-negative integer (seconds)", "60", _non_negative_int),
+    "REPLAY_CACHE": Setting("a CACHES alias (a string)", "'default'", _string),
+    "CLIENT_AUTHENTICATION": Setting(
+        "'token_exchange' or 'oauth2_provider'",
+        "'token_exchange'",
+        _one_of("token_exchange", "oauth2_provider"),
+    ),
+}
+"""Every key of ``TOKEN_EXCHANGE``, one per property of ``TokenExchangeSettings``."""
 
 token_exchange_settings = TokenExchangeSettings()
