@@ -5,6 +5,7 @@ Each id is stable; message and hint stay together here.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from django.conf import settings
@@ -14,7 +15,7 @@ from django.utils.module_loading import import_string
 from oauth2_provider.settings import oauth2_settings
 
 from . import client_assertion
-from .conf import token_exchange_settings
+from .conf import SETTINGS, invalid, token_exchange_settings
 
 E001 = Error(
     "The OAuth2 server class DOT uses does not register the token exchange grant.",
@@ -336,3 +337,54 @@ def check_client_authentication(app_configs: Any = None, **kwargs: Any) -> list[
     if client_assertion.ours():
         return [E010] if client_assertion.dot_client_authentication_enabled() else []
     return [] if client_assertion.dot_client_authentication_installed() else [E011]
+
+
+E008 = "token_exchange.E008"
+
+
+@register()
+def check_setting_values(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E008: a ``TOKEN_EXCHANGE`` value of the wrong type or out of range, one per key.
+
+    The rules are ``conf.SETTINGS``, the ones the properties apply at request time.
+    """
+    configured = getattr(settings, "TOKEN_EXCHANGE", {})
+    if not isinstance(configured, dict):
+        return [
+            Error(
+                f"TOKEN_EXCHANGE must be a dict, not {type(configured).__name__}: none of it is read.",
+                hint="Write TOKEN_EXCHANGE = {'REPLAY_CACHE': 'default', ...} with the keys of "
+                "docs/settings.md, or remove it to get the defaults.",
+                id=E008,
+            )
+        ]
+    messages: list[CheckMessage] = []
+    for name, value in configured.items():
+        found = invalid(name, value) if name in SETTINGS else None  # unknown keys: E009
+        if found is not None:
+            message, hint = found
+            messages.append(Error(message, hint=hint, id=E008))
+    return messages
+
+
+@register()
+def check_setting_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E009: a ``TOKEN_EXCHANGE`` key this package does not read; a typo would leave the default."""
+    configured = getattr(settings, "TOKEN_EXCHANGE", {})
+    if not isinstance(configured, dict):
+        return []  # E008
+    messages: list[CheckMessage] = []
+    for name in configured:
+        if name in SETTINGS:
+            continue
+        close = difflib.get_close_matches(str(name).upper(), SETTINGS, n=1)
+        messages.append(
+            Error(
+                f"TOKEN_EXCHANGE has a key this package does not read: {name!r}; its value is ignored.",
+                hint=f"Did you mean {close[0]!r}?"
+                if close
+                else f"Remove it. The keys are {', '.join(SETTINGS)} (docs/settings.md).",
+                id="token_exchange.E009",
+            )
+        )
+    return messages
