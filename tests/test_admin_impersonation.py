@@ -190,9 +190,12 @@ def test_support_impersonates_a_customer_into_a_public_spa(
     assert ended.payload["end_reason"] == "stopped"
     assert ended.payload["revoked"]["access_tokens"] == 1
     assert refresh(portal_spa, body["refresh_token"]).json()["error"] == "invalid_grant"
-    after = support_browser.get("/admin/")
+    after = support_browser.get(stopped["Location"])
     assert b"token-exchange-impersonation-banner" not in after.content
     assert after.wsgi_request.user == support
+    assert [str(message) for message in after.context["messages"]] == [
+        "You stopped acting as end-user in portal-spa; its sign-in as them is revoked."
+    ]
 
 
 def test_a_user_without_a_grant_sees_no_button_and_gets_403(
@@ -430,6 +433,9 @@ def test_stop_needs_post_csrf_and_login(support_browser, customer, portal_spa, i
     assert strict.post("/o/impersonation/stop/").status_code == 403
     assert Client().post("/o/impersonation/stop/").status_code == 302  # to the login page
     assert ImpersonationSession.objects.get().ended_at is None
+    # Nothing was stopped, so nothing says so.
+    page = support_browser.get(user_page(customer))
+    assert list(page.context["messages"]) == []
 
 
 def test_another_users_session_id_is_not_theirs(
