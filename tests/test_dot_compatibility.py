@@ -21,11 +21,20 @@ from jwcrypto import jwk
 from oauth2_provider.models import get_access_token_model, get_application_model
 from oauth2_provider.settings import oauth2_settings
 
-from token_exchange import checks, client_assertion, client_keys
+from token_exchange import checks, client_assertion, client_keys, signed_jwt
 from token_exchange.constants import PRIVATE_KEY_JWT
 from token_exchange.management.commands.export_client_jwks import changes, dot_has_client_jwks
+from token_exchange.models import ClientKey
 
-from .client_jwt import assertion, assertion_claims, assertion_form, register_key, sign
+from .client_jwt import (
+    ISSUER,
+    assertion,
+    assertion_claims,
+    assertion_form,
+    register_key,
+    sign,
+    subject_claims,
+)
 from .conftest import form_post, make_app
 
 AccessToken = get_access_token_model()
@@ -219,9 +228,7 @@ def test_application_jwks_holds_the_usable_keys(portal):
     for key_file in (rsa, ec):
         token = sign(key_file, assertion_claims(portal.client_id))
         public = jwt.PyJWK(by_kid[key_file.kid])
-        claims = jwt.decode(
-            token, public.key, algorithms=[key_file.algorithm], audience=assertion_claims("x")["aud"]
-        )
+        claims = jwt.decode(token, public.key, algorithms=[key_file.algorithm], audience=ISSUER)
         assert claims["sub"] == portal.client_id
 
 
@@ -303,3 +310,46 @@ WRITTEN = {"client_jwks": json.dumps(KEY_SET), "token_endpoint_auth_method": PRI
 )
 def test_what_write_changes(fields, key_set, expected):
     assert changes(application(**fields), key_set) == expected
+
+
+# Self-signed subject JWTs stay ours: they can be checked against keys in DOT's client_jwks ------
+
+
+def test_keys_in_exported_jwks_verify_a_subject_jwt(portal, end_user):
+    """What export_client_jwks writes, read back, verifies as a ClientKey row does."""
+    key_file = register_key(portal, "PS256", kid="k1")
+    client_jwks = json.dumps(client_keys.application_jwks(portal))
+    ClientKey.objects.all().delete()  # only DOT's field is left
+
+    keys = client_keys.keys_in_jwks(client_jwks)
+
+    assert [(key.kid, key.algorithm) for key in keys] == [("k1", "PS256")]
+    subject_jwt = sign(key_file, subject_claims(portal.client_id, end_user))
+    claims = signed_jwt.verify(
+        subject_jwt, application=portal, audiences={ISSUER}, allowed_typ={"jwt"}, keys=keys
+    )
+    assert claims["sub"] == str(end_user.pk)
+    other = sign(key_file, subject_claims(portal.client_id, end_user), alg="RS256")
+    with pytest.raises(signed_jwt.JWTRefusal, match="alg_mismatch"):
+        signed_jwt.verify(other, application=portal, audiences={ISSUER}, allowed_typ={"jwt"}, keys=keys)
+
+
+def test_keys_in_jwks_leaves_out_what_our_rules_refuse():
+    rsa = jwk.JWK.generate(kty="RSA", size=2048)
+    public = rsa.export_public(as_dict=True)
+    small = jwk.JWK.generate(kty="RSA", size=1024).export_public(as_dict=True)
+    members = [
+        {**public, "kid": "no-alg"},
+        {**public, "alg": "RS256"},  # no kid
+        {**public, "kid": "hmac", "alg": "HS256"},
+        {**public, "kid": "enc", "alg": "RS256", "use": "enc"},
+        {**public, "kid": "sign-only", "alg": "RS256", "key_ops": ["sign"]},
+        {**rsa.export_private(as_dict=True), "kid": "private", "alg": "RS256"},
+        {**small, "kid": "small", "alg": "RS256"},
+        {**public, "kid": "ec-alg", "alg": "ES256"},
+        "not a key",
+        {**public, "kid": "good", "alg": "RS256", "use": "sig"},
+    ]
+    assert [key.kid for key in client_keys.keys_in_jwks(json.dumps({"keys": members}))] == ["good"]
+    assert client_keys.keys_in_jwks("") == []
+    assert client_keys.keys_in_jwks('{"keys": 1}') == []

@@ -7,6 +7,7 @@ by ``kid`` or as that client's only key. Nothing in a JWS header (``jku``, ``x5u
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwcrypto import jwk
+from jwcrypto.common import JWException
 
 from .constants import CLIENT_KEY_ALGORITHMS
 
@@ -153,3 +155,49 @@ def application_jwks(application: Any) -> dict[str, list[dict[str, Any]]]:
     from .signed_jwt import usable_keys
 
     return jwks(usable_keys(application))
+
+
+@dataclass(frozen=True)
+class JWKSKey:
+    """A key of a JWK Set, in the shape of a ``ClientKey`` (``RegisteredKey``)."""
+
+    kid: str
+    public_key: str  # PEM SubjectPublicKeyInfo
+    algorithm: str
+
+
+def keys_in_jwks(text: str) -> list[JWKSKey]:
+    """The keys of a JWK Set (DOT's ``Application.client_jwks``) that this package's rules accept,
+    for ``signed_jwt.verify(keys=...)``. Pure; anything else in the set is left out.
+
+    Each must be a public key with a ``kid`` and an ``alg`` among ``CLIENT_KEY_ALGORITHMS``
+    (here a key verifies under its one algorithm only), ``use`` absent or ``sig``, ``key_ops``
+    absent or with ``verify``, of the algorithm's type and size. ``export_client_jwks`` writes
+    keys of that kind; a set without ``alg`` members verifies nothing here.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return []
+    members = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(members, list):
+        return []
+    keys = []
+    for member in members:
+        if not isinstance(member, dict):
+            continue
+        kid, algorithm, key_ops = member.get("kid"), member.get("alg"), member.get("key_ops")
+        if not (isinstance(kid, str) and kid) or algorithm not in CLIENT_KEY_ALGORITHMS:
+            continue
+        if member.get("use", "sig") != "sig" or not (key_ops is None or "verify" in key_ops):
+            continue
+        try:
+            key = jwk.JWK(**member)
+            if key.has_private:
+                continue
+            pem = key.export_to_pem().decode("ascii")
+            parse_public_key(pem, algorithm)
+        except (JWException, InvalidKey, ValueError, TypeError):
+            continue
+        keys.append(JWKSKey(kid=kid, public_key=pem, algorithm=algorithm))
+    return keys
