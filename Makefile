@@ -4,12 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: install chromium demo test test-sqlite test-postgres lint fuzz bench bench-scale tox screenshots clean
+.PHONY: install chromium demo test test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale matrix tox package-check screenshots clean
 
+# pip 25.1+ reads PEP 735 dependency groups (pyproject.toml [dependency-groups]).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
+	$(PY) -m pip install --quiet -e . --group dev
 	touch $@
 
 install: $(VENV)/.installed
@@ -75,13 +76,30 @@ bench: install
 bench-scale: install
 	env $(BENCH_DATABASE) $(PY) -m bench --scale $(BENCH_ARGS)
 
-# The Python x Django matrix (needs the interpreters, e.g. from pyenv).
-tox: install
-	$(VENV)/bin/tox
+# The rest of the supported matrix (tox.ini: floor versions on Python 3.10, Django 6.0 on 3.12,
+# Django 6.1 on 3.13), on SQLite; the main cell is `make test`. Other Pythons come from pyenv when
+# it is there (its versions' bin directories, not its shims), else from PATH.
+PYENV_BINS := $(shell command -v pyenv >/dev/null 2>&1 && for v in $$(pyenv versions --bare | grep -E '^3\.1[0-3]\.'); do printf '%s:' "$$(pyenv root)/versions/$$v/bin"; done)
+
+matrix: install chromium
+	PATH="$(PYENV_BINS)$$PATH" $(VENV)/bin/tox run $(TOX_ARGS)
+tox: matrix
+
+# DOT's models swapped for a test app's, and every model routed to a database that is not
+# "default": the whole suite under each (SQLite).
+test-swapped: install chromium
+	DJANGO_SETTINGS_MODULE=tests.settings_swapped $(PY) -m pytest -p no:cacheprovider -q
+test-multidb: install chromium
+	DJANGO_SETTINGS_MODULE=tests.settings_multidb $(PY) -m pytest -p no:cacheprovider -q
+
+# Build the sdist and the wheel, check them, install the wheel alone into a clean virtual
+# environment and run the example project on it over HTTP (.ci/installed-package).
+package-check: install
+	PY=$(PY) bash .ci/installed-package
 
 # The README's screenshots, taken by the browser tests.
 screenshots: install chromium
 	SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest tests/test_browser.py -q
 
 clean:
-	rm -rf $(VENV) .tox example_project/db.sqlite3
+	rm -rf $(VENV) .tox dist build example_project/db.sqlite3
