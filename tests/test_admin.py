@@ -4,7 +4,9 @@ token exchange policy and keys, impersonator roles, and the read-only audit trai
 from __future__ import annotations
 
 import datetime
+import html
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -57,6 +59,28 @@ def test_security_settings_is_one_page_with_the_risks_stated(admin_client_):
     assert admin_client_.get("/admin/token_exchange/securitysettings/add/").status_code == 403
     assert admin_client_.post(f"{SETTINGS_PAGE[:-7]}delete/").status_code == 403
     assert SecuritySettings.objects.count() == 1
+
+
+def breadcrumbs(response: Any) -> list[str]:
+    """The trail at the top of an admin page, as the user reads it."""
+    trail = re.search(r'<div class="breadcrumbs">(.*?)</div>', response.content.decode(), re.DOTALL)
+    assert trail is not None
+    return [
+        " ".join(html.unescape(re.sub(r"<[^>]+>", "", part)).split()) for part in trail[1].split("&rsaquo;")
+    ]
+
+
+def test_security_settings_page_names_itself_once_in_plain_words(admin_client_):
+    SecuritySettings.load()
+    page = admin_client_.get(SETTINGS_PAGE)
+    assert breadcrumbs(page) == ["Home", "Token exchange", "Security settings"]
+    assert b"<h2>Security settings</h2>" not in page.content
+    # Help texts an administrator understands: no protocol error codes, claims or event codes.
+    for jargon in (b"unsupported_grant_type", b"act claim", b"user.impersonated"):
+        assert jargon not in page.content
+    assert b"sign in to applications as other users" in page.content
+    history = admin_client_.get(f"{SETTINGS_PAGE[:-7]}history/")
+    assert breadcrumbs(history) == ["Home", "Token exchange", "Security settings", "History"]
 
 
 def test_changing_a_switch_is_audited_with_who_old_and_new(admin_client_):
@@ -344,6 +368,9 @@ def test_audit_events_are_read_only(admin_client_, support, end_user, portal):
     # The payload, readable: indented JSON.
     assert b"&quot;scope&quot;: &quot;openid&quot;" in page.content
     assert b"<pre" in page.content
+    # Titled by what happened, in words, not by the event code.
+    assert breadcrumbs(page)[-1].startswith("User impersonated at ")
+    assert b"user.impersonated at" not in page.content
     assert admin_client_.post(detail, {"event_type": "token.exchanged"}).status_code == 403
     assert admin_client_.post(f"/admin/token_exchange/auditevent/{event.pk}/delete/").status_code == 403
     event.refresh_from_db()

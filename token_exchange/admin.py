@@ -72,6 +72,9 @@ class SecuritySettingsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     fields = ("token_exchange_enabled", "allow_impersonation", "updated_at")
     readonly_fields = ("updated_at",)
     SWITCHES = ("token_exchange_enabled", "allow_impersonation")
+    # Breadcrumbs without the list, which only redirects to the one page.
+    change_form_template = "token_exchange/admin/securitysettings_change_form.html"
+    object_history_template = "token_exchange/admin/securitysettings_object_history.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -85,6 +88,13 @@ class SecuritySettingsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             raise PermissionDenied
         obj = SecuritySettings.load()
         return HttpResponseRedirect(reverse("admin:token_exchange_securitysettings_change", args=[obj.pk]))
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        # The title already names it ("Change security settings"); the row's name would repeat it.
+        extra_context = {**(extra_context or {}), "subtitle": None}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: SecuritySettings, form: Any, change: bool) -> None:
         # The admin's change view runs in a transaction: the audit row commits with the change.

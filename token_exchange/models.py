@@ -43,19 +43,21 @@ class SecuritySettings(models.Model):
         _("token exchange enabled"),
         default=True,
         help_text=_(
-            "When off, the token endpoint answers every token exchange request with "
-            "unsupported_grant_type, whatever each client's policy says. Risk when on: every client "
-            "whose policy allows it can turn the tokens it holds into new tokens for other audiences."
+            "When off, no application can trade a token it holds for another one, whatever its own "
+            "policy says: the server answers as if it did not offer token exchange at all. Risk when "
+            "on: every application whose policy allows it can turn the tokens it holds into new tokens "
+            "for other services."
         ),
     )
     allow_impersonation = models.BooleanField(
         _("allow impersonation"),
         default=False,
         help_text=_(
-            "Risk when on: users holding an impersonator role obtain tokens for other users without "
-            "their password, and can do whatever those users can do in the applications that accept "
-            "them. Every such token carries an act claim and is audited as user.impersonated. When "
-            "off, no impersonation starts and no impersonated token is refreshed."
+            "Risk when on: users holding an impersonator role can sign in to applications as other "
+            "users, without their password, and do whatever those users can do there. The "
+            "applications are told who is really acting, and every such sign-in is recorded in the "
+            "audit events. When off, nobody can start acting as another user, and those already "
+            "doing so lose access at their next renewal."
         ),
     )
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
@@ -346,7 +348,8 @@ class ImpersonatorGrant(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user} — {self.zitadel_name}"
+        where = self.organization if self.organization_id is not None else _("whole site")
+        return f"{self.user} — {self.get_role_display()} ({where})"
 
     @property
     def zitadel_name(self) -> str:
@@ -460,4 +463,4 @@ class AuditEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.event_type} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.get_event_type_display()} at {self.created_at:%Y-%m-%d %H:%M:%S}"
