@@ -14,13 +14,28 @@ from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from token_exchange.admin import AuditQuerySet, CappedCountPaginator, ImpersonationUserAdminMixin, _periods
+from token_exchange.admin import (
+    AuditQuerySet,
+    CappedCountPaginator,
+    ImpersonationUserAdminMixin,
+    _periods,
+    describe_public_key,
+)
 from token_exchange.client_keys import generate_key_pair
 from token_exchange.contrib.user_admin.apps import extend_user_admin
-from token_exchange.models import AuditEvent, ClientKey, ClientPolicy, ImpersonatorGrant, SecuritySettings
+from token_exchange.models import (
+    AuditEvent,
+    ClientKey,
+    ClientPolicy,
+    ImpersonationSession,
+    ImpersonatorGrant,
+    SecuritySettings,
+)
 
 from .conftest import grant, make_app
 
@@ -243,29 +258,75 @@ def test_client_keys_inline_validates_too(admin_client_, portal):
     assert ClientKey.objects.get().kid == "inline"
 
 
+def test_registered_keys_fold_their_pem_under_a_summary(admin_client_, portal):
+    pair = generate_key_pair("RS256")
+    ClientKey.objects.create(application=portal, kid=pair.kid, algorithm="RS256", public_key=pair.public_pem)
+    page = admin_client_.get(f"/admin/oauth2_provider/application/{portal.pk}/change/").content.decode()
+    summary = f"<summary>RSA 2048 · SHA-256 thumbprint {pair.kid[:12]}…</summary>"
+    assert f'<details class="token-exchange-public-key">{summary}<textarea' in page
+    # A new key's row (the inline's empty form) is an open, narrow textarea.
+    assert 'name="token_exchange_keys-__prefix__-public_key" cols="34" rows="4"' in page
+    assert describe_public_key(pair.private_pem) is None
+    assert describe_public_key("not a key") is None
+    assert describe_public_key(generate_key_pair("ES256").public_pem).startswith("EC secp256r1 · ")
+
+
+def test_the_application_list_shows_client_id_and_token_exchange_in_constant_queries(admin_client_, portal):
+    make_app("crm", exchange=False)
+    make_app("aggregates", exchange=None)
+
+    def listing() -> tuple[str, int]:
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client_.get("/admin/oauth2_provider/application/")
+        assert response.status_code == 200
+        return response.content.decode(), len(queries)
+
+    page, few = listing()
+    assert ">Client ID<" in page
+    assert ">Token exchange<" in page
+    row = re.search(r"<tr>.*?>portal</a>.*?</tr>", page, re.DOTALL)
+    assert row is not None
+    assert 'break-all">portal</span>' in row[0]
+    assert 'alt="True"' in row[0]
+    assert page.count('alt="False"') == 2  # crm's policy is off, aggregates has none
+    for number in range(10):
+        make_app(f"app-{number}", exchange=number % 2 == 0)
+    _page, many = listing()
+    assert many == few  # the policy comes with each row, not one query per row
+
+
 # --- Impersonator grants ------------------------------------------------------------------------
 
 
-def test_impersonator_grants_show_zitadel_role_names(admin_client_, support, django_user_model):
+def test_impersonator_grants_say_in_plain_words_whom_they_cover(admin_client_, support, django_user_model):
     admin_user = django_user_model.objects.create_user("iam-admin", "a@example.com", "pw")
     grant(admin_user, ImpersonatorGrant.Role.ADMIN_IMPERSONATOR)
     listing = admin_client_.get("/admin/token_exchange/impersonatorgrant/")
     assert listing.status_code == 200
-    assert b"Org End User Impersonator" in listing.content
-    assert b"IAM Admin Impersonator" in listing.content
+    content = listing.content.decode()
+    assert ">Role<" in content
+    assert "ZITADEL role" not in content
+    assert ">End user impersonator (ACME)</span>" in content
+    assert ">Admin impersonator (whole site)</span>" in content
+    assert "Members of ACME, except administrators" in content
+    assert "Every user, administrators included" in content
+    # ZITADEL's names stay only as a tooltip, for those who know them.
+    assert 'title="ZITADEL: Org End User Impersonator"' in content
+    assert 'title="ZITADEL: IAM Admin Impersonator"' in content
     assert (
         admin_client_.get("/admin/token_exchange/impersonatorgrant/?q=iam-adm").content.count(b"iam-admin")
         >= 1
     )
     filtered = admin_client_.get("/admin/token_exchange/impersonatorgrant/?role__exact=admin_impersonator")
-    assert b"Org End User Impersonator" not in filtered.content
+    assert b"End user impersonator (ACME)" not in filtered.content
+    assert str(ImpersonatorGrant.objects.get(user=support)) == "support — End user impersonator (ACME)"
 
 
 def test_the_user_page_lists_and_adds_roles_inline(admin_client_, support):
     page = admin_client_.get(f"/admin/auth/user/{support.pk}/change/")
     assert page.status_code == 200
     assert b"Impersonator roles" in page.content
-    assert b"Org End User Impersonator" in page.content
+    assert b"Members of ACME, except administrators" in page.content
     assert b"impersonator_grants-TOTAL_FORMS" in page.content
 
 
@@ -404,12 +465,55 @@ def test_audit_list_newest_first_with_links_filters_and_search(admin_client_, su
     assert listed(urlencode({"created_at__gte": str(since)})) == [refused, exchanged]
 
 
+def test_audit_list_says_why(admin_client_, support, end_user, portal):
+    AuditEvent.objects.create(
+        event_type=EventType.TOKEN_EXCHANGE_REFUSED,
+        application=portal,
+        payload={"reason": "actor_not_impersonator", "error": "invalid_request"},
+    )
+    AuditEvent.objects.create(
+        event_type=EventType.IMPERSONATION_STARTED,
+        actor=support,
+        subject=end_user,
+        payload={"reason": "Ticket #4711: customer cannot see their invoices"},
+    )
+    AuditEvent.objects.create(
+        event_type=EventType.IMPERSONATION_ENDED, actor=support, payload={"end_reason": "expired"}
+    )
+    AuditEvent.objects.create(event_type=EventType.SECURITY_SETTINGS_CHANGED, payload={"old": {}})
+    page = admin_client_.get("/admin/token_exchange/auditevent/").content.decode()
+    assert ">Reason<" in page
+    assert '<span title="actor_not_impersonator">actor not impersonator</span>' in page
+    assert "Ticket #4711: customer cannot see their invoices" in page
+    assert '<td class="field-reason">Expired</td>' in page
+    assert '<td class="field-reason">—</td>' in page
+
+
 def test_audit_list_never_counts_the_whole_table(admin_client_, support, end_user, portal, monkeypatch):
     audit_rows(portal, support, end_user)
     monkeypatch.setattr(CappedCountPaginator, "LIMIT", 2)
     response = admin_client_.get("/admin/token_exchange/auditevent/?q=end-user")
     assert response.context["cl"].result_count == 2
     assert response.context["cl"].full_result_count is None
+
+
+def test_impersonation_sessions_list_says_how_each_stands(admin_client_, support, end_user, portal):
+    now = timezone.now()
+    minutes = datetime.timedelta(minutes=1)
+
+    def session(**fields: Any) -> ImpersonationSession:
+        return ImpersonationSession.objects.create(
+            actor=support, subject=end_user, application=portal, reason="ticket", **fields
+        )
+
+    session(started_at=now - 5 * minutes, expires_at=now + 10 * minutes)
+    session(started_at=now - 30 * minutes, expires_at=now - 15 * minutes)  # expired, unnoticed yet
+    session(started_at=now - 60 * minutes, expires_at=now, ended_at=now - 50 * minutes, end_reason="stopped")
+    page = admin_client_.get("/admin/token_exchange/impersonationsession/").content.decode()
+    headers = re.findall(r'<th scope="col" class="[^"]*column-(\w+)', page)
+    assert headers == ["started", "actor", "subject", "application", "status"]
+    statuses = re.findall(r'<td class="field-status">([^<]*)</td>', page)
+    assert [status.split(" ")[0] for status in statuses] == ["Running", "Expired", "Stopped"]
 
 
 def test_date_hierarchy_periods_come_from_min_and_max():

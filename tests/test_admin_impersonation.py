@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import re
 import secrets
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -264,7 +265,26 @@ def test_reason_is_required_and_duration_capped(
     response = support_browser.post(impersonate_url(customer), {"application": portal_spa.pk, **form})
     assert response.status_code == 200
     assert message in response.content
+    assert b'<p class="errornote">' in response.content  # as on every admin form
     assert not ImpersonationSession.objects.exists()
+
+
+def test_the_impersonate_form_is_laid_out_as_admin_forms_are(
+    support_browser, customer, portal_spa, impersonation_allowed
+):
+    page = support_browser.get(impersonate_url(customer)).content.decode()
+    assert re.search(r'<fieldset class="module aligned\s*">', page)
+    for name in ("application", "reason", "minutes"):
+        assert f'class="form-row field-{name}"' in page
+        assert f'class="help" id="id_{name}_helptext"' in page
+    assert 'aria-describedby="id_reason_helptext"' in page
+    assert (
+        '<div class="description">You will sign in to the application you choose as <strong>end-user</strong>'
+        in page
+    )
+    assert 'admin/css/forms.css"' in page
+    assert '<div class="submit-row">' in page
+    assert 'class="closelink"' in page
 
 
 def test_duration_setting_caps_the_form_and_the_tokens(

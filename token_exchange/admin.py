@@ -20,8 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import django
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django import forms
 from django.contrib import admin
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -33,9 +37,12 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
+from jwcrypto import jwk
 from oauth2_provider.admin import ApplicationAdmin as DOTApplicationAdmin
 from oauth2_provider.settings import oauth2_settings
 
@@ -49,6 +56,11 @@ from .models import (
     ImpersonatorGrant,
     SecuritySettings,
 )
+
+
+def _short_time(moment: datetime.datetime | None) -> str:
+    """``12/01/2026 10:16 p.m.`` in the current time zone and locale: narrow list columns."""
+    return "—" if moment is None else date_format(timezone.localtime(moment), "SHORT_DATETIME_FORMAT")
 
 
 def _change_link(obj: Any) -> str:
@@ -126,31 +138,119 @@ class ClientPolicyInline(admin.StackedInline):  # type: ignore[type-arg]
     verbose_name_plural = _("token exchange policy")
 
 
+def describe_public_key(pem: str) -> str | None:
+    """A one-line summary of a PEM public key, ``RSA 2048 · SHA-256 thumbprint 3n4Bx…``, or
+    ``None`` if it is not one (a private key included).
+
+    The thumbprint is RFC 7638's, the ``kid`` that ``createclientkey`` gives a key.
+    """
+    data = pem.strip().encode("ascii", "replace")
+    if not data or b"PRIVATE KEY" in data:
+        return None
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    if isinstance(key, rsa.RSAPublicKey):
+        kind = f"RSA {key.key_size}"
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        kind = f"EC {key.curve.name}"
+    else:
+        return None
+    thumbprint = jwk.JWK.from_pyca(key).thumbprint()
+    return str(
+        _("%(kind)s · SHA-256 thumbprint %(thumbprint)s…") % {"kind": kind, "thumbprint": thumbprint[:12]}
+    )
+
+
+class PublicKeyWidget(forms.Textarea):
+    """A registered key folds its PEM into a ``<details>`` under a one-line summary; a new or
+    unreadable one stays an open, narrow textarea."""
+
+    template_name = "token_exchange/admin/widgets/public_key.html"
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(
+            {"rows": 4, "cols": 34, "spellcheck": "false", "class": "token-exchange-pem", **(attrs or {})}
+        )
+
+    def get_context(self, name: str, value: Any, attrs: dict[str, Any] | None) -> dict[str, Any]:
+        context = super().get_context(name, value, attrs)
+        context["widget"]["summary"] = describe_public_key(value) if isinstance(value, str) else None
+        return context
+
+
 class ClientKeyInline(admin.TabularInline):  # type: ignore[type-arg]
-    """Public keys only; ``manage.py createclientkey`` makes a pair and prints the private key."""
+    """Public keys only; ``manage.py createclientkey`` makes a pair and prints the private key.
+
+    Narrow enough for DOT's application page at 1280 px: short key id and date inputs, and the
+    PEM folded away once the key is registered.
+    """
 
     model = ClientKey
     extra = 0
     fields = ("kid", "algorithm", "public_key", "active", "expires_at", "created_at")
     readonly_fields = ("created_at",)
 
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "public_key":
+            kwargs["widget"] = PublicKeyWidget()
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "kid" and field is not None:
+            field.widget.attrs.update({"size": 14, "class": ""})
+        return field
+
 
 class ApplicationAdmin(DOTApplicationAdmin):  # type: ignore[misc]
-    """DOT's application admin with the token exchange policy and the client keys inline.
+    """DOT's application admin with the token exchange policy and the client keys inline, and
+    the client_id and whether token exchange is on in the list.
 
     ``OAUTH2_PROVIDER = {"APPLICATION_ADMIN_CLASS": "token_exchange.admin.ApplicationAdmin"}``
     """
 
     inlines = [*DOTApplicationAdmin.inlines, ClientPolicyInline, ClientKeyInline]
+    # What staff look for first, narrow enough beside DOT's filters at 1280 px; DOT's other
+    # columns (owner, registration source) are its filters and on each application's page.
+    list_display = ("name", "client_id_column", "token_exchange", "client_type", "authorization_grant_type")
+    # The policy comes with each row: no query per row.
+    list_select_related = ("token_exchange_policy",)
+
+    @admin.display(description=_("client ID"), ordering="client_id")
+    def client_id_column(self, obj: Any) -> str:
+        # Generated client IDs are 40 characters without a space: let them wrap.
+        return format_html('<span style="word-break: break-all">{}</span>', obj.client_id)
+
+    @admin.display(
+        description=_("token exchange"),
+        boolean=True,
+        ordering="token_exchange_policy__token_exchange_enabled",
+    )
+    def token_exchange(self, obj: Any) -> bool:
+        policy = getattr(obj, "token_exchange_policy", None)  # none: the client may not exchange
+        return bool(policy is not None and policy.token_exchange_enabled)
 
 
 @admin.register(ClientKey)
 class ClientKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("kid", "application", "algorithm", "active", "expires_at", "created_at")
+    # Key IDs are often 43-character thumbprints: they wrap, and the times are short.
+    list_display = ("key_id", "application", "algorithm", "active", "expires", "created")
     list_filter = ("algorithm", "active")
     search_fields = ("kid", "application__client_id", "application__name")
     raw_id_fields = ("application",)
     readonly_fields = ("created_at",)
+    list_select_related = ("application",)
+
+    @admin.display(description=_("key ID"), ordering="kid")
+    def key_id(self, obj: ClientKey) -> str:
+        return format_html('<span style="word-break: break-all">{}</span>', obj.kid)
+
+    @admin.display(description=_("expires at"), ordering="expires_at")
+    def expires(self, obj: ClientKey) -> str:
+        return _short_time(obj.expires_at)
+
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created(self, obj: ClientKey) -> str:
+        return _short_time(obj.created_at)
 
 
 @admin.register(ClientPolicy)
@@ -164,29 +264,60 @@ class ClientPolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 # --- Impersonator grants ------------------------------------------------------------------------
 
 
-class ZitadelRoleMixin:
-    @admin.display(description=_("ZITADEL role"))
-    def zitadel_role(self, obj: ImpersonatorGrant) -> str:
-        return obj.zitadel_name if obj.pk else "—"
+class ImpersonatorRoleColumns:
+    """The role in plain words, and whom it lets its holder act as. ZITADEL's name for the role
+    (IAM or Org, Admin or End User Impersonator) is only the tooltip, for those who know it."""
+
+    @admin.display(description=_("role"), ordering="role")
+    def role_name(self, obj: ImpersonatorGrant) -> str:
+        if not obj.role:
+            return "—"
+        where = obj.organization if obj.organization_id is not None else _("whole site")
+        name = f"{obj.get_role_display()} ({where})"
+        if not obj.pk:
+            return name
+        return format_html(
+            '<span title="{}">{}</span>', _("ZITADEL: %(name)s") % {"name": obj.zitadel_name}, name
+        )
+
+    @admin.display(description=_("may act as"))
+    def may_act_as(self, obj: ImpersonatorGrant) -> str:
+        if not obj.role:
+            return "—"
+        admins = obj.role == ImpersonatorGrant.Role.ADMIN_IMPERSONATOR
+        if obj.organization_id is None:
+            return str(
+                _("Every user, administrators included") if admins else _("Every user except administrators")
+            )
+        if admins:
+            return str(
+                _("Members of %(organization)s, administrators included") % {"organization": obj.organization}
+            )
+        return str(
+            _("Members of %(organization)s, except administrators") % {"organization": obj.organization}
+        )
 
 
 @admin.register(ImpersonatorGrant)
-class ImpersonatorGrantAdmin(ZitadelRoleMixin, admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("user", "zitadel_role", "role", "organization", "created_at")
+class ImpersonatorGrantAdmin(ImpersonatorRoleColumns, admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("user", "role_name", "may_act_as", "created_at")
     list_filter = ("role", "organization")
     list_select_related = ("user", "organization")
     search_fields = (f"user__{get_user_model().USERNAME_FIELD}", "user__email")
     raw_id_fields = ("user",)
 
 
-class ImpersonatorGrantInline(ZitadelRoleMixin, admin.TabularInline):  # type: ignore[type-arg]
+class ImpersonatorGrantInline(ImpersonatorRoleColumns, admin.TabularInline):  # type: ignore[type-arg]
     model = ImpersonatorGrant
     fk_name = "user"
     extra = 0
-    fields = ("role", "organization", "zitadel_role")
-    readonly_fields = ("zitadel_role",)
+    fields = ("role", "organization", "may_act_as")
+    readonly_fields = ("may_act_as",)
     verbose_name = _("impersonator role")
     verbose_name_plural = _("impersonator roles")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ImpersonatorGrant]:
+        return super().get_queryset(request).select_related("organization")
 
 
 # --- Audit events: read-only, fast on a million rows --------------------------------------------
@@ -250,7 +381,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only for everyone: an audit trail that can be edited proves nothing."""
 
-    list_display = ("created_at", "event_type", "actor_link", "subject_link", "application_link", "client_ip")
+    # Short times and wrapping reasons: six columns fit beside the filters at 1280 px.
+    list_display = ("created", "event_type", "reason", "actor_link", "subject_link", "application_link")
     list_filter = ("event_type", "application", ("created_at", admin.DateFieldListFilter))
     list_select_related = ("actor", "subject", "application")
     date_hierarchy = "created_at"
@@ -267,6 +399,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     fields = (
         "created_at",
         "event_type",
+        "reason",
         "actor_link",
         "subject_link",
         "application_link",
@@ -296,6 +429,26 @@ class AuditEventAdmin(ReadOnlyAdmin):
         ids = list(users)
         return queryset.filter(Q(actor_id__in=ids) | Q(subject_id__in=ids)), False
 
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created(self, obj: AuditEvent) -> str:
+        return _short_time(obj.created_at)
+
+    @admin.display(description=_("reason"))
+    def reason(self, obj: AuditEvent) -> str:
+        """Why: a refusal's reason code, the reason a support user gave for an impersonation,
+        or how one ended. From the payload; no other column holds it."""
+        payload = obj.payload if isinstance(obj.payload, dict) else {}
+        if obj.event_type == AuditEvent.EventType.TOKEN_EXCHANGE_REFUSED:
+            # The code in words ("actor not impersonator"), so that it wraps; the code itself
+            # as the tooltip and in the payload, to match the logs.
+            code = str(payload.get("reason") or "")
+            return format_html('<span title="{}">{}</span>', code, code.replace("_", " ")) if code else "—"
+        if obj.event_type == AuditEvent.EventType.IMPERSONATION_ENDED:
+            label = dict(ImpersonationSession.EndReason.choices).get(str(payload.get("end_reason")))
+            return str(label) if label else "—"
+        given = payload.get("reason") or (payload.get("impersonation") or {}).get("reason")
+        return Truncator(str(given)).chars(60) if given else "—"
+
     @admin.display(description=_("actor"), ordering="actor")
     def actor_link(self, obj: AuditEvent) -> str:
         return _change_link(obj.actor)
@@ -320,7 +473,8 @@ class AuditEventAdmin(ReadOnlyAdmin):
 class ImpersonationSessionAdmin(ReadOnlyAdmin):
     """Who impersonated whom, where, why and how long; read-only (the audit trail has the events)."""
 
-    list_display = ("started_at", "actor", "subject", "application", "expires_at", "ended_at", "end_reason")
+    # Five columns that fit beside the filters at 1280 px: the three times are one "status".
+    list_display = ("started", "actor", "subject", "application", "status")
     list_filter = ("end_reason", "application")
     list_select_related = ("actor", "subject", "application")
     search_fields = (
@@ -328,6 +482,20 @@ class ImpersonationSessionAdmin(ReadOnlyAdmin):
         f"subject__{get_user_model().USERNAME_FIELD}",
     )
     date_hierarchy = "started_at"
+
+    @admin.display(description=_("started"), ordering="started_at")
+    def started(self, obj: ImpersonationSession) -> str:
+        return _short_time(obj.started_at)
+
+    @admin.display(description=_("status"), ordering="ended_at")
+    def status(self, obj: ImpersonationSession) -> str:
+        """Running until when, or how and when it ended ("Stopped …", "Expired …")."""
+        if obj.ended_at is not None:
+            label = obj.get_end_reason_display() or _("Ended")
+            return f"{label} {_short_time(obj.ended_at)}"
+        if obj.is_active():
+            return str(_("Running until %(time)s") % {"time": _short_time(obj.expires_at)})
+        return f"{ImpersonationSession.EndReason.EXPIRED.label} {_short_time(obj.expires_at)}"
 
 
 # --- The user page: roles inline and "Impersonate" ----------------------------------------------
@@ -402,6 +570,19 @@ class ImpersonationUserAdminMixin:
         }
         return super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc, no-any-return]
 
+    def impersonate_description(self, subject: Any) -> str:
+        return format_html(
+            str(
+                _(
+                    "You will sign in to the application you choose as {user}, without their password. "
+                    "You stay logged in here as yourself. The application is told that you are acting for "
+                    "them, the reason is kept in the audit events, and Stop (or the end of the duration) "
+                    "signs it out."
+                )
+            ),
+            user=format_html("<strong>{}</strong>", subject),
+        )
+
     def impersonate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         subject = self.get_object(request, unquote(object_id))  # type: ignore[attr-defined]
         if subject is None:
@@ -421,12 +602,21 @@ class ImpersonationUserAdminMixin:
                 impersonation_sessions.launch_url(session, issuer=oauth2_settings.oidc_issuer(request))
             )
         opts = self.model._meta  # type: ignore[attr-defined]
+        # Laid out as every admin form: an aligned fieldset of form rows, then the submit row.
+        # django-stubs type AdminForm for model forms only; it renders any form.
+        plain_form: Any = form
+        model_admin: Any = self
+        fieldsets: Any = [
+            (None, {"fields": list(form.fields), "description": self.impersonate_description(subject)})
+        ]
+        adminform = helpers.AdminForm(plain_form, fieldsets, {}, model_admin=model_admin)
         context = {
             **self.admin_site.each_context(request),  # type: ignore[attr-defined]
             "title": _("Impersonate %(user)s") % {"user": subject},
             "subject": subject,
-            "form": form,
+            "adminform": adminform,
+            "errors": helpers.AdminErrorList(plain_form, []),
+            "media": self.media + form.media,  # type: ignore[attr-defined]
             "opts": opts,
         }
         return TemplateResponse(request, "token_exchange/admin/impersonate.html", context)
-
