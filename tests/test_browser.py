@@ -8,6 +8,7 @@ it when it is missing. Without it these tests fail, unless ``SKIP_BROWSER_TESTS=
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shutil
@@ -17,12 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.management import call_command
+from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_application_model
 
 from example_project.demo import data
-from token_exchange.models import AuditEvent, ImpersonationSession, ImpersonatorGrant, SecuritySettings
+from token_exchange.client_keys import generate_key_pair
+from token_exchange.models import (
+    AuditEvent,
+    ClientKey,
+    ImpersonationSession,
+    ImpersonatorGrant,
+    SecuritySettings,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
@@ -102,9 +112,22 @@ def log_in(page: Any, base: str, username: str) -> None:
     page.wait_for_url(f"{base}/admin/")
 
 
-def user_pk(username: str) -> int:
-    from django.contrib.auth import get_user_model
+def assert_fits(page: Any) -> None:
+    """Nothing scrolls sideways at the page's 1280 px: not the page, not a change list's table."""
+    widths = page.evaluate(
+        """() => ({
+            page: [document.documentElement.scrollWidth, window.innerWidth],
+            lists: [...document.querySelectorAll("#changelist .results")]
+                .map(e => [e.scrollWidth, e.clientWidth]),
+        })"""
+    )
+    scroll_width, window_width = widths["page"]
+    assert scroll_width <= window_width, widths
+    for scroll_width, client_width in widths["lists"]:
+        assert scroll_width <= client_width, widths
 
+
+def user_pk(username: str) -> int:
     return int(get_user_model().objects.get(username=username).pk)
 
 
@@ -114,6 +137,12 @@ def test_toggle_allow_impersonation_and_see_the_audit_row(page, demo):
     checkbox = page.locator("#id_allow_impersonation")
     assert checkbox.is_checked()  # seed_demo turns it on
     assert "Risk when on" in page.content()
+    trail = [
+        part.strip()
+        for part in page.inner_text(".breadcrumbs").split("\N{SINGLE RIGHT-POINTING ANGLE QUOTATION MARK}")
+    ]
+    assert trail == ["Home", "Token exchange", "Security settings"]  # once, not twice
+    assert "unsupported_grant_type" not in page.inner_text("#content")
     screenshot(page, "security-settings")
     checkbox.uncheck()
     page.click("input[name=_save]")
@@ -124,7 +153,7 @@ def test_toggle_allow_impersonation_and_see_the_audit_row(page, demo):
     row = page.locator("#result_list tbody tr").first
     assert "Security settings changed" in row.inner_text()
     assert "admin" in row.inner_text()
-    screenshot(page, "audit-events")
+    assert_fits(page)
     row.locator("th a, td a").first.click()
     payload = page.locator("pre").inner_text()
     assert '"allow_impersonation": false' in payload
@@ -142,12 +171,15 @@ def test_grant_a_role_on_the_user_page(page, demo, django_user_model):
     screenshot(page, "user-roles-inline")
     page.click("input[name=_continue]")
     page.wait_for_selector("text=was changed successfully")
-    assert "Org End User Impersonator" in page.locator("#impersonator_grants-group").inner_text()
+    assert "Members of ACME, except administrators" in page.locator("#impersonator_grants-group").inner_text()
     [role] = ImpersonatorGrant.objects.filter(user=helpdesk)
     assert (role.role, role.organization) == ("end_user_impersonator", acme)
 
     page.goto(f"{demo}/admin/token_exchange/impersonatorgrant/?q=helpdesk")
-    assert "Org End User Impersonator" in page.locator("#result_list").inner_text()
+    listed = page.locator("#result_list")
+    assert "End user impersonator (ACME)" in listed.inner_text()
+    assert "ZITADEL" not in listed.inner_text()  # only a tooltip
+    assert_fits(page)
 
 
 def test_support_impersonates_a_customer_into_the_portal_and_stops(page, demo):
@@ -159,6 +191,20 @@ def test_support_impersonates_a_customer_into_the_portal_and_stops(page, demo):
     page.click("#token-exchange-impersonate")
     page.fill("#id_reason", "Ticket #4711: customer cannot see their invoices")
     page.fill("#id_minutes", "10")
+    # Laid out as other admin forms: labels in one column, fields in the next, the help under
+    # each field, and the admin's submit row.
+    labels = [
+        page.locator(f"label[for=id_{name}]").bounding_box() for name in ("application", "reason", "minutes")
+    ]
+    fields = [page.locator(f"#id_{name}").bounding_box() for name in ("application", "reason", "minutes")]
+    assert len({round(box["x"]) for box in labels}) == 1
+    assert len({round(box["x"]) for box in fields}) == 1
+    assert fields[0]["x"] >= labels[0]["x"] + 150
+    help_box = page.locator("#id_reason_helptext").bounding_box()
+    assert abs(help_box["x"] - fields[1]["x"]) <= 12  # under the field, not under the label
+    assert help_box["y"] >= fields[1]["y"] + fields[1]["height"]
+    assert page.locator(".submit-row input[type=submit].default").is_visible()
+    assert_fits(page)
     screenshot(page, "impersonate-form")
     page.click("input[type=submit]")
 
@@ -189,6 +235,9 @@ def test_support_impersonates_a_customer_into_the_portal_and_stops(page, demo):
     page.click("#token-exchange-stop")
     page.wait_for_url(f"{demo}/admin/auth/user/{customer}/change/")
     assert page.locator("#token-exchange-impersonation-banner").count() == 0
+    assert page.inner_text(".messagelist .success") == (
+        "You stopped acting as end-user in portal (single-page app); its sign-in as them is revoked."
+    )
     assert "support" in page.inner_text("#user-tools").lower()
     session.refresh_from_db()
     assert session.end_reason == "stopped"
@@ -219,3 +268,87 @@ def test_the_application_page_shows_the_policy_and_keys(page, demo):
     assert "A public client cannot use token exchange" in error
     page.locator("#token_exchange_policy-group").scroll_into_view_if_needed()
     screenshot(page, "application-policy")
+
+
+def test_the_client_keys_fit_the_application_page(page, demo):
+    spa = get_application_model().objects.get(client_id=data.PORTAL_SPA_CLIENT_ID)
+    pairs = [generate_key_pair("RS256"), generate_key_pair("ES256")]
+    for pair, algorithm in zip(pairs, ("RS256", "ES256"), strict=True):
+        ClientKey.objects.create(
+            application=spa, kid=pair.kid, algorithm=algorithm, public_key=pair.public_pem
+        )
+    log_in(page, demo, "admin")
+    page.goto(f"{demo}/admin/oauth2_provider/application/{spa.pk}/change/")
+    keys = page.locator("#token_exchange_keys-group")
+    assert keys.locator("details.token-exchange-public-key").count() == 2
+    assert_fits(page)
+    # The PEM is one click away, and still fits when shown.
+    keys.locator("details summary").first.click()
+    assert "BEGIN PUBLIC KEY" in keys.locator("details[open] textarea").input_value()
+    assert_fits(page)
+    keys.scroll_into_view_if_needed()
+    screenshot(page, "application-keys")
+
+
+def test_the_lists_fit_at_1280_px(page, demo):
+    """Every list of this app (and DOT's application list) beside its filters, with realistic
+    rows: a client ID as long as DOT's generated ones, thumbprint key IDs, long reasons."""
+    Application = get_application_model()
+    spa = Application.objects.get(client_id=data.PORTAL_SPA_CLIENT_ID)
+    crm = Application.objects.create(
+        name="crm",
+        client_id="Xk2v9QpL7rT4wZ8nB3mC6yH1jF5sD0aGeUiOoPlK",
+        client_type=Application.CLIENT_CONFIDENTIAL,
+        authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
+    )
+    pair = generate_key_pair("RS256")
+    ClientKey.objects.create(application=crm, kid=pair.kid, public_key=pair.public_pem)
+    support = get_user_model().objects.get(username="support")
+    customer = get_user_model().objects.get(username="end-user")
+    now = timezone.now()
+    minutes = datetime.timedelta(minutes=1)
+    for started, ended, end_reason in ((95, 90, "stopped"), (60, 40, "replaced"), (40, None, "")):
+        ImpersonationSession.objects.create(
+            actor=support,
+            subject=customer,
+            application=spa,
+            reason="Ticket #4711: customer cannot see their invoices",
+            started_at=now - started * minutes,
+            expires_at=now - started * minutes + 60 * minutes,
+            ended_at=None if ended is None else now - ended * minutes,
+            end_reason=end_reason,
+        )
+    session = {"id": 3, "reason": "Ticket #4711: customer cannot see their invoices"}
+    for event_type, actor, payload in (
+        (EventType.IMPERSONATION_STARTED, support, session),
+        (EventType.USER_IMPERSONATED, support, {"impersonation": session}),
+        (EventType.TOKEN_EXCHANGE_REFUSED, None, {"reason": "subject_token_audience_mismatch"}),
+        (EventType.TOKEN_EXCHANGED, None, {}),
+        (EventType.IMPERSONATION_ENDED, support, {**session, "end_reason": "stopped"}),
+    ):
+        AuditEvent.objects.create(
+            event_type=event_type, actor=actor, subject=customer, application=spa, payload=payload
+        )
+    log_in(page, demo, "admin")
+    for listing in (
+        "token_exchange/impersonationsession",
+        "token_exchange/auditevent",
+        "token_exchange/impersonatorgrant",
+        "token_exchange/clientkey",
+        "oauth2_provider/application",
+    ):
+        page.goto(f"{demo}/admin/{listing}/")
+        assert page.locator("#result_list tbody tr").count() > 0, listing
+        assert_fits(page)
+    page.goto(f"{demo}/admin/token_exchange/impersonationsession/")
+    statuses = page.locator("#result_list td.field-status").all_inner_texts()
+    assert [status.split(" ")[0] for status in statuses] == ["Running", "Replaced", "Stopped"]
+    screenshot(page, "impersonation-sessions")
+    page.goto(f"{demo}/admin/token_exchange/auditevent/")
+    reasons = page.locator("#result_list td.field-reason").all_inner_texts()
+    assert "subject token audience mismatch" in reasons
+    assert "Stopped" in reasons
+    assert "Ticket #4711: customer cannot see their invoices" in reasons
+    screenshot(page, "audit-events")
+    page.goto(f"{demo}/admin/oauth2_provider/application/")
+    assert "Xk2v9QpL7rT4wZ8nB3mC6yH1jF5sD0aGeUiOoPlK" in page.inner_text("#result_list")
