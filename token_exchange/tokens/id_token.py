@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from oauth2_provider.models import get_id_token_model
+from oauth2_provider.models import get_access_token_model, get_id_token_model
 
 from .. import jose
 from ..constants import SUBJECT_DATA_SCOPES
@@ -31,6 +31,19 @@ def _audience_claim(claims: dict[str, Any]) -> list[str]:
     return []
 
 
+def _access_token_relation() -> tuple[str, str] | None:
+    """How an ID token reaches the access token issued with it: the reverse side of the access
+    token model's ``id_token``, as (``select_related`` name, attribute), or None when it has none.
+
+    Its name is the access token model's ``related_name``: ``access_token`` for DOT's own, anything
+    (or ``+``) for a swapped model (OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL).
+    """
+    field = get_access_token_model()._meta.get_field("id_token")
+    if (field.remote_field.related_name or "").endswith("+"):
+        return None  # no reverse relation (Django's rule for a hidden one)
+    return field.related_query_name(), field.remote_field.get_accessor_name()
+
+
 def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer: str) -> VerifiedToken:
     try:
         _header, unverified = jose.peek(value)
@@ -38,11 +51,9 @@ def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer
     except (jose.JoseError, ValueError) as exc:
         raise refusal("malformed_id_token") from exc
 
-    row = unique_row(
-        get_id_token_model()
-        .objects.select_related("user", "application", "access_token", "exchanged")
-        .filter(jti=jti)
-    )
+    relation = _access_token_relation()
+    related = ["user", "application", "exchanged", *([relation[0]] if relation else [])]
+    row = unique_row(get_id_token_model().objects.select_related(*related).filter(jti=jti))
     if row is None or row.application is None or row.user is None:
         raise refusal("unknown_token")
     application = row.application
@@ -74,7 +85,10 @@ def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer
     else:
         # DOT issued it at login, with an access token for the same authorization: that
         # token's RFC 8707 resource indicators belong to the ID token's audience too.
-        linked = getattr(row, "access_token", None)
+        if relation is not None:
+            linked = getattr(row, relation[1], None)
+        else:
+            linked = unique_row(get_access_token_model().objects.filter(id_token=row))
         resource = tuple(linked.resource or []) if linked is not None else ()
         token_claims = {
             "audience": tuple(dict.fromkeys([*audience, *resource])),
