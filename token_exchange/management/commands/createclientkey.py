@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
+from django.db import router, transaction
 from django.utils import timezone
 from oauth2_provider.models import get_application_model
 
@@ -62,7 +62,8 @@ class Command(BaseCommand):
             },
             indent=2,
         )
-        with transaction.atomic():
+        # The key's database, which a router may have made another than "default".
+        with transaction.atomic(using=router.db_for_write(ClientKey)):
             key = ClientKey(
                 application=application,
                 kid=kid,
