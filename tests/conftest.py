@@ -5,6 +5,8 @@ the customer's organization (ACME) and ``mallory`` an attacker."""
 from __future__ import annotations
 
 import base64
+import functools
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +14,7 @@ from urllib.parse import quote_plus, urlencode
 
 import pytest
 from django.conf import settings
+from django.db import connections, router
 from django.test import Client
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
@@ -48,6 +51,70 @@ def pytest_configure() -> None:
         "django.contrib.auth.hashers.MD5PasswordHasher",
         "token_exchange.hashers.ClientSecretHasher",
     ]
+
+
+# DOT's own test modes (habit 15), each a settings module: tests/settings_swapped.py swaps DOT's
+# models for the project's own; tests/settings_multidb.py routes every model away from "default".
+SWAPPED = AccessToken._meta.app_label != "oauth2_provider"
+ROUTED_DATABASES = [alias for alias in settings.DATABASES if alias != "default" and settings.DATABASE_ROUTERS]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With a router, every database test may use every routed database; "default" stays closed,
+    so a query the router did not choose fails. Tests written for the default mode alone are
+    skipped in the others, with the reason."""
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if ROUTED_DATABASES and (marker or "_django_db_helper" in getattr(item, "fixturenames", ())):
+            kwargs = {**(marker.kwargs if marker else {}), "databases": ROUTED_DATABASES}
+            item.add_marker(pytest.mark.django_db(*(marker.args if marker else ()), **kwargs), append=False)
+        if reason := _default_mode_only(item):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+_ON_THE_DEFAULT_DATABASE = {
+    "tests/test_bench.py::": "bench/ measures and fills through the default connection",
+    "tests/test_admin.py::test_the_application_list_shows_client_id_and_token_exchange_in_constant_queries": (
+        "counts the queries of the default connection"
+    ),
+    "tests/test_jwt_profile.py::test_replay_protection_holds_across_processes_with_a_shared_cache": (
+        "creates its cache table on the default database"
+    ),
+}
+
+
+def _default_mode_only(item: pytest.Item) -> str | None:
+    if SWAPPED:
+        function = getattr(item, "function", None)
+        if function is not None and "/admin/oauth2_provider/" in inspect.getsource(function):
+            return "swapped models: the test names DOT's admin URL, /admin/oauth2_provider/application/"
+        if item.nodeid.startswith("tests/test_bench.py::test_scale_mode"):
+            return "swapped models: bench/scale.py fills DOT's own tables with SQL naming their columns"
+    if ROUTED_DATABASES:
+        for prefix, reason in _ON_THE_DEFAULT_DATABASE.items():
+            if item.nodeid.startswith(prefix):
+                return f"multiple databases: {reason}"
+    return None
+
+
+if ROUTED_DATABASES:
+    # pytest-django's fixtures look at "default" unless told otherwise: here, at the database the
+    # token tables are routed to.
+
+    @pytest.fixture
+    def django_assert_num_queries(django_assert_num_queries: Any) -> Any:
+        using = router.db_for_write(AccessToken)
+        return functools.partial(django_assert_num_queries, connection=connections[using])
+
+    @pytest.fixture
+    def django_assert_max_num_queries(django_assert_max_num_queries: Any) -> Any:
+        using = router.db_for_write(AccessToken)
+        return functools.partial(django_assert_max_num_queries, connection=connections[using])
+
+    @pytest.fixture
+    def django_capture_on_commit_callbacks(django_capture_on_commit_callbacks: Any) -> Any:
+        using = router.db_for_write(AccessToken)
+        return functools.partial(django_capture_on_commit_callbacks, using=using)
 
 
 def form_post(client: Client, path: str, data: Any, **extra: Any) -> Any:
