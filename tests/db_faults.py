@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import connection
+from django.db import connections, router
 
 
 @contextmanager
 def failing_insert(model: Any, when: str = "") -> Iterator[None]:
     """Make the database reject every INSERT into ``model``'s table (``when``: an SQL condition
     on ``NEW``), until the block ends."""
+    connection = connections[router.db_for_write(model)]
     table = connection.ops.quote_name(model._meta.db_table)
     condition = f"WHEN ({when})" if when else ""
     with connection.cursor() as cursor:
@@ -46,6 +47,7 @@ def failing_insert(model: Any, when: str = "") -> Iterator[None]:
 def slow_insert(model: Any, seconds: float) -> Iterator[None]:
     """Make every INSERT into ``model``'s table take ``seconds`` longer (PostgreSQL only): it
     widens the window between a request's checks and its commit, where races happen."""
+    connection = connections[router.db_for_write(model)]
     table = connection.ops.quote_name(model._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(

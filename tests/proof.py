@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connections, router
 
 KINDS = {
     "adversarial": "adversarial cases over HTTP",
@@ -62,7 +62,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not any(_outcomes[kind] for kind in KINDS):
         return
     write = terminalreporter.write_line
-    terminalreporter.section(f"what this run proved ({connection.vendor})")
+    from token_exchange.models import AuditEvent
+
+    vendor = connections[router.db_for_write(AuditEvent)].vendor  # "default", unless routed
+    terminalreporter.section(f"what this run proved ({vendor})")
     for kind, label in KINDS.items():
         tally = _outcomes[kind]
         if not tally:

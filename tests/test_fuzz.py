@@ -39,7 +39,7 @@ from urllib.parse import urlencode
 
 import pytest
 from django.core.cache import caches
-from django.db import transaction
+from django.db import router, transaction
 from django.http import QueryDict
 from hypothesis import event, example, given
 from hypothesis import strategies as st
@@ -102,9 +102,10 @@ def one_example() -> Iterator[None]:
     """Count the example; empty the replay cache; roll back whatever the example writes."""
     proof.count("fuzz examples")
     caches[token_exchange_settings.REPLAY_CACHE].clear()
-    with transaction.atomic():
+    using = router.db_for_write(get_access_token_model())
+    with transaction.atomic(using=using):
         yield
-        transaction.set_rollback(True)
+        transaction.set_rollback(True, using=using)
 
 
 def assert_json(response: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connections, router
 from django.db.models import QuerySet
 
 from token_exchange.constants import ACCESS_TOKEN_TYPE
@@ -15,6 +15,8 @@ from token_exchange.inserts import insert_rows
 from token_exchange.models import AuditEvent, ExchangedToken
 
 pytestmark = pytest.mark.django_db
+# The exchange's own tables' database: "default", or where a router sends them (settings_multidb).
+USING = router.db_for_write(AuditEvent)
 EventType = AuditEvent.EventType
 
 
@@ -35,7 +37,7 @@ def events(end_user: Any, portal: Any, count: int) -> list[AuditEvent]:
 def test_rows_are_written_in_one_statement_with_their_ids(end_user, portal, count, django_assert_num_queries):
     rows = events(end_user, portal, count)
     with django_assert_num_queries(1):
-        insert_rows(rows, "default")
+        insert_rows(rows, USING)
     assert all(row.pk is not None and not row._state.adding for row in rows)
     assert len({row.pk for row in rows}) == count
     for n, row in enumerate(rows):
@@ -65,7 +67,7 @@ def test_exchanged_token_rows_keep_their_links_and_json(end_user, portal, user_t
         resource=[],
         act=act,
     )
-    insert_rows([record], "default")
+    insert_rows([record], USING)
     stored = ExchangedToken.objects.get(pk=record.pk)
     assert (stored.access_token_id, stored.act, stored.audience) == (
         token.pk,
@@ -78,7 +80,7 @@ def test_exchanged_token_rows_keep_their_links_and_json(end_user, portal, user_t
 
 
 def test_without_insert_returning_it_falls_back_to_bulk_create(end_user, portal, monkeypatch):
-    monkeypatch.setattr(type(connection.features), "can_return_rows_from_bulk_insert", False)
+    monkeypatch.setattr(type(connections[USING].features), "can_return_rows_from_bulk_insert", False)
     calls = []
     original = QuerySet.bulk_create
 
@@ -87,11 +89,11 @@ def test_without_insert_returning_it_falls_back_to_bulk_create(end_user, portal,
         return original(self, rows, *args, **kwargs)
 
     monkeypatch.setattr(QuerySet, "bulk_create", bulk_create)
-    insert_rows(events(end_user, portal, 2), "default")
+    insert_rows(events(end_user, portal, 2), USING)
     assert calls == [(AuditEvent, 2)]
     assert AuditEvent.objects.filter(event_type=EventType.TOKEN_EXCHANGED).count() == 2
 
 
 def test_nothing_to_write_writes_nothing(django_assert_num_queries):
     with django_assert_num_queries(0):
-        insert_rows([], "default")
+        insert_rows([], USING)
