@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 from django.core.management import call_command
-from django.db import connection
+from django.db import connections, router
 from django.test import Client
 from oauth2_provider.models import get_access_token_model, get_id_token_model, get_refresh_token_model
 
@@ -40,6 +40,9 @@ from . import proof
 from .client_jwt import KeyFile, assertion, assertion_form, register_key, sign, subject_claims
 from .conftest import make_app
 from .db_faults import slow_insert
+
+# Where the audit and token tables are: "default", or the database a router sends them to.
+connection = connections[router.db_for_write(AuditEvent)]
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -176,7 +179,7 @@ def replay_cache(request: Any, settings: Any) -> Iterator[None]:
         "replay_db": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": REPLAY_TABLE},
     }
     settings.TOKEN_EXCHANGE = {**settings.TOKEN_EXCHANGE, "REPLAY_CACHE": "replay_db"}
-    call_command("createcachetable")
+    call_command("createcachetable", database=connection.alias)
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {REPLAY_TABLE}")
     yield
