@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from oauth2_provider.models import get_access_token_model
 
@@ -112,7 +112,7 @@ def test_each_thread_compiles_for_its_own_connection(end_user, django_user_model
             # in-memory database (closing the last connection would drop it); the test's own
             # connection keeps it alive, so close this one for real, or Python 3.13 reports an
             # unclosed sqlite3 connection when the thread's wrapper is collected.
-            BaseDatabaseWrapper.close(connection)
+            BaseDatabaseWrapper.close(connections[router.db_for_read(django_user_model)])
 
     thread = threading.Thread(target=other_thread)
     thread.start()
