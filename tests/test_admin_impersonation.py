@@ -34,6 +34,7 @@ from token_exchange.models import (
 
 from .conftest import basic, grant, make_app
 from .jwt_helpers import verify
+from .test_admin import breadcrumbs
 
 pytestmark = pytest.mark.django_db
 
@@ -272,7 +273,15 @@ def test_reason_is_required_and_duration_capped(
 def test_the_impersonate_form_is_laid_out_as_admin_forms_are(
     support_browser, customer, portal_spa, impersonation_allowed
 ):
-    page = support_browser.get(impersonate_url(customer)).content.decode()
+    response = support_browser.get(impersonate_url(customer))
+    assert breadcrumbs(response) == [
+        "Home",
+        "Authentication and Authorization",
+        "Users",
+        "end-user",
+        "Impersonate",
+    ]
+    page = response.content.decode()
     assert re.search(r'<fieldset class="module aligned\s*">', page)
     for name in ("application", "reason", "minutes"):
         assert f'class="form-row field-{name}"' in page

@@ -40,7 +40,7 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
-from django.utils.text import Truncator
+from django.utils.text import Truncator, capfirst
 from django.utils.translation import gettext_lazy as _
 from jwcrypto import jwk
 from oauth2_provider.admin import ApplicationAdmin as DOTApplicationAdmin
@@ -77,6 +77,21 @@ def _change_link(obj: Any) -> str:
 # --- Security settings: one page ----------------------------------------------------------------
 
 
+def breadcrumbs(*trail: tuple[Any, str | None]) -> dict[str, Any]:
+    """Context for ``token_exchange/admin/breadcrumbs.html``: each step's label and URL (the page
+    itself has none), in the markup of the running admin (Django 6.1 made the trail an ``<ol>``
+    of ``<li>``, and its CSS leaves a ``<div>`` unstyled)."""
+    return {"trail": list(trail), "trail_as_list": django.VERSION >= (6, 1)}
+
+
+def app_trail(opts: Any) -> list[tuple[Any, str | None]]:
+    """Home and the model's app, the start of every admin trail."""
+    return [
+        (_("Home"), reverse("admin:index")),
+        (opts.app_config.verbose_name, reverse("admin:app_list", kwargs={"app_label": opts.app_label})),
+    ]
+
+
 @admin.register(SecuritySettings)
 class SecuritySettingsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """The singleton: no list, no add, no delete; every change is audited."""
@@ -101,12 +116,24 @@ class SecuritySettingsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         obj = SecuritySettings.load()
         return HttpResponseRedirect(reverse("admin:token_exchange_securitysettings_change", args=[obj.pk]))
 
+    def _trail(self, *, history_of: Any = None) -> dict[str, Any]:
+        """Home, Token exchange, Security settings (, History): the list only redirects here."""
+        opts = self.model._meta
+        if history_of is None:
+            return breadcrumbs(*app_trail(opts), (capfirst(opts.verbose_name), None))
+        page = reverse("admin:token_exchange_securitysettings_change", args=[history_of])
+        return breadcrumbs(*app_trail(opts), (capfirst(opts.verbose_name), page), (_("History"), None))
+
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
     ) -> HttpResponse:
         # The title already names it ("Change security settings"); the row's name would repeat it.
-        extra_context = {**(extra_context or {}), "subtitle": None}
+        extra_context = {**(extra_context or {}), "subtitle": None, **self._trail()}
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def history_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        extra_context = {**(extra_context or {}), **self._trail(history_of=object_id)}
+        return super().history_view(request, object_id, extra_context)
 
     def save_model(self, request: HttpRequest, obj: SecuritySettings, form: Any, change: bool) -> None:
         # The admin's change view runs in a transaction: the audit row commits with the change.
@@ -618,5 +645,17 @@ class ImpersonationUserAdminMixin:
             "errors": helpers.AdminErrorList(plain_form, []),
             "media": self.media + form.media,  # type: ignore[attr-defined]
             "opts": opts,
+            **breadcrumbs(
+                *app_trail(opts),
+                (
+                    capfirst(opts.verbose_name_plural),
+                    reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+                ),
+                (
+                    str(subject),
+                    reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[subject.pk]),
+                ),
+                (_("Impersonate"), None),
+            ),
         }
         return TemplateResponse(request, "token_exchange/admin/impersonate.html", context)
