@@ -77,9 +77,6 @@ _ON_THE_DEFAULT_DATABASE = {
     "tests/test_admin.py::test_the_application_list_shows_client_id_and_token_exchange_in_constant_queries": (
         "counts the queries of the default connection"
     ),
-    "tests/test_jwt_profile.py::test_replay_protection_holds_across_processes_with_a_shared_cache": (
-        "creates its cache table on the default database"
-    ),
 }
 
 

@@ -812,8 +812,10 @@ def test_replay_protection_holds_across_processes_with_a_shared_cache(backend):
     """A second process has its own cache object, sharing only the backend's storage."""
     from django.core.cache import caches
     from django.core.management import call_command
+    from django.db import router
 
-    call_command("createcachetable", "te_replay", verbosity=0)
+    table_database = router.db_for_write(caches["replay"].cache_model_class)  # "default" unless routed
+    call_command("createcachetable", "te_replay", verbosity=0, database=table_database)
     key = register_key(backend)
     form = {"grant_type": "client_credentials", **assertion_form(assertion(key))}
     first_process = caches["replay"]
