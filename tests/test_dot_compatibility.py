@@ -35,7 +35,7 @@ from .client_jwt import (
     sign,
     subject_claims,
 )
-from .conftest import form_post, make_app
+from .conftest import basic, form_post, make_app
 
 AccessToken = get_access_token_model()
 Application = get_application_model()
@@ -122,6 +122,38 @@ def test_with_oauth2_provider_the_assertion_is_not_spent(backend):
     assert post({"grant_type": "client_credentials", **assertion_form(token)}).status_code == 200
 
 
+@needs_dot_without_it
+@pytest.mark.parametrize("mode", ["oauth2_provider", "token_exchange"])
+@pytest.mark.parametrize(
+    ("endpoint", "form", "credentials"),
+    [
+        # A public client would need no secret: the assertion must not be skipped as noise.
+        ("/o/token/", {"grant_type": "refresh_token", "refresh_token": "whatever"}, "public"),
+        ("/o/revoke_token/", {"token": "whatever"}, "public"),
+        # A valid secret beside it: one method per request (RFC 6749 §2.3), never the secret alone.
+        ("/o/token/", {"grant_type": "client_credentials"}, "basic"),
+        ("/o/introspect/", {"token": "whatever"}, "basic"),
+    ],
+)
+def test_an_assertion_nobody_verifies_is_refused_not_ignored(backend, mode, endpoint, form, credentials):
+    """With E011's configuration (DOT 3.4.1 has no verifier), a request carrying an assertion is
+    refused even when it would pass without one; as it is when this package verifies it."""
+    public = make_app("spa", exchange=None, client_type="public")
+    form = {**form, "client_assertion_type": assertion_form("x")["client_assertion_type"]}
+    form["client_assertion"] = "garbage"
+    headers = {}
+    if credentials == "public":
+        form["client_id"] = public.client_id
+    else:
+        headers["HTTP_AUTHORIZATION"] = basic(backend.client_id, backend.plain_secret)
+    with client_authentication(mode):
+        response = form_post(Client(), endpoint, form, **headers)
+    assert response.status_code in (401, 403), response.content
+    if endpoint != "/o/introspect/":  # DOT's introspection answers 403 to any failed authentication
+        assert response.json()["error"] == "invalid_client"
+    assert not AccessToken.objects.exists()
+
+
 def test_discovery_lists_our_private_key_jwt_by_default(db):
     for path in DISCOVERY:
         metadata = Client().get(path).json()
@@ -188,8 +220,8 @@ def test_e011_dot_cannot_verify_assertions():
         assert run_checks() == ["token_exchange.E011"]
     assert checks.E011.msg == (
         "TOKEN_EXCHANGE['CLIENT_AUTHENTICATION'] is 'oauth2_provider', but the installed "
-        "django-oauth-toolkit cannot authenticate clients by JWT assertion: every client_assertion "
-        "will be refused."
+        "django-oauth-toolkit cannot authenticate clients by JWT assertion: every request carrying a "
+        "client_assertion will be refused."
     )
 
 

@@ -321,8 +321,8 @@ E010 = Error(
 )
 E011 = Error(
     "TOKEN_EXCHANGE['CLIENT_AUTHENTICATION'] is 'oauth2_provider', but the installed "
-    "django-oauth-toolkit cannot authenticate clients by JWT assertion: every client_assertion "
-    "will be refused.",
+    "django-oauth-toolkit cannot authenticate clients by JWT assertion: every request carrying a "
+    "client_assertion will be refused.",
     hint=(
         "Upgrade django-oauth-toolkit to a release with RFC 7523 client authentication (an application "
         "model with client_jwks), or set TOKEN_EXCHANGE['CLIENT_AUTHENTICATION'] = 'token_exchange'."

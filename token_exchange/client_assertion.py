@@ -75,6 +75,14 @@ def handles(request: Request) -> bool:
     return presented(request) and ours()
 
 
+def unverifiable(request: Request) -> bool:
+    """Does the request carry an assertion that nobody here can verify: handed to a DOT without
+    JWT client authentication (``E011``)? Such a request is refused, never authenticated by
+    something else it carries (a secret, or a public client's bare ``client_id``): RFC 6749 §2.3
+    allows one method per request, and an assertion must not be silently ignored."""
+    return presented(request) and not ours() and not dot_client_authentication_installed()
+
+
 def dot_client_authentication_installed() -> bool:
     """Can the installed DOT itself authenticate a client by a JWT assertion (RFC 7523 §2.2)?
 

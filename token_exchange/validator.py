@@ -56,7 +56,9 @@ def _state(request: Request, name: str) -> Any:
 
 class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
     def client_authentication_required(self, request: Request, *args: Any, **kwargs: Any) -> bool:
-        if client_assertion.handles(request):
+        # A client that presents an assertion asks to be authenticated by it, whoever verifies it:
+        # it never passes as a public client identified by its client_id alone.
+        if client_assertion.presented(request):
             return True
         required: bool = super().client_authentication_required(request, *args, **kwargs)
         return required
@@ -71,6 +73,9 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         """
         if client_assertion.handles(request):
             return client_assertion.authenticate(request, issuer=self.get_oidc_issuer_endpoint(request))
+        if client_assertion.unverifiable(request):
+            logger.info("Client authentication refused: client_assertion_unverifiable")
+            return False
         body: list[tuple[str, str]] = list(request.decoded_body or [])
         secret_in_body = any(key == "client_secret" and value for key, value in body)
         if client_assertion.basic_auth(request) and secret_in_body:
