@@ -90,24 +90,24 @@ def test_e008_a_string_of_url_prefixes():
         (
             "MAX_ACT_DEPTH",
             True,
-            "TOKEN_EXCHANGE['MAX_ACT_DEPTH'] must be a positive integer, not bool True.",
+            "TOKEN_EXCHANGE['MAX_ACT_DEPTH'] must be an integer from 1 to 16, not bool True.",
         ),
         (
             "IMPERSONATION_TOKEN_EXPIRE_SECONDS",
             "600",
-            "TOKEN_EXCHANGE['IMPERSONATION_TOKEN_EXPIRE_SECONDS'] must be a positive integer (seconds), "
-            "not str '600'.",
+            "TOKEN_EXCHANGE['IMPERSONATION_TOKEN_EXPIRE_SECONDS'] must be an integer of seconds from 1 to "
+            "31622400 (366 days), not str '600'.",
         ),
         (
             "ACCESS_TOKEN_EXPIRE_SECONDS",
             0,
-            "TOKEN_EXCHANGE['ACCESS_TOKEN_EXPIRE_SECONDS'] must be a positive integer (seconds) or None, "
-            "not int 0.",
+            "TOKEN_EXCHANGE['ACCESS_TOKEN_EXPIRE_SECONDS'] must be an integer of seconds from 1 to "
+            "31622400 (366 days) or None, not int 0.",
         ),
         (
             "JWT_LEEWAY_SECONDS",
             -1,
-            "TOKEN_EXCHANGE['JWT_LEEWAY_SECONDS'] must be a non-negative integer (seconds), not int -1.",
+            "TOKEN_EXCHANGE['JWT_LEEWAY_SECONDS'] must be an integer of seconds from 0 to 300, not int -1.",
         ),
         (
             "USER_ORGANIZATIONS",
@@ -262,6 +262,15 @@ def user_organizations(user: Any) -> list[int]:
         ("JWT_LEEWAY_SECONDS", 0, []),
         ("JWT_LEEWAY_SECONDS", 60, []),
         ("JWT_LEEWAY_SECONDS", -1, [E008]),
+        ("JWT_LEEWAY_SECONDS", 300, []),
+        # Ceilings: a leeway of years, a lifetime that overflows a datetime, an act chain too deep.
+        ("JWT_LEEWAY_SECONDS", 301, [E008]),
+        ("IMPERSONATION_TOKEN_EXPIRE_SECONDS", 366 * 24 * 3600, []),
+        ("IMPERSONATION_TOKEN_EXPIRE_SECONDS", 10**12, [E008]),
+        ("ADMIN_IMPERSONATION_MAX_SECONDS", 10**12, [E008]),
+        ("ACCESS_TOKEN_EXPIRE_SECONDS", 366 * 24 * 3600 + 1, [E008]),
+        ("MAX_ACT_DEPTH", 16, []),
+        ("MAX_ACT_DEPTH", 17, [E008]),
         ("JWT_LEEWAY_SECONDS", 1.5, [E008]),
         ("REPLAY_CACHE", "default", []),
         ("REPLAY_CACHE", 5, [E008]),

@@ -27,16 +27,21 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _positive_int(value: Any) -> str | None:
-    return None if _is_int(value) and value > 0 else ""
+def _int_from(low: int, high: int, *, or_none: bool = False) -> Rule:
+    """An integer from ``low`` to ``high``. The ceiling is a defence too: a lifetime of 10**12
+    seconds overflows a datetime at the first refresh (a 500), and a leeway of years accepts
+    JWTs that expired long ago, leaving only the replay cache in the way."""
+
+    def rule(value: Any) -> str | None:
+        if or_none and value is None:
+            return None
+        return None if _is_int(value) and low <= value <= high else ""
+
+    return rule
 
 
-def _positive_int_or_none(value: Any) -> str | None:
-    return None if value is None else _positive_int(value)
-
-
-def _non_negative_int(value: Any) -> str | None:
-    return None if _is_int(value) and value >= 0 else ""
+_YEAR = 366 * 24 * 3600
+_LIFETIME_RULE = _int_from(1, _YEAR)
 
 
 def _string(value: Any) -> str | None:
@@ -251,14 +256,14 @@ class TokenExchangeSettings:
         return import_string(value) if isinstance(value, str) else value  # type: ignore[no-any-return]
 
 
-_LIFETIME = "a positive integer (seconds)"
+_LIFETIME = f"an integer of seconds from 1 to {_YEAR} (366 days)"
 _CALLABLE = "a callable or its dotted path"
 SETTINGS: dict[str, Setting] = {
-    "ACCESS_TOKEN_EXPIRE_SECONDS": Setting(f"{_LIFETIME} or None", "300", _positive_int_or_none),
-    "ID_TOKEN_EXPIRE_SECONDS": Setting(f"{_LIFETIME} or None", "300", _positive_int_or_none),
-    "IMPERSONATION_TOKEN_EXPIRE_SECONDS": Setting(_LIFETIME, "600", _positive_int),
-    "ADMIN_IMPERSONATION_MAX_SECONDS": Setting(_LIFETIME, "1800", _positive_int),
-    "MAX_ACT_DEPTH": Setting("a positive integer", "4", _positive_int),
+    "ACCESS_TOKEN_EXPIRE_SECONDS": Setting(f"{_LIFETIME} or None", "300", _int_from(1, _YEAR, or_none=True)),
+    "ID_TOKEN_EXPIRE_SECONDS": Setting(f"{_LIFETIME} or None", "300", _int_from(1, _YEAR, or_none=True)),
+    "IMPERSONATION_TOKEN_EXPIRE_SECONDS": Setting(_LIFETIME, "600", _LIFETIME_RULE),
+    "ADMIN_IMPERSONATION_MAX_SECONDS": Setting(_LIFETIME, "1800", _LIFETIME_RULE),
+    "MAX_ACT_DEPTH": Setting("an integer from 1 to 16", "4", _int_from(1, 16)),
     "ORGANIZATION_MODEL": Setting(
         "'app_label.ModelName' of an installed model", "'auth.Group'", _model_label
     ),
@@ -269,7 +274,7 @@ SETTINGS: dict[str, Setting] = {
     "PRIVILEGED_URL_PREFIXES": Setting(
         "a list or tuple of URL path prefixes, or None", "['/admin/']", _url_prefixes
     ),
-    "JWT_LEEWAY_SECONDS": Setting("a non-negative integer (seconds)", "60", _non_negative_int),
+    "JWT_LEEWAY_SECONDS": Setting("an integer of seconds from 0 to 300", "60", _int_from(0, 300)),
     "REPLAY_CACHE": Setting("a CACHES alias (a string)", "'default'", _string),
     "CLIENT_AUTHENTICATION": Setting(
         "'token_exchange' or 'oauth2_provider'",
