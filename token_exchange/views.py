@@ -12,6 +12,7 @@ import json
 import logging
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import BadRequest, SuspiciousOperation
 from django.db import DatabaseError
@@ -19,6 +20,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.http.multipartparser import MultiPartParserError
 from django.urls import NoReverseMatch, reverse
 from django.utils.decorators import method_decorator
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
@@ -211,6 +213,12 @@ def stop_impersonation(request: HttpRequest) -> HttpResponse:
     session = impersonation_sessions.stop(request)
     target = "/"  # also when the user model has no admin
     if session is not None:
+        messages.success(
+            request,
+            _("You stopped acting as %(subject)s in %(application)s; its sign-in as them is revoked.")
+            % {"subject": session.subject, "application": session.application.name},
+            fail_silently=True,
+        )
         subject = session.subject
         with contextlib.suppress(NoReverseMatch):
             target = reverse(
