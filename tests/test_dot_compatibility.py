@@ -309,6 +309,7 @@ KEY_SET = {"keys": [{"kty": "EC", "kid": "k"}]}
 def application(**fields: Any) -> Any:
     values = {
         "client_type": Application.CLIENT_CONFIDENTIAL,
+        "client_jwks": "",
         "client_jwks_uri": "",
         "token_endpoint_auth_method": "",
     }
@@ -338,10 +339,27 @@ WRITTEN = {"client_jwks": json.dumps(KEY_SET), "token_endpoint_auth_method": PRI
             KEY_SET,
             "it is registered for client_secret_jwt",
         ),
+        # Keys registered with DOT directly are not overwritten by accident; the same set is fine.
+        ({"client_jwks": json.dumps(KEY_SET)}, KEY_SET, WRITTEN),
+        (
+            {"client_jwks": json.dumps({"keys": [{"kty": "RSA", "kid": "dcr"}]})},
+            KEY_SET,
+            "it already has other keys in client_jwks (--replace overwrites them)",
+        ),
+        (
+            {"client_jwks": "not json"},
+            KEY_SET,
+            "it already has other keys in client_jwks (--replace overwrites them)",
+        ),
     ],
 )
 def test_what_write_changes(fields, key_set, expected):
     assert changes(application(**fields), key_set) == expected
+
+
+def test_replace_overwrites_other_keys():
+    other = application(client_jwks=json.dumps({"keys": [{"kty": "RSA", "kid": "dcr"}]}))
+    assert changes(other, KEY_SET, replace=True) == WRITTEN
 
 
 # Self-signed subject JWTs stay ours: they can be checked against keys in DOT's client_jwks ------
@@ -376,6 +394,13 @@ def test_keys_in_jwks_leaves_out_what_our_rules_refuse():
         {**public, "kid": "hmac", "alg": "HS256"},
         {**public, "kid": "enc", "alg": "RS256", "use": "enc"},
         {**public, "kid": "sign-only", "alg": "RS256", "key_ops": ["sign"]},
+        {**public, "kid": "ops-as-text", "alg": "RS256", "key_ops": "unverifiable"},
+        {**public, "kid": "twice", "alg": "RS256"},
+        {
+            **jwk.JWK.generate(kty="RSA", size=2048).export_public(as_dict=True),
+            "kid": "twice",
+            "alg": "RS256",
+        },
         {**rsa.export_private(as_dict=True), "kid": "private", "alg": "RS256"},
         {**small, "kid": "small", "alg": "RS256"},
         {**public, "kid": "ec-alg", "alg": "ES256"},

@@ -8,6 +8,7 @@ by ``kid`` or as that client's only key. Nothing in a JWS header (``jku``, ``x5u
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -172,7 +173,8 @@ def keys_in_jwks(text: str) -> list[JWKSKey]:
 
     Each must be a public key with a ``kid`` and an ``alg`` among ``CLIENT_KEY_ALGORITHMS``
     (here a key verifies under its one algorithm only), ``use`` absent or ``sig``, ``key_ops``
-    absent or with ``verify``, of the algorithm's type and size. ``export_client_jwks`` writes
+    absent or a list with ``verify``, of the algorithm's type and size, and a ``kid`` no other
+    key of the set has. ``export_client_jwks`` writes
     keys of that kind; a set without ``alg`` members verifies nothing here.
     """
     try:
@@ -189,7 +191,9 @@ def keys_in_jwks(text: str) -> list[JWKSKey]:
         kid, algorithm, key_ops = member.get("kid"), member.get("alg"), member.get("key_ops")
         if not (isinstance(kid, str) and kid) or algorithm not in CLIENT_KEY_ALGORITHMS:
             continue
-        if member.get("use", "sig") != "sig" or not (key_ops is None or "verify" in key_ops):
+        if member.get("use", "sig") != "sig":
+            continue
+        if key_ops is not None and not (isinstance(key_ops, list) and "verify" in key_ops):
             continue
         try:
             key = jwk.JWK(**member)
@@ -200,4 +204,6 @@ def keys_in_jwks(text: str) -> list[JWKSKey]:
         except (JWException, InvalidKey, ValueError, TypeError):
             continue
         keys.append(JWKSKey(kid=kid, public_key=pem, algorithm=algorithm))
-    return keys
+    # A kid named twice is ambiguous: which key it means is not ours to guess, so neither counts.
+    named = Counter(key.kid for key in keys)
+    return [key for key in keys if named[key.kid] == 1]

@@ -5,7 +5,8 @@ Prints ``{"<client_id>": {"keys": [...]}, ...}``: each client's active, unexpire
 ``kid``, ``alg`` and ``use: sig``, public members only. ``--write`` also stores each non-empty
 set in the client's ``client_jwks`` and sets its ``token_endpoint_auth_method`` to
 ``private_key_jwt`` (DOT accepts assertions only from clients registered so, and then no longer
-accepts their secret). That needs a DOT whose application model has those fields (its main
+accepts their secret); a ``client_jwks`` that already holds other keys is left alone unless
+``--replace``. That needs a DOT whose application model has those fields (its main
 branch after 3.4.1); on 3.4.1 the command prints only. See docs/dot-compatibility.md.
 """
 
@@ -40,12 +41,13 @@ def dot_has_client_jwks() -> bool:
     return True
 
 
-def changes(application: Any, key_set: dict[str, Any]) -> dict[str, str] | str:
+def changes(application: Any, key_set: dict[str, Any], *, replace: bool = False) -> dict[str, str] | str:
     """The fields to write on ``application`` for ``key_set``, or why nothing is written. Pure.
 
     DOT refuses a client with both ``client_jwks`` and ``client_jwks_uri``, an empty key set,
     and ``private_key_jwt`` for a public client; a client registered for ``client_secret_jwt``
-    chose another method, which is not ours to change.
+    chose another method, which is not ours to change. Keys already in ``client_jwks`` (registered
+    with DOT directly, say) are not overwritten by a different set unless ``replace``.
     """
     if not key_set["keys"]:
         return "no active, unexpired key"
@@ -53,6 +55,14 @@ def changes(application: Any, key_set: dict[str, Any]) -> dict[str, str] | str:
         return "not a confidential client"
     if getattr(application, JWKS_URI_FIELD, ""):
         return f"it has a {JWKS_URI_FIELD} (DOT takes one key source only)"
+    current = getattr(application, JWKS_FIELD, "")
+    if current and not replace:
+        try:
+            same = json.loads(current) == key_set
+        except ValueError:
+            same = False
+        if not same:
+            return f"it already has other keys in {JWKS_FIELD} (--replace overwrites them)"
     method = getattr(application, METHOD_FIELD, "")
     if method not in ("", "client_secret_basic", "client_secret_post", PRIVATE_KEY_JWT):
         return f"it is registered for {method}"
@@ -75,6 +85,11 @@ class Command(BaseCommand):
             action="store_true",
             help="store each set in client_jwks and set token_endpoint_auth_method=private_key_jwt "
             "(needs a DOT with those fields)",
+        )
+        parser.add_argument(
+            "--replace",
+            action="store_true",
+            help=f"with --write, overwrite a {JWKS_FIELD} that already holds other keys",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -101,7 +116,7 @@ class Command(BaseCommand):
             return
         with transaction.atomic(using=router.db_for_write(Application)):
             for application in applications:
-                fields = changes(application, key_sets[application.client_id])
+                fields = changes(application, key_sets[application.client_id], replace=options["replace"])
                 if isinstance(fields, str):
                     self.stderr.write(f"{application.client_id}: not written, {fields}.")
                     continue
