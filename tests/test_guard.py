@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 from django.test import Client, override_settings
+from django.urls import get_script_prefix, reverse, set_script_prefix
 
 from token_exchange.constants import ACCESS_TOKEN_TYPE, USER_ID_TYPE
+from token_exchange.guard import privileged_prefixes
 
 pytestmark = pytest.mark.django_db
 ISSUER = "http://127.0.0.1:8000/o"
@@ -137,6 +139,30 @@ def test_middleware_keeps_impersonated_tokens_out_of_the_admin(login, staff_memb
 @override_settings(TOKEN_EXCHANGE={"PRIVILEGED_URL_PREFIXES": ["/drf/"]}, ROOT_URLCONF="tests.urls_with_drf")
 def test_privileged_prefixes_are_a_setting(impersonated):
     assert get("/drf/orders/", impersonated).status_code == 403
+
+
+@bearer_login
+@pytest.mark.parametrize("prefixes", [None, ["/admin/"]])
+def test_a_site_served_under_a_script_name_is_guarded_alike(impersonated_staff, prefixes):
+    """Behind a proxy at /app/ the admin's path is /app/admin/; prefixes are the site's own paths
+    (below the script name), as in urls.py, and the default follows the admin wherever it is."""
+    with override_settings(TOKEN_EXCHANGE={"PRIVILEGED_URL_PREFIXES": prefixes}, FORCE_SCRIPT_NAME="/app"):
+        response = Client().get(
+            "/admin/", SCRIPT_NAME="/app", HTTP_AUTHORIZATION=f"Bearer {impersonated_staff['access_token']}"
+        )
+    assert response.wsgi_request.path == "/app/admin/"
+    assert response.status_code == 403
+
+
+def test_the_default_prefix_is_the_admins_below_the_script_name(db):
+    """A WSGI server sets the script prefix, so reverse() includes it; the guard takes it off."""
+    previous = get_script_prefix()
+    set_script_prefix("/app/")
+    try:
+        assert reverse("admin:index") == "/app/admin/"
+        assert privileged_prefixes() == ("/admin/",)
+    finally:
+        set_script_prefix(previous)
 
 
 # The guard looks where DOT and oauthlib look, and fails closed.

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, get_script_prefix, reverse
 from oauth2_provider.models import get_id_token_model
 
 from . import jose
@@ -123,13 +123,17 @@ def refuse_impersonated(view: Callable[..., HttpResponse]) -> Callable[..., Http
 
 
 def privileged_prefixes() -> tuple[str, ...]:
+    """Prefixes of ``request.path_info``: the site's own paths, below the script name a proxy or
+    WSGI server mounts it at (``/app/`` of ``/app/admin/``), as ``urls.py`` writes them."""
     configured = token_exchange_settings.PRIVILEGED_URL_PREFIXES
     if configured is not None:
         return configured
     try:
-        return (reverse("admin:index"),)
+        admin = reverse("admin:index")  # with the script prefix of the running request
     except NoReverseMatch:
         return ()
+    script_prefix = get_script_prefix()
+    return ("/" + admin.removeprefix(script_prefix) if admin.startswith(script_prefix) else admin,)
 
 
 class ImpersonationGuardMiddleware:
@@ -144,6 +148,6 @@ class ImpersonationGuardMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path.startswith(privileged_prefixes()) and get_actor(request) is not None:
+        if request.path_info.startswith(privileged_prefixes()) and get_actor(request) is not None:
             return forbidden()
         return self.get_response(request)
