@@ -388,3 +388,46 @@ def check_setting_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
             )
         )
     return messages
+
+
+# Written in the token's own transaction, on the access token's database: the issued token, the
+# records of what it may do, the audit row, and the lock on an admin-started session.
+TOKEN_TRANSACTION_MODELS = (
+    "OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL",
+    "OAUTH2_PROVIDER_ID_TOKEN_MODEL",
+    "OAUTH2_PROVIDER_GRANT_MODEL",
+    "token_exchange.ExchangedToken",
+    "token_exchange.AuditEvent",
+    "token_exchange.ImpersonationSession",
+)
+
+
+@register()
+def check_token_tables_share_a_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E012: a router that splits the token transaction's tables over several databases."""
+    from django.apps import apps
+    from django.db import router
+    from oauth2_provider.models import get_access_token_model
+
+    access_token = get_access_token_model()
+    alias = router.db_for_write(access_token)
+    messages: list[CheckMessage] = []
+    for name in TOKEN_TRANSACTION_MODELS:
+        model = apps.get_model(getattr(settings, name) if name.isupper() else name)
+        routed = router.db_for_write(model)
+        if routed != alias:
+            messages.append(
+                Error(
+                    f"{model._meta.label} is routed for writing to {routed!r}, but "
+                    f"{access_token._meta.label} to {alias!r}: a token, its records and its audit row "
+                    "are written in one transaction, and a refused or failed issuance must leave "
+                    "none of them.",
+                    hint=(
+                        f"Route {model._meta.label} to the database of {access_token._meta.label} "
+                        "in your DATABASE_ROUTERS (db_for_write)."
+                    ),
+                    obj=model,
+                    id="token_exchange.E012",
+                )
+            )
+    return messages

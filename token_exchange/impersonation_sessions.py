@@ -101,8 +101,15 @@ def locked_refusal(pk: int) -> str | None:
     Issuing under a session takes this lock first, as ``end`` does: an issuance either commits
     before the session ends (and ``end`` revokes what it issued) or sees it ended.
     """
-    ImpersonationSession.objects.select_for_update().filter(pk=pk).values_list("pk").first()
-    session = ImpersonationSession.objects.select_related("actor", "subject").filter(pk=pk).first()
+    # One query, locking the session's row only (not its users'): a lock goes to the database
+    # the router writes to, and so does this read, so a replica can never answer it with a
+    # session a Stop has already ended.
+    session = (
+        ImpersonationSession.objects.select_for_update(of=("self",))
+        .select_related("actor", "subject")
+        .filter(pk=pk)
+        .first()
+    )
     return "impersonation_ended" if session is None else session_refusal(session)
 
 
