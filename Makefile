@@ -88,6 +88,7 @@ tox: matrix
 # DOT's models swapped for a test app's, and every model routed to a database that is not
 # "default": the whole suite under each (SQLite).
 test-swapped: install chromium
+	DJANGO_SETTINGS_MODULE=tests.settings_swapped $(PY) manage.py makemigrations --check --dry-run
 	DJANGO_SETTINGS_MODULE=tests.settings_swapped $(PY) -m pytest -p no:cacheprovider -q
 test-multidb: install chromium
 	DJANGO_SETTINGS_MODULE=tests.settings_multidb $(PY) -m pytest -p no:cacheprovider -q
