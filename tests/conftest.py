@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from django.conf import settings
 from django.db import connections, router
 from django.test import Client
+from django.urls import reverse
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from oauth2_provider.models import get_access_token_model, get_application_model
@@ -81,12 +81,8 @@ _ON_THE_DEFAULT_DATABASE = {
 
 
 def _default_mode_only(item: pytest.Item) -> str | None:
-    if SWAPPED:
-        function = getattr(item, "function", None)
-        if function is not None and "/admin/oauth2_provider/" in inspect.getsource(function):
-            return "swapped models: the test names DOT's admin URL, /admin/oauth2_provider/application/"
-        if item.nodeid.startswith("tests/test_bench.py::test_scale_mode"):
-            return "swapped models: bench/scale.py fills DOT's own tables with SQL naming their columns"
+    if SWAPPED and item.nodeid.startswith("tests/test_bench.py::test_scale_mode"):
+        return "swapped models: bench/scale.py fills DOT's own tables with SQL naming their columns"
     if ROUTED_DATABASES:
         for prefix, reason in _ON_THE_DEFAULT_DATABASE.items():
             if item.nodeid.startswith(prefix):
@@ -112,6 +108,14 @@ if ROUTED_DATABASES:
     def django_capture_on_commit_callbacks(django_capture_on_commit_callbacks: Any) -> Any:
         using = router.db_for_write(AccessToken)
         return functools.partial(django_capture_on_commit_callbacks, using=using)
+
+
+def application_admin(application: Any = None) -> str:
+    """The application admin's list, or ``application``'s page: DOT's model or a swapped one."""
+    meta = Application._meta
+    if application is None:
+        return reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
+    return reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[application.pk])
 
 
 def form_post(client: Client, path: str, data: Any, **extra: Any) -> Any:

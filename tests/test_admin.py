@@ -19,6 +19,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from oauth2_provider.models import AbstractApplication
 
 from token_exchange.admin import (
     AuditQuerySet,
@@ -38,7 +39,7 @@ from token_exchange.models import (
     SecuritySettings,
 )
 
-from .conftest import grant, make_app
+from .conftest import application_admin, grant, make_app
 
 pytestmark = pytest.mark.django_db
 
@@ -165,13 +166,18 @@ def application_form(app: Any, **policy: Any) -> dict[str, Any]:
     }
     if hasattr(app, "token_exchange_policy"):
         form["token_exchange_policy-0-id"] = app.token_exchange_policy.pk
+    # A swapped application model's own fields (tests/settings_swapped.py), as they are.
+    dot_fields = {field.name for field in AbstractApplication._meta.get_fields()}
+    for field in type(app)._meta.concrete_fields:
+        if field.editable and not field.primary_key and field.name not in dot_fields:
+            form[field.name] = getattr(app, field.attname)
     for key, value in policy.items():
         form[f"token_exchange_policy-0-{key}"] = value
     return form
 
 
 def test_the_application_page_has_the_policy_and_keys_inline(admin_client_, portal):
-    page = admin_client_.get(f"/admin/oauth2_provider/application/{portal.pk}/change/")
+    page = admin_client_.get(application_admin(portal))
     assert page.status_code == 200
     assert b"token_exchange_policy-0-token_exchange_enabled" in page.content
     assert b"token_exchange_policy-0-launch_url" in page.content
@@ -181,7 +187,7 @@ def test_the_application_page_has_the_policy_and_keys_inline(admin_client_, port
 def test_a_public_client_cannot_enable_token_exchange_and_the_form_says_why(admin_client_):
     spa = make_app("spa", exchange=None, client_type="public")
     response = admin_client_.post(
-        f"/admin/oauth2_provider/application/{spa.pk}/change/",
+        application_admin(spa),
         application_form(spa, token_exchange_enabled="on"),
     )
     assert response.status_code == 200
@@ -189,7 +195,7 @@ def test_a_public_client_cannot_enable_token_exchange_and_the_form_says_why(admi
     assert not ClientPolicy.objects.filter(application=spa).exists()
 
     allowed = admin_client_.post(
-        f"/admin/oauth2_provider/application/{spa.pk}/change/",
+        application_admin(spa),
         application_form(spa, admin_impersonation_enabled="on", launch_url="https://spa.example.com/launch"),
     )
     assert allowed.status_code == 302, allowed.content.decode()[:3000]
@@ -200,7 +206,7 @@ def test_a_public_client_cannot_enable_token_exchange_and_the_form_says_why(admi
 def test_switching_an_enabled_client_to_public_is_refused(admin_client_, portal):
     form = application_form(portal, token_exchange_enabled="on")
     form["client_type"] = "public"
-    response = admin_client_.post(f"/admin/oauth2_provider/application/{portal.pk}/change/", form)
+    response = admin_client_.post(application_admin(portal), form)
     assert b"A public client cannot use token exchange" in response.content
     portal.refresh_from_db()
     assert portal.client_type == "confidential"
@@ -214,9 +220,7 @@ def test_switching_an_enabled_client_to_public_is_refused(admin_client_, portal)
     ],
 )
 def test_launch_url_rules(admin_client_, portal, policy, message):
-    response = admin_client_.post(
-        f"/admin/oauth2_provider/application/{portal.pk}/change/", application_form(portal, **policy)
-    )
+    response = admin_client_.post(application_admin(portal), application_form(portal, **policy))
     assert response.status_code == 200
     assert message in response.content
 
@@ -251,20 +255,18 @@ def test_client_keys_inline_validates_too(admin_client_, portal):
             "token_exchange_keys-0-application": portal.pk,
         }
     )
-    response = admin_client_.post(f"/admin/oauth2_provider/application/{portal.pk}/change/", form)
+    response = admin_client_.post(application_admin(portal), form)
     assert response.status_code == 200
     assert not ClientKey.objects.exists()
     form["token_exchange_keys-0-algorithm"] = "RS256"
-    assert (
-        admin_client_.post(f"/admin/oauth2_provider/application/{portal.pk}/change/", form).status_code == 302
-    )
+    assert admin_client_.post(application_admin(portal), form).status_code == 302
     assert ClientKey.objects.get().kid == "inline"
 
 
 def test_registered_keys_fold_their_pem_under_a_summary(admin_client_, portal):
     pair = generate_key_pair("RS256")
     ClientKey.objects.create(application=portal, kid=pair.kid, algorithm="RS256", public_key=pair.public_pem)
-    page = admin_client_.get(f"/admin/oauth2_provider/application/{portal.pk}/change/").content.decode()
+    page = admin_client_.get(application_admin(portal)).content.decode()
     summary = f"<summary>RSA 2048 · SHA-256 thumbprint {pair.kid[:12]}…</summary>"
     assert f'<details class="token-exchange-public-key">{summary}<textarea' in page
     # A new key's row (the inline's empty form) is an open, narrow textarea.
@@ -280,7 +282,7 @@ def test_the_application_list_shows_client_id_and_token_exchange_in_constant_que
 
     def listing() -> tuple[str, int]:
         with CaptureQueriesContext(connection) as queries:
-            response = admin_client_.get("/admin/oauth2_provider/application/")
+            response = admin_client_.get(application_admin())
         assert response.status_code == 200
         return response.content.decode(), len(queries)
 
@@ -447,7 +449,7 @@ def test_audit_list_newest_first_with_links_filters_and_search(admin_client_, su
     results = list(listing.context["cl"].result_list)
     assert results == [refused, exchanged, impersonated]
     assert f'href="/admin/auth/user/{support.pk}/change/"'.encode() in listing.content
-    assert f'href="/admin/oauth2_provider/application/{portal.pk}/change/"'.encode() in listing.content
+    assert f'href="{application_admin(portal)}"'.encode() in listing.content
 
     def listed(query: str) -> list[AuditEvent]:
         response = admin_client_.get(f"/admin/token_exchange/auditevent/?{query}")

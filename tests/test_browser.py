@@ -35,6 +35,8 @@ from token_exchange.models import (
     SecuritySettings,
 )
 
+from .conftest import application_admin
+
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
 CHROMIUM_ARGS = [
@@ -282,7 +284,7 @@ def test_a_user_without_a_grant_sees_no_button(page, demo, django_user_model):
 def test_the_application_page_shows_the_policy_and_keys(page, demo):
     log_in(page, demo, "admin")
     spa = get_application_model().objects.get(client_id=data.PORTAL_SPA_CLIENT_ID)
-    page.goto(f"{demo}/admin/oauth2_provider/application/{spa.pk}/change/")
+    page.goto(demo + application_admin(spa))
     page.check("#id_token_exchange_policy-0-token_exchange_enabled")
     page.click("input[name=_continue]")
     error = page.locator(".errorlist").first.inner_text()
@@ -299,7 +301,7 @@ def test_the_client_keys_fit_the_application_page(page, demo):
             application=spa, kid=pair.kid, algorithm=algorithm, public_key=pair.public_pem
         )
     log_in(page, demo, "admin")
-    page.goto(f"{demo}/admin/oauth2_provider/application/{spa.pk}/change/")
+    page.goto(demo + application_admin(spa))
     keys = page.locator("#token_exchange_keys-group")
     assert keys.locator("details.token-exchange-public-key").count() == 2
     assert_fits(page)
@@ -352,13 +354,13 @@ def test_the_lists_fit_at_1280_px(page, demo):
         )
     log_in(page, demo, "admin")
     for listing in (
-        "token_exchange/impersonationsession",
-        "token_exchange/auditevent",
-        "token_exchange/impersonatorgrant",
-        "token_exchange/clientkey",
-        "oauth2_provider/application",
+        "/admin/token_exchange/impersonationsession/",
+        "/admin/token_exchange/auditevent/",
+        "/admin/token_exchange/impersonatorgrant/",
+        "/admin/token_exchange/clientkey/",
+        application_admin(),
     ):
-        page.goto(f"{demo}/admin/{listing}/")
+        page.goto(demo + listing)
         assert page.locator("#result_list tbody tr").count() > 0, listing
         assert_fits(page)
     page.goto(f"{demo}/admin/token_exchange/impersonationsession/")
@@ -371,5 +373,5 @@ def test_the_lists_fit_at_1280_px(page, demo):
     assert "Stopped" in reasons
     assert "Ticket #4711: customer cannot see their invoices" in reasons
     screenshot(page, "audit-events")
-    page.goto(f"{demo}/admin/oauth2_provider/application/")
+    page.goto(demo + application_admin())
     assert "Xk2v9QpL7rT4wZ8nB3mC6yH1jF5sD0aGeUiOoPlK" in page.inner_text("#result_list")
