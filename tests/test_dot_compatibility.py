@@ -36,6 +36,7 @@ from .client_jwt import (
     subject_claims,
 )
 from .conftest import basic, form_post, make_app
+from .test_checks import _reload_dot_settings, dot  # noqa: F401 (an autouse fixture)
 
 AccessToken = get_access_token_model()
 Application = get_application_model()
@@ -47,16 +48,6 @@ needs_dot_without_it = pytest.mark.skipif(DOT_HAS_IT, reason="the installed DOT 
 
 def client_authentication(value: str) -> Any:
     return override_settings(TOKEN_EXCHANGE={**settings.TOKEN_EXCHANGE, "CLIENT_AUTHENTICATION": value})
-
-
-def dot(**changes: Any) -> Any:
-    return override_settings(OAUTH2_PROVIDER={**settings.OAUTH2_PROVIDER, **changes})
-
-
-@pytest.fixture(autouse=True)
-def _reload_dot_settings():
-    yield
-    oauth2_settings.reload()
 
 
 def run_checks() -> list[str]:
