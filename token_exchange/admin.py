@@ -150,9 +150,7 @@ class SecuritySettingsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 # Django 5 warns that forms.URLField will assume https:// from 6.0; say so now.
-_URL_FIELDS: dict[Any, dict[str, Any]] = (
-    {models.URLField: {"assume_scheme": "https"}} if django.VERSION >= (5, 0) else {}
-)
+_URL_FIELDS: dict[Any, dict[str, Any]] = {models.URLField: {"assume_scheme": "https"}}
 
 
 class ClientPolicyInline(admin.StackedInline):  # type: ignore[type-arg]

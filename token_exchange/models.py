@@ -12,7 +12,6 @@ import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import django
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -25,13 +24,6 @@ from . import constants
 from .client_keys import InvalidKey, parse_public_key
 from .conf import token_exchange_settings
 from .lookups import PreparedLookup
-
-
-def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
-    """``CheckConstraint`` took ``check=`` until Django 5.1 and takes ``condition=`` from 6.0."""
-    if django.VERSION >= (5, 1):
-        return models.CheckConstraint(condition=condition, name=name)
-    return models.CheckConstraint(check=condition, name=name)  # type: ignore[call-arg]
 
 
 class SecuritySettings(models.Model):
@@ -287,8 +279,10 @@ class ExchangedToken(models.Model):
         verbose_name_plural = _("exchanged tokens")
         ordering = ["-created_at"]
         constraints = [
-            check_constraint(
-                Q(access_token__isnull=False, refresh_token__isnull=True, id_token__isnull=True, grant=None)
+            models.CheckConstraint(
+                condition=Q(
+                    access_token__isnull=False, refresh_token__isnull=True, id_token__isnull=True, grant=None
+                )
                 | Q(access_token__isnull=True, refresh_token__isnull=False, id_token__isnull=True, grant=None)
                 | Q(access_token__isnull=True, refresh_token__isnull=True, id_token__isnull=False, grant=None)
                 | Q(access_token=None, refresh_token=None, id_token=None, grant__isnull=False),
