@@ -237,7 +237,7 @@ def test_application_jwks_holds_the_usable_keys(portal):
     register_key(portal, "RS256", kid="retired", active=False)
     register_key(portal, "ES256", kid="expired", expires_at=timezone.now() - datetime.timedelta(seconds=1))
 
-    key_set = client_keys.application_jwks(portal)
+    key_set = signed_jwt.application_jwks(portal)
 
     assert sorted(member["kid"] for member in key_set["keys"]) == ["ec", "rsa"]
     by_kid = {member["kid"]: member for member in key_set["keys"]}
@@ -272,7 +272,7 @@ def test_export_prints_every_client_with_keys(portal, aggregates, backend):
     printed, _ = export()
     assert list(printed) == sorted(["backend", portal.client_id])  # aggregates has no key
     assert [member["kid"] for member in printed["backend"]["keys"]] == ["b1"]
-    assert printed[portal.client_id] == client_keys.application_jwks(portal)
+    assert printed[portal.client_id] == signed_jwt.application_jwks(portal)
 
 
 def test_export_named_clients(portal, aggregates):
@@ -359,7 +359,7 @@ def test_replace_overwrites_other_keys():
 def test_keys_in_exported_jwks_verify_a_subject_jwt(portal, end_user):
     """What export_client_jwks writes, read back, verifies as a ClientKey row does."""
     key_file = register_key(portal, "PS256", kid="k1")
-    client_jwks = json.dumps(client_keys.application_jwks(portal))
+    client_jwks = json.dumps(signed_jwt.application_jwks(portal))
     ClientKey.objects.all().delete()  # only DOT's field is left
 
     keys = client_keys.keys_in_jwks(client_jwks)

@@ -149,15 +149,6 @@ def jwks(keys: Iterable[RegisteredKey]) -> dict[str, list[dict[str, Any]]]:
     return {"keys": members}
 
 
-def application_jwks(application: Any) -> dict[str, list[dict[str, Any]]]:
-    """The JWK Set of ``application``'s usable keys (active, unexpired), as DOT's ``client_jwks``
-    field holds it (``json.dumps`` it): the data migration from ``ClientKey`` rows."""
-    # Imported here: signed_jwt imports this module. Its rule for a usable key is the one rule.
-    from .signed_jwt import usable_keys
-
-    return jwks(usable_keys(application))
-
-
 @dataclass(frozen=True)
 class JWKSKey:
     """A key of a JWK Set, in the shape of a ``ClientKey`` (``RegisteredKey``)."""

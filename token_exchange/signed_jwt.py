@@ -25,7 +25,7 @@ from typing import Any
 from django.utils import timezone
 
 from . import jose, replay
-from .client_keys import InvalidKey, choose_key, parse_public_key
+from .client_keys import InvalidKey, choose_key, jwks, parse_public_key
 from .conf import token_exchange_settings
 from .constants import CLIENT_KEY_ALGORITHMS
 from .lookups import PreparedLookup
@@ -142,6 +142,13 @@ def usable_keys(application: Any) -> list[ClientKey]:
 _KEYS_OF_CLIENT = PreparedLookup(
     lambda: ClientKey.objects.select_related("application__token_exchange_policy"), "application__client_id"
 )
+
+
+def application_jwks(application: Any) -> dict[str, list[dict[str, Any]]]:
+    """The JWK Set of ``application``'s usable keys (active, unexpired), as DOT's ``client_jwks``
+    field holds it (``json.dumps`` it): the data migration from ``ClientKey`` rows, under the one
+    rule for a usable key (``usable_keys``)."""
+    return jwks(usable_keys(application))
 
 
 def keys_of(client_id: str) -> tuple[Any, list[ClientKey]]:
