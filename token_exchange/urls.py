@@ -15,14 +15,14 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, path
 from oauth2_provider import urls as oauth2_urls
 
-from . import views
+from . import introspection, views
 
 app_name = "oauth2_provider"
 
 _REPLACEMENTS: dict[str, Any] = {
     "authorize": views.AuthorizationView,
     "token": views.TokenView,
-    "introspect": views.IntrospectTokenView,
+    "introspect": introspection.IntrospectTokenView,
     "revoke-token": views.RevokeTokenView,
     "oauth-server-metadata": views.OAuthServerMetadataView,
     "oauth-server-metadata-issuer": views.OAuthServerMetadataView,

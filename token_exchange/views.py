@@ -16,7 +16,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import BadRequest, SuspiciousOperation
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.multipartparser import MultiPartParserError
 from django.urls import NoReverseMatch, reverse
 from django.utils.decorators import method_decorator
@@ -33,8 +33,7 @@ from oauth2_provider.signals import app_authorized
 from oauthlib.oauth2.rfc6749 import errors
 
 from . import audit, client_assertion, impersonation_sessions
-from .constants import ACT, BEARER, CLIENT_KEY_ALGORITHMS, FORM_CONTENT_TYPE, GRANT_TYPE, PRIVATE_KEY_JWT
-from .tokens import access_token_claims, load_access_token
+from .constants import CLIENT_KEY_ALGORITHMS, FORM_CONTENT_TYPE, GRANT_TYPE, PRIVATE_KEY_JWT
 from .tokens.base import storable
 
 logger = logging.getLogger("token_exchange")
@@ -225,51 +224,6 @@ def stop_impersonation(request: HttpRequest) -> HttpResponse:
                 f"admin:{subject._meta.app_label}_{subject._meta.model_name}_change", args=[subject.pk]
             )
     return HttpResponseRedirect(target)
-
-
-def _epoch(moment: Any) -> int:
-    return int(moment.timestamp())
-
-
-@method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS, "token"), name="dispatch")
-class IntrospectTokenView(FormEndpoint, oauth2_views.IntrospectTokenView):  # type: ignore[misc]
-    """RFC 7662 introspection with the JWT claims of the token: sub, iss, aud, jti, iat, act."""
-
-    def introspect(self, request: HttpRequest, token_value: str | None) -> JsonResponse:
-        if token_value is None:
-            return JsonResponse(
-                {"error": "invalid_request", "error_description": "Token parameter is missing."}, status=400
-            )
-        token = load_access_token(token_value)
-        if token is None or not token.is_valid():
-            return JsonResponse({"active": False})
-        claims = access_token_claims(token)
-        data: dict[str, Any] = {
-            "active": True,
-            "scope": token.scope,
-            "exp": _epoch(token.expires),
-            "iat": _epoch(token.created),
-            "nbf": _epoch(token.created),
-            "iss": oauth2_settings.oidc_issuer(request),
-            "token_type": BEARER,
-            "jti": claims["reference"],
-        }
-        if claims["audience"]:
-            data["aud"] = list(claims["audience"])
-        if claims["act"] is not None:
-            data[ACT] = claims["act"]
-        if token.application is not None:
-            data["client_id"] = token.application.client_id
-        if token.user is not None:
-            data["sub"] = str(token.user.pk)
-            data["username"] = token.user.get_username()
-        return JsonResponse(data)
-
-    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-        return self.introspect(request, request.GET.get("token"))
-
-    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-        return self.introspect(request, request.POST.get("token"))
 
 
 @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS, "token"), name="dispatch")
