@@ -10,10 +10,9 @@ class TokenExchangeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Wires the system checks and one receiver; queries nothing.
-        from django.contrib.auth.signals import user_logged_out
+        # Wires the system checks and the signal receivers; queries nothing.
+        from . import change_audit, checks, impersonation_sessions, lineage  # noqa: F401
 
-        from . import checks  # noqa: F401
-        from .impersonation_sessions import end_on_logout
-
-        user_logged_out.connect(end_on_logout, dispatch_uid="token_exchange.end_on_logout")
+        impersonation_sessions.connect_receivers()
+        lineage.connect_receivers()
+        change_audit.connect_receivers()

@@ -34,6 +34,12 @@ _SIGNALS: dict[str, Signal] = {
     EventType.IMPERSONATION_STARTED: signals.impersonation_started,
     EventType.IMPERSONATION_ENDED: signals.impersonation_ended,
     EventType.SECURITY_SETTINGS_CHANGED: signals.security_settings_changed,
+    EventType.IMPERSONATOR_GRANT_CHANGED: signals.impersonator_grant_changed,
+    EventType.CLIENT_KEY_CHANGED: signals.client_key_changed,
+    EventType.CLIENT_POLICY_CHANGED: signals.client_policy_changed,
+    EventType.APPLICATION_CHANGED: signals.application_changed,
+    EventType.TOKENS_REVOKED: signals.tokens_revoked,
+    EventType.TOKEN_EXCHANGE_THROTTLED: signals.token_exchange_throttled,
 }
 
 
@@ -54,6 +60,7 @@ class AuditContext:
     actor: Any = None  # the actor's user, once an actor token was verified
     issuer: str | None = None
     impersonation: Any = None  # the ImpersonationSession an admin-started sign-in runs under
+    act: dict[str, Any] | None = None  # the act claim of the presented (impersonated) subject token
 
     def note_types(self, values: Iterable[tuple[str, str]]) -> None:
         """Copy the token type identifiers of the form body; unknown strings are not kept."""
@@ -79,6 +86,24 @@ def _user(user: Any) -> dict[str, str]:
     return {"user_id": str(user.pk)}
 
 
+def actor_column(context: AuditContext, act: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``actor`` of a row: the verified actor, else the outermost actor of ``act`` (RFC 8693
+    §4.1, the one acting now) when this server issued it, so that a search for the support user
+    finds every row their impersonation produced, re-exchanges and refreshes included.
+
+    By id, without a query: the grant and the validator have re-decided that actor just before
+    (``impersonation.recheck`` refuses a deleted one).
+    """
+    if context.actor is not None:
+        return {"actor": context.actor}
+    act = act if act is not None else context.act
+    if isinstance(act, dict) and context.issuer is not None and act.get("iss") == context.issuer:
+        sub = act.get("sub")
+        if isinstance(sub, str) and sub:
+            return {"actor_id": sub}
+    return {"actor": None}
+
+
 def _base_payload(context: AuditContext) -> dict[str, Any]:
     payload: dict[str, Any] = {"grant_type": context.grant_type}
     if context.application is not None:
@@ -92,6 +117,8 @@ def _base_payload(context: AuditContext) -> dict[str, Any]:
     if context.actor is not None:
         # ZITADEL's "User impersonated" payload shape: actor {issuer, user_id}.
         payload["actor"] = {"issuer": context.issuer, **_user(context.actor)}
+    elif isinstance(context.act, dict):
+        payload["actor"] = {"issuer": context.act.get("iss"), "user_id": context.act.get("sub")}
     if context.impersonation is not None:
         payload["impersonation"] = _session(context.impersonation)
     return payload
@@ -148,16 +175,13 @@ def issued(
         "subject": context.subject,
         "application": context.application,
         "client_ip": context.client_ip,
+        **actor_column(context, act),
     }
     rows = []
     if context.grant_type == GRANT_TYPE:
-        rows.append(
-            AuditEvent(event_type=EventType.TOKEN_EXCHANGED, actor=context.actor, payload=payload, **common)
-        )
+        rows.append(AuditEvent(event_type=EventType.TOKEN_EXCHANGED, payload=payload, **common))
     if act is not None:
-        rows.append(
-            AuditEvent(event_type=EventType.USER_IMPERSONATED, actor=context.actor, payload=payload, **common)
-        )
+        rows.append(AuditEvent(event_type=EventType.USER_IMPERSONATED, payload=payload, **common))
     return _save(rows, using)
 
 
@@ -219,13 +243,91 @@ def security_settings_changed(
     return _save([event], router.db_for_write(AuditEvent))[0]
 
 
+def changed(
+    event_type: str,
+    *,
+    user: Any,
+    action: str,
+    target: dict[str, Any],
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    client_ip: str | None = None,
+    application: Any = None,
+    subject: Any = None,
+) -> AuditEvent:
+    """``<model>.changed``: who (``user``, None for code outside a request) did ``action``
+    (``created``, ``changed`` or ``deleted``) to ``target`` (ids naming the row), and the values
+    of the changed fields before and after. The caller leaves secrets out (or reports them as
+    ``"changed"``): this function writes what it is given.
+
+    Call inside the transaction that saves the change.
+    """
+    event = AuditEvent(
+        event_type=event_type,
+        actor=user if getattr(user, "pk", None) is not None else None,
+        subject=subject,
+        application=application,
+        client_ip=client_ip,
+        payload={
+            "action": action,
+            "target": target,
+            "changed_by": _user(user) if getattr(user, "pk", None) is not None else None,
+            "before": before,
+            "after": after,
+        },
+    )
+    return _save([event], router.db_for_write(AuditEvent))[0]
+
+
+def tokens_revoked(
+    *,
+    reason: str,
+    revoked: dict[str, int],
+    actor: Any = None,
+    subject: Any = None,
+    application: Any = None,
+    client_ip: str | None = None,
+    **extra: Any,
+) -> AuditEvent:
+    """``tokens.revoked``: tokens that ended with the authorization they descend from.
+
+    ``reason`` is a code (``actor_token_revoked``, ``actor_deactivated``, ...), ``revoked`` the
+    counts by kind. Call inside the transaction that revokes them.
+    """
+    event = AuditEvent(
+        event_type=EventType.TOKENS_REVOKED,
+        actor=actor,
+        subject=subject,
+        application=application,
+        client_ip=client_ip,
+        payload={"reason": reason, "revoked": revoked, **extra},
+    )
+    return _save([event], router.db_for_write(AuditEvent))[0]
+
+
+def throttled(context: AuditContext, *, refusals: int, window_seconds: int) -> AuditEvent:
+    """``token.exchange_throttled``: the client crossed the refusal limit; written once a window."""
+    payload = _base_payload(context)
+    payload.update(refusals=refusals, window_seconds=window_seconds)
+    event = AuditEvent(
+        event_type=EventType.TOKEN_EXCHANGE_THROTTLED,
+        application=context.application,
+        client_ip=context.client_ip,
+        payload=payload,
+    )
+    using = router.db_for_write(AuditEvent)
+    with transaction.atomic(using=using):
+        _save([event], using)
+    return event
+
+
 def refused(context: AuditContext, *, reason: str, error: str) -> AuditEvent:
     """``token.exchange_refused`` with the reason code the client is not told."""
     payload = _base_payload(context)
     payload.update(reason=reason, error=error)
     event = AuditEvent(
         event_type=EventType.TOKEN_EXCHANGE_REFUSED,
-        actor=context.actor,
+        **actor_column(context),
         subject=context.subject,
         application=context.application,
         client_ip=context.client_ip,

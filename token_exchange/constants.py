@@ -70,3 +70,10 @@ CLIENT_KEY_ALGORITHMS: Final = (
     "ES384",
     "ES512",
 )
+
+# Admin-started impersonation obtains at most these scopes unless the client policy says otherwise.
+ADMIN_IMPERSONATION_DEFAULT_SCOPE = "openid profile email"
+
+# ClientPolicy.introspection: which tokens a client may introspect (RFC 7662 §4).
+INTROSPECT_AUDIENCE = "audience"
+INTROSPECT_ANY = "any"

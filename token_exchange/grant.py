@@ -241,6 +241,7 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             params.subject_token_type, params.subject_token, InvalidSubjectToken, issuer=issuer, client=client
         )
         context.subject = subject.user
+        context.act = subject.act
         if subject.client_id is not None and not policy.may_present(
             client_id=client.client_id, token_client_id=subject.client_id, token_audience=subject.audience
         ):

@@ -25,14 +25,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from oauth2_provider.models import (
-    get_access_token_model,
     get_application_model,
-    get_grant_model,
-    get_id_token_model,
-    get_refresh_token_model,
 )
 
-from . import audit, impersonation
+from . import audit, impersonation, revocation
 from .models import ImpersonationSession, SecuritySettings
 
 SESSION_KEY = "token_exchange_impersonation"
@@ -195,23 +191,7 @@ def end(session: ImpersonationSession, *, reason: str, request: HttpRequest | No
 
 def revoke_tokens(session: ImpersonationSession) -> dict[str, int]:
     """Delete the codes, access and ID tokens issued under ``session``; revoke its refresh tokens."""
-    under = {"exchanged__impersonation": session}
-    revoked = {
-        "authorization_codes": get_grant_model()
-        .objects.filter(**under)
-        .delete()[1]
-        .get(get_grant_model()._meta.label, 0),
-        "refresh_tokens": get_refresh_token_model()
-        .objects.filter(revoked__isnull=True, **under)
-        .update(revoked=timezone.now()),
-    }
-    AccessToken = get_access_token_model()
-    IDToken = get_id_token_model()
-    revoked["access_tokens"] = AccessToken.objects.filter(**under).count()
-    revoked["id_tokens"] = IDToken.objects.filter(**under).count()
-    AccessToken.objects.filter(**under).delete()
-    IDToken.objects.filter(**under).delete()
-    return revoked
+    return revocation.revoke_issued(impersonation=session)
 
 
 def launch_url(session: ImpersonationSession, *, issuer: str) -> str:
@@ -234,3 +214,10 @@ def end_on_logout(sender: Any, request: HttpRequest | None = None, user: Any = N
     )
     if session is not None:
         end(session, reason=EndReason.STOPPED, request=request)
+
+
+def connect_receivers() -> None:
+    """Connect this module's signal receivers (called from ``TokenExchangeConfig.ready``)."""
+    from django.contrib.auth.signals import user_logged_out
+
+    user_logged_out.connect(end_on_logout, dispatch_uid="token_exchange.end_on_logout")

@@ -109,6 +109,42 @@ class ClientPolicy(models.Model):
             "session at this server then signs in to it as the customer, with an act claim."
         ),
     )
+    admin_impersonation_scope = models.CharField(
+        _("scope of admin-started impersonations"),
+        max_length=255,
+        default=constants.ADMIN_IMPERSONATION_DEFAULT_SCOPE,
+        help_text=_(
+            "Space-separated scopes a support user's sign-in as a customer may obtain in this "
+            "application; anything else the application asks for is left out. Add offline_access "
+            "only if the application needs refresh tokens while support acts."
+        ),
+    )
+    introspection = models.CharField(
+        _("introspection"),
+        max_length=16,
+        choices=[
+            ("", _("Not allowed")),
+            (constants.INTROSPECT_AUDIENCE, _("Tokens meant for this client")),
+            (constants.INTROSPECT_ANY, _("Any token")),
+        ],
+        default="",
+        blank=True,
+        help_text=_(
+            "Whether this client may ask /o/introspect/ about tokens (RFC 7662). Tokens meant for "
+            "it: those whose audience names its client_id or one of its resource URIs. Any token: "
+            "only for a gateway you trust with every user's token. Public clients never may."
+        ),
+    )
+    resource_uris = models.JSONField(
+        _("resource URIs"),
+        default=list,
+        blank=True,
+        help_text=_(
+            "The RFC 8707 resource indicators this client serves as a resource server, as a JSON "
+            'list of absolute URIs (["https://api.example.com/"]). Tokens whose audience names one '
+            "of them are meant for it."
+        ),
+    )
     launch_url = models.URLField(
         _("launch URL"),
         blank=True,
@@ -323,12 +359,27 @@ class ImpersonatorGrant(models.Model):
         verbose_name=_("organization"),
         help_text=_("Empty: every user of the instance. Otherwise only members of this organization."),
     )
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="+",
+        verbose_name=_("granted by"),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
     class Meta:
         verbose_name = _("impersonator grant")
         verbose_name_plural = _("impersonator grants")
         ordering = ["user_id", "role", "organization_id"]
+        permissions = [
+            (
+                "grant_any_impersonator_role",
+                _("Can grant impersonator roles wider than their own"),
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["user", "role", "organization"],
@@ -381,6 +432,12 @@ class ImpersonationSession(models.Model):
         verbose_name=_("application"),
     )
     reason = models.TextField(_("reason"))
+    # The actor's browser session at this server, which the impersonation lives in: when that
+    # session ends (logout, a login as someone else, flush, expiry, password change) so does the
+    # impersonation. Never shown, never audited: like django_session's key, it is a credential.
+    session_key = models.CharField(_("session key"), max_length=255, blank=True, editable=False)
+    session_auth_hash = models.CharField(_("session auth hash"), max_length=128, blank=True, editable=False)
+    scope = models.CharField(_("scope"), max_length=255, blank=True)
     started_at = models.DateTimeField(_("started at"), default=timezone.now)
     expires_at = models.DateTimeField(_("expires at"))
     ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
@@ -403,7 +460,9 @@ class ImpersonationSession(models.Model):
 
 class AuditEvent(models.Model):
     """One row per impersonated token, per exchange and per refused exchange, per impersonation
-    started or ended from the admin and per change of the security settings. Never updated.
+    started or ended from the admin, per cascade of revoked tokens, per throttled client, and per
+    change of the security settings, impersonator grants, client keys, client policies and the
+    security-relevant fields of applications. Never updated.
 
     The foreign keys are ``SET_NULL`` so that rows outlive the users and applications they
     name; their ids are also copied into ``payload`` so a row stays readable afterwards.
@@ -417,6 +476,12 @@ class AuditEvent(models.Model):
         IMPERSONATION_STARTED = "impersonation.started", _("Impersonation started")
         IMPERSONATION_ENDED = "impersonation.ended", _("Impersonation ended")
         SECURITY_SETTINGS_CHANGED = "security_settings.changed", _("Security settings changed")
+        IMPERSONATOR_GRANT_CHANGED = "impersonator_grant.changed", _("Impersonator grant changed")
+        CLIENT_KEY_CHANGED = "client_key.changed", _("Client key changed")
+        CLIENT_POLICY_CHANGED = "client_policy.changed", _("Client policy changed")
+        APPLICATION_CHANGED = "application.changed", _("Application changed")
+        TOKENS_REVOKED = "tokens.revoked", _("Tokens revoked")
+        TOKEN_EXCHANGE_THROTTLED = "token.exchange_throttled", _("Token exchange throttled")
 
     event_type = models.CharField(_("event type"), max_length=64, choices=EventType.choices)
     created_at = models.DateTimeField(_("created at"), default=timezone.now)

@@ -31,3 +31,28 @@ impersonation_ended = Signal()
 # Someone changed "Token exchange enabled" or "Allow impersonation".
 # kwargs: event (AuditEvent "security_settings.changed"; payload["old"], payload["new"]).
 security_settings_changed = Signal()
+
+# Someone granted, changed or withdrew an impersonator role. kwargs: event (AuditEvent
+# "impersonator_grant.changed"; payload["action"], payload["before"], payload["after"]).
+impersonator_grant_changed = Signal()
+
+# A client key was added, changed, activated, deactivated or deleted.
+# kwargs: event (AuditEvent "client_key.changed").
+client_key_changed = Signal()
+
+# A client policy was created, changed or deleted. kwargs: event (AuditEvent "client_policy.changed").
+client_policy_changed = Signal()
+
+# A security-relevant field of an application changed (client type, secret, redirect URIs, grant
+# type, ...), or one was created or deleted. kwargs: event (AuditEvent "application.changed"; a
+# secret is only ever reported as changed, never shown).
+application_changed = Signal()
+
+# Tokens issued under an authorization that ended (an actor's revoked tokens, a deactivated
+# actor) were revoked with it. kwargs: event (AuditEvent "tokens.revoked"; payload["revoked"]).
+tokens_revoked = Signal()
+
+# A client's refused exchanges crossed TOKEN_EXCHANGE["THROTTLE_REFUSALS"] in one window: further
+# requests get 429 until the window ends. Sent once per window. kwargs: event (AuditEvent
+# "token.exchange_throttled").
+token_exchange_throttled = Signal()

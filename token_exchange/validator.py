@@ -169,6 +169,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             subject=request.user,
             issuer=self.get_oidc_issuer_endpoint(request),
             impersonation=record.impersonation,
+            act=record.act,
         )
         context.actor = get_user_model()._default_manager.filter(pk=str(act.get("sub"))).first()
         return context
