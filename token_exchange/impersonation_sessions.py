@@ -29,6 +29,7 @@ from oauth2_provider.models import (
 )
 
 from . import audit, impersonation, revocation
+from .constants import OFFLINE_ACCESS
 from .models import ImpersonationSession, SecuritySettings
 
 SESSION_KEY = "token_exchange_impersonation"
@@ -192,6 +193,12 @@ def end(session: ImpersonationSession, *, reason: str, request: HttpRequest | No
 def revoke_tokens(session: ImpersonationSession) -> dict[str, int]:
     """Delete the codes, access and ID tokens issued under ``session``; revoke its refresh tokens."""
     return revocation.revoke_issued(impersonation=session)
+
+
+def refresh_allowed(session: ImpersonationSession, scope: str) -> bool:
+    """May a token response under ``session`` carry a refresh token? Only with ``offline_access``
+    in its scope, which the client policy's ``admin_impersonation_scope`` must allow."""
+    return OFFLINE_ACCESS in scope.split(" ")
 
 
 def launch_url(session: ImpersonationSession, *, issuer: str) -> str:
