@@ -168,7 +168,10 @@ class AuthorizationView(oauth2_views.AuthorizationView):  # type: ignore[misc]
     session for the requesting client, the code it issues is the customer's, carrying ``act``.
 
     Only the authorization code flow: an implicit or hybrid response would hand tokens to the
-    browser in a URL, which an impersonation never does.
+    browser in a URL, which an impersonation never does. The code carries only the requested
+    scopes the client policy lets an admin-started impersonation obtain
+    (``ClientPolicy.admin_impersonation_scope``); when none is left, ``access_denied``: a code
+    the client did not ask for is no answer.
     """
 
     def create_authorization_response(
@@ -179,6 +182,10 @@ class AuthorizationView(oauth2_views.AuthorizationView):  # type: ignore[misc]
             reason = impersonation_sessions.enforce(session)
             if reason is None and credentials.get("response_type") != "code":
                 reason = "impersonation_needs_code_flow"
+            if reason is None:
+                scopes = impersonation_sessions.allowed_scope(session, scopes)
+                if not scopes:
+                    reason = "scope_not_allowed_for_impersonation"
             if reason is not None:
                 self._refuse(request, session, reason)
                 raise OAuthToolkitError(
