@@ -1,11 +1,295 @@
 """Audit rows for every change to impersonator grants, client keys, client policies and the
 security-relevant fields of applications.
 
-(Filled in by the trust work: see docs/admin.md.)
+Model signals, not the admin, write them, so that a change from the shell, a management command
+or a site's own code is audited too:
+
+- ``pre_save`` reads the row as it is in the database (one query), ``post_save`` compares it
+  with what was saved and writes one ``*.changed`` row through ``audit.changed`` when an audited
+  field changed (``created`` always writes one). A save that changes nothing writes nothing.
+- ``pre_delete`` writes the ``deleted`` row. Django sends it inside the deletion's own
+  transaction, before it sets the audit rows' foreign keys to the deleted objects to ``NULL``,
+  so a cascade (deleting an application deletes its keys and policy; deleting a user, their
+  grants) can name the dying rows without breaking a foreign key; their ids stay in the payload.
+
+The row is written in the transaction of the change wherever there is one: the admin's views run
+in one, and so does every deletion. A bare ``save()`` in autocommit mode commits the change and
+then its audit row; wrap such code in ``transaction.atomic()`` to have both or neither.
+``QuerySet.update()``, ``bulk_create``/``bulk_update``, raw SQL and ``loaddata`` (``raw`` saves)
+send no signals and are not audited.
+
+Who made the change: the admin sets it for the duration of a view with ``acting(request)`` (a
+context variable, reset when the view returns, so it never leaks into the next request a thread
+serves). A context variable rather than an argument, because the change that needs it is made
+several calls away, by Django (an inline formset, a cascade, a bulk delete action). Outside such
+a view the actor is ``None``.
+
+Payloads never hold a secret: an application's client secret is reported only as ``changed``
+(or, on creation and deletion, as ``set`` or empty), and a client key by its RFC 7638
+thumbprint, never its PEM.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from django.db.models import Model
+from django.db.models.signals import post_save, pre_delete, pre_save
+from jwcrypto import jwk
+from oauth2_provider.models import get_application_model
+
+from . import audit
+from .models import AuditEvent, ClientKey, ClientPolicy, ImpersonatorGrant
+
+EventType = AuditEvent.EventType
+
+SECRET_SET = "set"
+SECRET_CHANGED = "changed"
+
+# DOT 3.4.1's AbstractApplication, field by field: what decides who may obtain tokens, where they
+# go and how they are signed. Not audited: name (shown to users, not trusted), created/updated,
+# registration_source (read-only in DOT's admin, set at registration) and cimd_expires_at (the
+# CIMD resolver's cache). Fields a swapped model lacks are skipped.
+APPLICATION_FIELDS = (
+    "client_id",
+    "client_type",
+    "client_secret",
+    "hash_client_secret",
+    "authorization_grant_type",
+    "redirect_uris",
+    "post_logout_redirect_uris",
+    "allowed_origins",
+    "algorithm",
+    "skip_authorization",
+    "user",
+)
+
+
+@dataclass(frozen=True)
+class Acting:
+    user: Any
+    client_ip: str | None
+
+
+_acting: contextvars.ContextVar[Acting | None] = contextvars.ContextVar("token_exchange_acting", default=None)
+
+
+@contextlib.contextmanager
+def acting(user: Any, *, client_ip: str | None = None) -> Iterator[None]:
+    """Changes made inside this block are audited as made by ``user`` from ``client_ip``."""
+    token = _acting.set(Acting(user=user, client_ip=client_ip))
+    try:
+        yield
+    finally:
+        _acting.reset(token)
+
+
+def current() -> Acting | None:
+    return _acting.get()
+
+
+# --- What each model's row says ------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime.datetime | datetime.date):
+        return value.isoformat()
+    return value
+
+
+def _id(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def key_thumbprint(pem: str) -> str | None:
+    """The RFC 7638 SHA-256 thumbprint of a PEM public key (its ``kid`` when
+    ``createclientkey`` made it), or ``None`` if it is not one. A private key gets none: the
+    payload must not even hint that one was pasted."""
+    data = (pem or "").strip().encode("ascii", "replace")
+    if not data or b"PRIVATE KEY" in data:
+        return None
+    try:
+        key = serialization.load_pem_public_key(data)
+        return str(jwk.JWK.from_pyca(key).thumbprint())
+    except (ValueError, TypeError, UnsupportedAlgorithm, jwk.InvalidJWKValue):
+        return None
+
+
+def _client_key(key: ClientKey) -> dict[str, Any]:
+    return {
+        "application_id": _id(key.application_id),
+        "kid": key.kid,
+        "algorithm": key.algorithm,
+        "active": key.active,
+        "expires_at": _plain(key.expires_at),
+        "thumbprint": key_thumbprint(key.public_key),
+    }
+
+
+def _client_policy(policy: ClientPolicy) -> dict[str, Any]:
+    values = {
+        field.attname: _plain(getattr(policy, field.attname))
+        for field in ClientPolicy._meta.concrete_fields
+        if not field.primary_key
+    }
+    values["application_id"] = _id(values["application_id"])
+    return values
+
+
+def _grant(row: ImpersonatorGrant) -> dict[str, Any]:
+    return {
+        "user_id": _id(row.user_id),
+        "role": row.role,
+        "organization_id": _id(row.organization_id),
+        "granted_by_id": _id(row.granted_by_id),
+    }
+
+
+def _application_fields(model: type[Model]) -> list[Any]:
+    fields = []
+    for name in APPLICATION_FIELDS:
+        with contextlib.suppress(Exception):
+            fields.append(model._meta.get_field(name))
+    return fields
+
+
+def _application(application: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for field in _application_fields(type(application)):
+        value = getattr(application, field.attname)
+        if field.name == "client_secret":
+            # Compared by its stored form (a hash, or the secret itself when not hashed); only
+            # ever reported as set, empty or changed.
+            values["client_secret"] = value
+        elif field.is_relation:
+            values[field.attname] = _id(value)
+        else:
+            values[field.attname] = _plain(value)
+    return values
+
+
+@dataclass(frozen=True)
+class Audited:
+    event_type: str
+    describe: Callable[[Any], dict[str, Any]]
+    target: Callable[[Any], dict[str, Any]]
+    application: Callable[[Any], Any] = lambda instance: None
+    subject: Callable[[Any], Any] = lambda instance: None
+
+
+def _audited() -> dict[type[Model], Audited]:
+    Application = get_application_model()
+    return {
+        ImpersonatorGrant: Audited(
+            EventType.IMPERSONATOR_GRANT_CHANGED,
+            _grant,
+            lambda row: {"id": row.pk, "user_id": _id(row.user_id)},
+            subject=lambda row: row.user,
+        ),
+        ClientKey: Audited(
+            EventType.CLIENT_KEY_CHANGED,
+            _client_key,
+            lambda key: {"id": key.pk, "client_id": key.application.client_id, "kid": key.kid},
+            application=lambda key: key.application,
+        ),
+        ClientPolicy: Audited(
+            EventType.CLIENT_POLICY_CHANGED,
+            _client_policy,
+            lambda policy: {"id": policy.pk, "client_id": policy.application.client_id},
+            application=lambda policy: policy.application,
+        ),
+        Application: Audited(
+            EventType.APPLICATION_CHANGED,
+            _application,
+            lambda application: {"id": application.pk, "client_id": application.client_id},
+            application=lambda application: application,
+        ),
+    }
+
+
+# --- Receivers -----------------------------------------------------------------------------------
+
+_BEFORE = "_token_exchange_audit_before"
+
+
+def _secret(values: dict[str, Any] | None, marker: str) -> dict[str, Any] | None:
+    """``values`` with the client secret (if it is among them) replaced by ``marker``, or by
+    ``""`` when there was none: its value and its hash never reach the audit trail."""
+    if values is None or "client_secret" not in values:
+        return values
+    return {**values, "client_secret": marker if values["client_secret"] else ""}
+
+
+def _write(spec: Audited, instance: Any, *, action: str, before: Any, after: Any) -> None:
+    if spec.event_type == EventType.APPLICATION_CHANGED:
+        before = _secret(before, SECRET_SET)
+        after = _secret(after, SECRET_SET if action == "created" else SECRET_CHANGED)
+    who = current()
+    audit.changed(
+        spec.event_type,
+        user=who.user if who is not None else None,
+        action=action,
+        target=spec.target(instance),
+        before=before,
+        after=after,
+        client_ip=who.client_ip if who is not None else None,
+        application=spec.application(instance),
+        subject=spec.subject(instance),
+    )
+
+
+def _remember(
+    sender: type[Model], instance: Any, raw: bool = False, using: str | None = None, **_: Any
+) -> None:
+    if raw:
+        return
+    spec = _SPECS[sender]
+    old = None
+    if instance.pk is not None and not instance._state.adding:
+        old = sender._default_manager.using(using).filter(pk=instance.pk).first()
+    setattr(instance, _BEFORE, spec.describe(old) if old is not None else None)
+
+
+def _saved(sender: type[Model], instance: Any, created: bool, raw: bool = False, **_: Any) -> None:
+    if raw:
+        return
+    spec = _SPECS[sender]
+    before = instance.__dict__.pop(_BEFORE, None)
+    after = spec.describe(instance)
+    if created or before is None:
+        _write(spec, instance, action="created", before=None, after=after)
+        return
+    changed = sorted(name for name in after if before.get(name) != after[name])
+    if changed:
+        _write(
+            spec,
+            instance,
+            action="changed",
+            before={name: before.get(name) for name in changed},
+            after={name: after[name] for name in changed},
+        )
+
+
+def _deleting(sender: type[Model], instance: Any, **_: Any) -> None:
+    spec = _SPECS[sender]
+    _write(spec, instance, action="deleted", before=spec.describe(instance), after=None)
+
+
+_SPECS: dict[type[Model], Audited] = {}
+
 
 def connect_receivers() -> None:
     """Connect this module's signal receivers (called from ``TokenExchangeConfig.ready``)."""
+    _SPECS.update(_audited())
+    for model in _SPECS:
+        uid = f"token_exchange.change_audit.{model._meta.label_lower}"
+        pre_save.connect(_remember, sender=model, dispatch_uid=f"{uid}.pre_save")
+        post_save.connect(_saved, sender=model, dispatch_uid=f"{uid}.post_save")
+        pre_delete.connect(_deleting, sender=model, dispatch_uid=f"{uid}.pre_delete")
