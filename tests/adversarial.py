@@ -1,7 +1,8 @@
 """The adversarial suite's client and its one assertion.
 
 A case sends a request over real HTTP to the live server, as an attacker's client would, and
-asserts the whole outcome: the status, the RFC 6749 §5.2 ``error``, no token in the body and
+asserts the whole outcome: the status, the RFC 6749 §5.2 ``error`` and ``error_description``
+(what a probing client could tell two refusals apart by), no token in the body and
 nothing secret echoed, not one token row written, and exactly the audit rows expected (a
 ``token.exchange_refused`` row with its reason once the client is known; none before).
 """
@@ -24,6 +25,13 @@ from token_exchange.models import AuditEvent, ExchangedToken
 
 REFUSED = AuditEvent.EventType.TOKEN_EXCHANGE_REFUSED
 TOKEN_FIELDS = ("access_token", "refresh_token", "id_token", "issued_token_type")
+
+# What a client reads, written out rather than imported: a change is a change for clients.
+# Every refusal about presented tokens and users (RFC 8693 §2.2.2), whichever token or rule.
+TOKEN_REFUSED = "The request was refused."
+CLIENT_AUTHENTICATION_FAILED = "Client authentication failed."
+SCOPE_REFUSED = "The requested scope is invalid, unknown, or exceeds the scope of the presented tokens."
+TARGET_REFUSED = "The requested audience or resource is not within the audience of the presented tokens."
 
 
 def token_rows() -> dict[str, int]:
@@ -81,11 +89,13 @@ def refused(
     *,
     status: int,
     error: str,
+    description: str | None,
     reasons: Iterable[str] = (),
     secrets: Iterable[str] = (),
 ) -> Any:
     """Send the request; assert it was refused and left only the expected audit rows behind.
 
+    ``description``: the exact ``error_description``, or None where the body has none.
     ``reasons``: the ``token.exchange_refused`` rows expected, by reason code, in order; empty
     when the request never gets as far as an authenticated client (nothing to attribute it to).
     ``secrets``: strings (tokens, secrets) the response must not contain.
@@ -100,7 +110,7 @@ def refused(
     assert response.headers.get("Cache-Control") == "no-store"
     body = response.json()
     assert body["error"] == error, body
-    assert isinstance(body.get("error_description", ""), str)
+    assert body.get("error_description") == description, body
     assert not set(TOKEN_FIELDS) & body.keys(), body
     for secret in secrets:
         assert secret not in response.text

@@ -31,7 +31,14 @@ from token_exchange.constants import (
 )
 from token_exchange.models import ClientPolicy, ImpersonatorGrant, SecuritySettings
 
-from .adversarial import TokenClient, refused
+from .adversarial import (
+    CLIENT_AUTHENTICATION_FAILED,
+    SCOPE_REFUSED,
+    TARGET_REFUSED,
+    TOKEN_REFUSED,
+    TokenClient,
+    refused,
+)
 from .conftest import grant, make_app
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.adversarial]
@@ -39,6 +46,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.adversarial]
 AccessToken = get_access_token_model()
 FORM = "application/x-www-form-urlencoded"
 TEN_MB = 10 * 1024 * 1024
+DESCRIPTIONS = {
+    "invalid_scope": SCOPE_REFUSED,
+    "invalid_target": TARGET_REFUSED,
+    "invalid_request": TOKEN_REFUSED,
+}
 
 
 @pytest.fixture
@@ -80,16 +92,25 @@ def test_the_baseline_is_issued(http, portal, user_tokens):
 
 # Form-body shape ---------------------------------------------------------------------------------
 
-# (build the requests.post keyword arguments from the exchange body, status, error, audit reasons).
+# (build the requests.post keyword arguments from the exchange body, status, error, description,
+# audit reasons).
 # Reasons are empty where the request is refused before the client is authenticated.
+SEND_A_FORM = "Send the parameters as application/x-www-form-urlencoded."
+UNREADABLE = "The request body could not be read."
 BODY_SHAPES = [
     pytest.param(
-        lambda form: raw(json.dumps(form), "application/json"), 400, "invalid_request", [], id="json body"
+        lambda form: raw(json.dumps(form), "application/json"),
+        400,
+        "invalid_request",
+        SEND_A_FORM,
+        [],
+        id="json body",
     ),
     pytest.param(
         lambda form: {"files": {key: (None, value) for key, value in form.items()}},
         400,
         "invalid_request",
+        SEND_A_FORM,
         [],
         id="multipart body",
     ),
@@ -97,6 +118,7 @@ BODY_SHAPES = [
         lambda form: raw("&".join(f"{k}={v}" for k, v in form.items()), "text/plain"),
         400,
         "invalid_request",
+        SEND_A_FORM,
         [],
         id="text/plain body",
     ),
@@ -104,6 +126,7 @@ BODY_SHAPES = [
         lambda form: raw("<grant_type>x</grant_type>", "application/xml"),
         400,
         "invalid_request",
+        SEND_A_FORM,
         [],
         id="xml",
     ),
@@ -113,6 +136,7 @@ BODY_SHAPES = [
         ),
         400,
         "invalid_request",
+        UNREADABLE,
         [],
         id="utf-16 form",
     ),
@@ -120,6 +144,7 @@ BODY_SHAPES = [
         lambda form: raw(f"grant_type={GRANT_TYPE}&subject_token=%E9t%E9", FORM + "; charset=latin-1"),
         400,
         "invalid_request",
+        UNREADABLE,
         [],
         id="latin-1 form",
     ),
@@ -130,6 +155,7 @@ BODY_SHAPES = [
         ),
         400,
         "invalid_request",
+        TOKEN_REFUSED,
         ["unknown_token"],
         id="bad percent-encoding",
     ),
@@ -139,6 +165,7 @@ BODY_SHAPES = [
         ),
         400,
         "invalid_request",
+        TOKEN_REFUSED,
         ["unknown_token"],
         id="percent-encoded bytes that are not UTF-8",
     ),
@@ -146,6 +173,7 @@ BODY_SHAPES = [
         lambda form: {"data": {**form, "subject_token": form["subject_token"] + "\x00"}},
         400,
         "invalid_request",
+        TOKEN_REFUSED,
         ["unknown_token"],
         id="NUL byte in the token",
     ),
@@ -153,6 +181,7 @@ BODY_SHAPES = [
         lambda form: {"data": {**form, "subject_token_type": ACCESS_TOKEN_TYPE + "\x00"}},
         400,
         "invalid_request",
+        "Unsupported token type.",
         ["invalid_request"],
         id="NUL byte in the token type",
     ),
@@ -160,6 +189,7 @@ BODY_SHAPES = [
         lambda form: {"data": {**form, "grant_type": GRANT_TYPE + "\x00"}},
         400,
         "unsupported_grant_type",
+        None,
         [],
         id="NUL byte in the grant type",
     ),
@@ -167,6 +197,7 @@ BODY_SHAPES = [
         lambda form: {"data": {**form, "subject_token": "a" * TEN_MB}},
         400,
         "invalid_request",
+        UNREADABLE,
         [],
         id="10 MB token",
     ),
@@ -174,6 +205,7 @@ BODY_SHAPES = [
         lambda form: {"data": {**form, "actor_token": "a" * TEN_MB, "actor_token_type": ACCESS_TOKEN_TYPE}},
         400,
         "invalid_request",
+        UNREADABLE,
         [],
         id="10 MB actor token",
     ),
@@ -181,6 +213,7 @@ BODY_SHAPES = [
         lambda form: {"data": {**form, "subject_token": "a" * 2_000_000}},
         400,
         "invalid_request",
+        "A token parameter is too long.",
         ["invalid_request"],
         id="2 MB token, under Django's body limit",
     ),
@@ -188,20 +221,22 @@ BODY_SHAPES = [
         lambda form: {"data": [*form.items(), *((f"p{i}", "x") for i in range(1500))]},
         400,
         "invalid_request",
+        UNREADABLE,
         [],
         id="1,500 parameters",
     ),
-    pytest.param(lambda form: {"data": {}}, 400, "unsupported_grant_type", [], id="empty body"),
+    pytest.param(lambda form: {"data": {}}, 400, "unsupported_grant_type", None, [], id="empty body"),
 ]
 
 
-@pytest.mark.parametrize(("shape", "status", "error", "reasons"), BODY_SHAPES)
-def test_body_shapes(http, portal, user_tokens, shape, status, error, reasons):
+@pytest.mark.parametrize(("shape", "status", "error", "description", "reasons"), BODY_SHAPES)
+def test_body_shapes(http, portal, user_tokens, shape, status, error, description, reasons):
     request = shape(exchange_body(user_tokens))
     refused(
         lambda: http.post(auth=("portal", portal.plain_secret), **request),
         status=status,
         error=error,
+        description=description,
         reasons=reasons,
         secrets=[user_tokens["access_token"], portal.plain_secret],
     )
@@ -224,6 +259,7 @@ def test_parameters_in_the_query_string(http, portal, user_tokens, parameter):
         ),
         status=400,
         error="invalid_request",
+        description="URL query parameters are not allowed",
         secrets=[user_tokens["access_token"]],
     )
 
@@ -248,28 +284,56 @@ def test_repeated_parameters(http, portal, user_tokens, login, mallory, paramete
         lambda: http.post(body, auth=("portal", portal.plain_secret)),
         status=400,
         error="invalid_request",
+        description=f"Duplicate {parameter} parameter.",
         secrets=[user_tokens["access_token"], other["subject_token"]],
     )
 
 
 @pytest.mark.parametrize(
-    ("empty", "error", "reasons"),
+    ("empty", "error", "description", "reasons"),
     [
-        pytest.param("grant_type", "unsupported_grant_type", [], id="grant_type"),
-        pytest.param("subject_token", "invalid_request", ["invalid_request"], id="subject_token"),
-        pytest.param("subject_token_type", "invalid_request", ["invalid_request"], id="subject_token_type"),
-        pytest.param("audience", "invalid_target", ["invalid_target"], id="audience"),
-        pytest.param("resource", "invalid_target", ["invalid_target"], id="resource"),
-        pytest.param("actor_token_type", "invalid_request", ["invalid_request"], id="actor_token_type"),
+        pytest.param("grant_type", "unsupported_grant_type", None, [], id="grant_type"),
+        pytest.param(
+            "subject_token",
+            "invalid_request",
+            "Missing subject_token parameter.",
+            ["invalid_request"],
+            id="subject_token",
+        ),
+        pytest.param(
+            "subject_token_type",
+            "invalid_request",
+            "Missing subject_token_type parameter.",
+            ["invalid_request"],
+            id="subject_token_type",
+        ),
+        pytest.param(
+            "audience", "invalid_target", "An audience value is empty.", ["invalid_target"], id="audience"
+        ),
+        pytest.param(
+            "resource",
+            "invalid_target",
+            "A resource is not an absolute URI without a fragment.",
+            ["invalid_target"],
+            id="resource",
+        ),
+        pytest.param(
+            "actor_token_type",
+            "invalid_request",
+            "actor_token and actor_token_type must be sent together.",
+            ["invalid_request"],
+            id="actor_token_type",
+        ),
     ],
 )
-def test_empty_values(http, portal, user_tokens, empty, error, reasons):
+def test_empty_values(http, portal, user_tokens, empty, error, description, reasons):
     extra = {"actor_token": user_tokens["access_token"]} if empty == "actor_token_type" else {}
     form = {**exchange_body(user_tokens, **extra), empty: ""}
     refused(
         lambda: http.post(form, auth=("portal", portal.plain_secret)),
         status=400,
         error=error,
+        description=description,
         reasons=reasons,
         secrets=[user_tokens["access_token"]],
     )
@@ -331,25 +395,29 @@ def test_client_authentication(http, portal, crm, user_tokens, body, request_opt
         lambda: http.post(form, **request_options),
         status=401,
         error="invalid_client",
+        description=CLIENT_AUTHENTICATION_FAILED,
         secrets=[user_tokens["access_token"], "portal-secret"],
     )
 
 
 @pytest.mark.parametrize(
-    "request_options",
+    ("request_options", "description"),
     [
-        pytest.param({"form": {"client_id": "spa"}}, id="client_id alone"),
-        pytest.param({"auth": ("spa", "spa-secret")}, id="with its secret"),
-        pytest.param({"auth": ("spa", "")}, id="basic with no secret"),
+        pytest.param({"form": {"client_id": "spa"}}, CLIENT_AUTHENTICATION_FAILED, id="client_id alone"),
+        pytest.param(
+            {"auth": ("spa", "spa-secret")}, "Public clients cannot use token exchange.", id="with its secret"
+        ),
+        pytest.param({"auth": ("spa", "")}, CLIENT_AUTHENTICATION_FAILED, id="basic with no secret"),
     ],
 )
-def test_public_clients_never_exchange(http, user_tokens, request_options):
+def test_public_clients_never_exchange(http, user_tokens, request_options, description):
     spa = make_app("spa", client_type="public")
     form = {**exchange_body(user_tokens), **request_options.get("form", {})}
     refused(
         lambda: http.post(form, auth=request_options.get("auth")),
         status=401,
         error="invalid_client",
+        description=description,
         secrets=[user_tokens["access_token"]],
     )
     assert spa.token_exchange_policy.token_exchange_enabled
@@ -413,6 +481,7 @@ def test_opaque_tokens(
         lambda: http.post(form, auth=("portal", portal.plain_secret)),
         status=400,
         error="invalid_request",
+        description=TOKEN_REFUSED,
         reasons=[reason],
         secrets=secrets,
     )
@@ -424,6 +493,7 @@ def test_another_clients_token(http, portal, crm, login, end_user):
         lambda: http.exchange(portal, **exchange_body(crm_tokens)),
         status=400,
         error="invalid_request",
+        description=TOKEN_REFUSED,
         reasons=["token_of_another_client"],
         secrets=[crm_tokens["access_token"]],
     )
@@ -437,6 +507,7 @@ def test_a_client_credentials_token_has_no_subject(http, portal, aggregates):
         lambda: http.exchange(portal, **exchange_body(app_token)),
         status=400,
         error="invalid_request",
+        description=TOKEN_REFUSED,
         reasons=["token_without_user"],
         secrets=[app_token["access_token"]],
     )
@@ -490,9 +561,40 @@ def test_widening_the_login(http, portal, user_tokens, widen, error, reason):
         lambda: http.exchange(portal, **exchange_body(user_tokens, **widen)),
         status=400,
         error=error,
+        description=DESCRIPTIONS[error],
         reasons=[reason],
         secrets=[user_tokens["access_token"]],
     )
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        pytest.param("read\u3000write", id="ideographic space"),
+        pytest.param("read\u00a0write", id="no-break space"),
+        pytest.param("read\twrite", id="tab"),
+        pytest.param("read\nwrite", id="line feed"),
+        pytest.param("read\u3000", id="trailing ideographic space"),
+        pytest.param('read "write"', id="quotes"),
+    ],
+)
+def test_scopes_are_separated_by_spaces_only(http, portal, user_tokens, scope):
+    """RFC 6749 §3.3: scope-tokens of %x21 / %x23-5B / %x5D-7E, separated by %x20 alone. What
+    str.split() would have read as "read write" is one unknown scope."""
+    refused(
+        lambda: http.exchange(portal, **exchange_body(user_tokens, scope=scope)),
+        status=400,
+        error="invalid_scope",
+        description=SCOPE_REFUSED,
+        reasons=["malformed_scope"],
+        secrets=[user_tokens["access_token"]],
+    )
+
+
+def test_runs_of_spaces_separate_scopes(http, portal, user_tokens):
+    response = http.exchange(portal, **exchange_body(user_tokens, scope=" read  write "))
+    assert response.status_code == 200, response.text
+    assert set(response.json()["scope"].split(" ")) == {"read", "write"}
 
 
 NARROWED_WIDENING = [
@@ -517,6 +619,7 @@ def test_a_narrowed_token_cannot_be_widened_again(http, portal, user_tokens, wid
         lambda: http.exchange(portal, **exchange_body(narrowed, **widen)),
         status=400,
         error=error,
+        description=DESCRIPTIONS[error],
         reasons=[reason],
         secrets=[narrowed["access_token"]],
     )
@@ -527,14 +630,22 @@ def test_a_refresh_cannot_widen_an_exchanged_token(http, portal, user_tokens):
         portal, **exchange_body(user_tokens, audience=data.AGGREGATES_URI, scope="openid offline_access read")
     ).json()
     form = {"grant_type": "refresh_token", "refresh_token": exchanged["refresh_token"]}
-    for widen, error in (
-        ({"resource": data.SETTINGS_URI}, "invalid_target"),
-        ({"scope": "write"}, "invalid_scope"),
+    for widen, error, description in (
+        (
+            {"resource": data.SETTINGS_URI},
+            "invalid_target",
+            f"The requested resource {data.SETTINGS_URI!r} is not allowed. Token refresh cannot request "
+            "resources beyond the original refresh token scope",
+        ),
+        ({"scope": "write"}, "invalid_scope", None),
     ):
         refused(
-            lambda widen=widen: http.post({**form, **widen}, auth=("portal", portal.plain_secret)),
+            lambda widen=widen, description=description: http.post(
+                {**form, **widen}, auth=("portal", portal.plain_secret)
+            ),
             status=400,
             error=error,
+            description=description,
             secrets=[exchanged["refresh_token"]],
         )
 
@@ -552,6 +663,7 @@ def test_an_impersonation_cannot_widen_past_the_actor(
             lambda widen=widen: http.exchange(portal, **form, **widen),
             status=400,
             error=error,
+            description=DESCRIPTIONS[error],
             reasons=[reason],
             secrets=[actor_tokens["access_token"]],
         )
@@ -626,6 +738,7 @@ def test_impersonation_rules(
         lambda: http.exchange(portal, **form),
         status=400,
         error="invalid_request",
+        description=TOKEN_REFUSED,
         reasons=[reason],
         secrets=[actor_tokens["access_token"]],
     )
@@ -650,12 +763,14 @@ def test_more_impersonation_rules(
         (support, "", "invalid_request"),
     ]
     for actor, subject_id, reason in cases:
+        description = "Missing subject_token parameter." if subject_id == "" else TOKEN_REFUSED
         actor_tokens = login(actor)
         form = impersonation_body(actor_tokens["access_token"], subject_id)
         refused(
             lambda form=form: http.exchange(portal, **form),
             status=400,
             error="invalid_request",
+            description=description,
             reasons=[reason],
             secrets=[actor_tokens["access_token"]],
         )
@@ -666,7 +781,11 @@ def test_an_inactive_actor(http, portal, impersonation_allowed, support, end_use
     type(support).objects.filter(pk=support.pk).update(is_active=False)
     form = impersonation_body(actor_tokens["access_token"], end_user_in_acme)
     refused(
-        lambda: http.exchange(portal, **form), status=400, error="invalid_request", reasons=["inactive_user"]
+        lambda: http.exchange(portal, **form),
+        status=400,
+        error="invalid_request",
+        description=TOKEN_REFUSED,
+        reasons=["inactive_user"],
     )
 
 
@@ -735,6 +854,7 @@ def test_a_policy_change_stops_the_refresh_and_the_re_exchange_of_impersonated_t
         ),
         status=400,
         error="invalid_grant",
+        description=None,
         reasons=[reason],
         secrets=[impersonated["refresh_token"]],
     )
@@ -742,18 +862,20 @@ def test_a_policy_change_stops_the_refresh_and_the_re_exchange_of_impersonated_t
         lambda: http.exchange(portal, **exchange_body(impersonated)),
         status=400,
         error="invalid_request",
+        description=TOKEN_REFUSED,
         reasons=[reason],
         secrets=[impersonated["access_token"]],
     )
 
 
 @pytest.mark.parametrize(
-    ("change", "status", "error", "reasons"),
+    ("change", "status", "error", "description", "reasons"),
     [
         pytest.param(
             lambda app: ClientPolicy.objects.filter(application=app).update(token_exchange_enabled=False),
             400,
             "unauthorized_client",
+            "This client is not allowed to use token exchange.",
             ["unauthorized_client"],
             id="client policy disabled",
         ),
@@ -761,6 +883,7 @@ def test_a_policy_change_stops_the_refresh_and_the_re_exchange_of_impersonated_t
             lambda app: ClientPolicy.objects.filter(application=app).delete(),
             400,
             "unauthorized_client",
+            "This client is not allowed to use token exchange.",
             ["unauthorized_client"],
             id="client policy deleted",
         ),
@@ -770,6 +893,7 @@ def test_a_policy_change_stops_the_refresh_and_the_re_exchange_of_impersonated_t
             ),
             400,
             "unsupported_grant_type",
+            "Token exchange is disabled.",
             [],
             id="token exchange turned off",
         ),
@@ -777,6 +901,7 @@ def test_a_policy_change_stops_the_refresh_and_the_re_exchange_of_impersonated_t
             lambda app: type(app).objects.filter(pk=app.pk).update(client_type="public"),
             401,
             "invalid_client",
+            "Public clients cannot use token exchange.",
             [],
             id="client made public",
         ),
@@ -784,19 +909,21 @@ def test_a_policy_change_stops_the_refresh_and_the_re_exchange_of_impersonated_t
             lambda app: type(app).objects.filter(pk=app.pk).update(client_secret="rotated"),
             401,
             "invalid_client",
+            CLIENT_AUTHENTICATION_FAILED,
             [],
             id="client secret rotated",
         ),
     ],
 )
 def test_a_client_policy_change_applies_to_tokens_already_issued(
-    http, portal, user_tokens, change, status, error, reasons
+    http, portal, user_tokens, change, status, error, description, reasons
 ):
     change(portal)
     refused(
         lambda: http.exchange(portal, **exchange_body(user_tokens)),
         status=status,
         error=error,
+        description=description,
         reasons=reasons,
         secrets=[user_tokens["access_token"]],
     )
@@ -808,6 +935,7 @@ def test_a_deactivated_customer_is_exchanged_no_more(http, portal, user_tokens, 
         lambda: http.exchange(portal, **exchange_body(user_tokens)),
         status=400,
         error="invalid_request",
+        description=TOKEN_REFUSED,
         reasons=["inactive_user"],
         secrets=[user_tokens["access_token"]],
     )
@@ -868,6 +996,7 @@ def test_one_client_authentication_per_request_for_every_grant(
         lambda: http.post(form, **request_options),
         status=401,
         error="invalid_client",
+        description=None,
         secrets=[user_tokens["refresh_token"], "aggregates-secret"],
     )
 
@@ -895,4 +1024,5 @@ def test_a_device_code_request_without_a_usable_device_code(http, aggregates, fo
         ),
         status=400,
         error="invalid_request",
+        description="Missing or malformed device_code parameter.",
     )

@@ -55,8 +55,10 @@ from token_exchange.models import ClientKey
 
 from . import client_jwt
 from .adversarial import (
+    CLIENT_AUTHENTICATION_FAILED,
     REFUSED,
     TOKEN_FIELDS,
+    TOKEN_REFUSED,
     TokenClient,
     audit_rows_after,
     last_audit_pk,
@@ -79,8 +81,13 @@ from .jwt_helpers import verify
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.adversarial]
 
 IDToken = get_id_token_model()
-INVALID_REQUEST = {"status": 400, "error": "invalid_request"}
-INVALID_CLIENT = {"status": 401, "error": "invalid_client"}
+INVALID_REQUEST = {"status": 400, "error": "invalid_request", "description": TOKEN_REFUSED}
+INVALID_CLIENT = {"status": 401, "error": "invalid_client", "description": CLIENT_AUTHENTICATION_FAILED}
+# Refused for their shape (parse_parameters), before any token is read: the client is told what.
+SHAPE_DESCRIPTIONS = {
+    REFRESH_TOKEN_TYPE: "Refresh tokens cannot be exchanged; use the refresh_token grant.",
+    JWT_TYPE: "Unsupported actor_token_type.",
+}
 
 
 class Case(NamedTuple):
@@ -811,9 +818,12 @@ def test_tokens_presented_as_another_type(
     for where, token, token_type, reason in CONFUSIONS:
         with subtests.test(name(where, token, token_type)):
             params = request(where, token, token_type)
+            shape = reason == "invalid_request"
             refused(
                 lambda params=params: http.exchange(portal, **params),
-                **INVALID_REQUEST,
+                status=400,
+                error="invalid_request",
+                description=SHAPE_DESCRIPTIONS[token_type] if shape else TOKEN_REFUSED,
                 reasons=[reason],
                 secrets=[value for key, value in params.items() if key.endswith("_token")],
             )

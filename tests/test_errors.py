@@ -137,7 +137,7 @@ def test_invalid_subject_tokens(token_endpoint, portal, user_tokens, spoil):
     response = token_endpoint.exchange(portal, **subject(user_tokens, **override))
 
     assert_refused(response, 400, "invalid_request", user_tokens["access_token"], user_tokens["id_token"])
-    assert response.json()["error_description"] == "The subject_token is invalid."
+    assert response.json()["error_description"] == "The request was refused."
     assert token_rows() == before
 
 

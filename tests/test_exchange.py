@@ -265,7 +265,7 @@ def test_a_client_outside_the_audience_may_not_exchange(token_endpoint, portal, 
     assert response.status_code == 400
     assert response.json() == {
         "error": "invalid_request",
-        "error_description": "The subject_token is invalid.",
+        "error_description": "The request was refused.",
     }
 
 

@@ -99,7 +99,7 @@ def assert_subject_refused(response: Any, before: tuple[int, int, int], reason: 
     assert response.status_code == 400, response.content
     body = response.json()
     assert body["error"] == "invalid_request"
-    assert body["error_description"] == "The subject_token is invalid."
+    assert body["error_description"] == "The request was refused."
     assert "access_token" not in body
     assert token_rows() == before
     assert [row.payload["reason"] for row in refusals()] == [reason]

@@ -4,9 +4,17 @@ Protocol errors are oauthlib ``OAuth2Error`` classes, so oauthlib and DOT render
 RFC 6749 §5.2 JSON body. Nobody builds error JSON by hand.
 
 A :class:`Refusal` is internal: readers and policy raise it with a reason code that goes to the
-log (and, with the impersonation work, to the audit trail). The grant turns it into the OAuth
-error it names, with a generic description: the client learns *that* a token was refused, never
-*why*, so a probing client cannot tell an unknown token from a revoked or foreign one.
+log and to the audit row. The grant turns it into the OAuth error it names, with a generic
+description: the client learns *that* the request was refused, never *why*.
+
+Every refusal about the presented tokens and the users they name reads exactly the same to the
+client (400, ``invalid_request``, :data:`REFUSED`): a subject token or an actor token, unknown,
+malformed, expired, revoked or foreign, a user id that names nobody, an inactive user, a
+superuser, someone of another organization or anyone else the actor may not act for. A
+description per token ("The subject_token is invalid." against "The actor_token is invalid.")
+told a client with a garbage actor token which user ids exist and are active, since the subject
+is read first; so :class:`InvalidSubjectToken` and :class:`InvalidActorToken` differ only in the
+log. Which check runs first must not tell either: see ``TokenExchangeGrant.decide``.
 """
 
 from __future__ import annotations
@@ -20,11 +28,18 @@ class InvalidTargetError(errors.OAuth2Error):  # type: ignore[misc]
     error = "invalid_target"
 
 
+REFUSED = "The request was refused."
+"""The one description of every refusal about presented tokens and users (RFC 8693 §2.2.2: "if
+either the subject_token or actor_token are invalid for any reason, or are unacceptable based on
+policy", ``invalid_request``)."""
+
+
 class Refusal(Exception):
     """A request refused for a reason the client is not told."""
 
     error_class: type[errors.OAuth2Error] = errors.InvalidRequestError
-    description = "The request was refused."
+    description = REFUSED
+    parameter: str | None = None  # the request parameter it is about, for the log only
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -35,11 +50,15 @@ class Refusal(Exception):
 
 
 class InvalidSubjectToken(Refusal):
-    description = "The subject_token is invalid."
+    """The subject_token, or the user it names, is refused; the client reads :data:`REFUSED`."""
+
+    parameter = "subject_token"
 
 
 class InvalidActorToken(Refusal):
-    description = "The actor_token is invalid."
+    """The actor_token, or its user, is refused; the client reads :data:`REFUSED` all the same."""
+
+    parameter = "actor_token"
 
 
 class ScopeRefusal(Refusal):
@@ -50,3 +69,4 @@ class ScopeRefusal(Refusal):
 class TargetRefusal(Refusal):
     error_class = InvalidTargetError
     description = "The requested audience or resource is not within the audience of the presented tokens."
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,49 @@ class Terms:
 
 
 @dataclass(frozen=True)
+class PresentedClaims:
+    """What a presented subject says besides whom it names: all the terms are built from.
+
+    A subject that only names a user (a user id, a client-signed JWT) says nothing else: no
+    scope, audience, expiry or ``act`` of its own. Its claims are :meth:`named`, the same for
+    every user, so the terms cannot tell one user from another (see ``decide``).
+    """
+
+    token_type: str
+    scope: frozenset[str]
+    audience: tuple[str, ...]
+    resource: tuple[str, ...]
+    expires: datetime.datetime | None
+    act: dict[str, Any] | None
+    impersonation_id: int | None
+
+    @classmethod
+    def of(cls, token: VerifiedToken | None) -> PresentedClaims:
+        assert token is not None
+        return cls(
+            token_type=token.token_type,
+            scope=token.scope,
+            audience=token.audience,
+            resource=token.resource,
+            expires=token.expires,
+            act=token.act,
+            impersonation_id=token.impersonation_id,
+        )
+
+    @classmethod
+    def named(cls, token_type: str) -> PresentedClaims:
+        return cls(
+            token_type=token_type,
+            scope=frozenset(),
+            audience=(),
+            resource=(),
+            expires=None,
+            act=None,
+            impersonation_id=None,
+        )
+
+
+@dataclass(frozen=True)
 class ExchangeParameters:
     """The RFC 8693 §2.1 request parameters, checked for shape but not yet for meaning."""
 
@@ -85,6 +129,25 @@ class ExchangeParameters:
 
 def _invalid_request(description: str) -> errors.InvalidRequestError:
     return errors.InvalidRequestError(description=description)
+
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ), separated by %x20 alone.
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def parse_scope(value: str | None) -> frozenset[str]:
+    """The scope parameter as a set, split at spaces (``%x20``) only.
+
+    ``str.split()`` would also split at tabs, line breaks and Unicode spaces (U+3000, U+00A0),
+    turning ``read\u3000write`` into ``read write``: a token the client never asked for in the
+    protocol's grammar. oauthlib's ``scope_to_list`` (DOT's other grants) splits at ``" "`` but
+    first ``strip()``s every Unicode space off the ends. Here runs of spaces are tolerated, and any
+    other character outside the grammar is ``invalid_scope``, as an unknown scope would be.
+    """
+    tokens = frozenset(token for token in (value or "").split(" ") if token)
+    if any(not _SCOPE_TOKEN.fullmatch(token) for token in tokens):
+        raise ScopeRefusal("malformed_scope")
+    return tokens
 
 
 def parse_parameters(request: Request) -> ExchangeParameters:
@@ -140,7 +203,7 @@ def parse_parameters(request: Request) -> ExchangeParameters:
         actor_token=actor_token,
         actor_token_type=actor_token_type,
         requested_token_type=requested_token_type,
-        scope=frozenset((single("scope") or "").split()),
+        scope=parse_scope(single("scope")),
         audience=audience,
         resource=resource,
     )
@@ -182,14 +245,20 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
                 new_refresh_token=lambda: str(token_handler.refresh_token_generator(request)),
             )
         except Refusal as refusal:
-            self.refuse(context, refusal.reason, refusal.error_class.error)
+            self.refuse(context, refusal.reason, refusal.error_class.error, parameter=refusal.parameter)
             raise refusal.as_oauth2_error() from refusal
         except errors.OAuth2Error as error:
             self.refuse(context, error.error, error.error)
             raise
 
-    def refuse(self, context: audit.AuditContext, reason: str, error: str) -> None:
-        logger.info("Token exchange refused for client %s: %s", context.application.client_id, reason)
+    def refuse(
+        self, context: audit.AuditContext, reason: str, error: str, *, parameter: str | None = None
+    ) -> None:
+        """Log the precise reason (and which token it was about), audit it."""
+        where = f" ({parameter})" if parameter else ""
+        logger.info(
+            "Token exchange refused for client %s: %s%s", context.application.client_id, reason, where
+        )
         audit.refused(context, reason=reason, error=error)
 
     def check_request_shape(self, request: Request) -> None:
@@ -231,48 +300,58 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         security: SecuritySettings,
         context: audit.AuditContext,
     ) -> Issuance:
+        """Read the tokens, build the terms, apply the rules: in an order that tells nothing.
+
+        Every refusal about a token or a user reads the same to the client (``exceptions``), so
+        which of two tokens is read first does not matter. What would still leak is a *different*
+        error that can only happen once a user-dependent check passed: with a valid actor token
+        and a scope it lacks, ``invalid_scope`` for a customer the actor may impersonate against
+        ``invalid_request`` for anyone else (unknown, inactive, a superuser, of another
+        organization) maps the users as well as any description did. So:
+
+        1. the tokens that carry claims are read (a subject access or ID token, the actor token);
+           a subject that merely *names* a user (a user id, a client-signed JWT) is read too, for
+           the audit row, but its refusal waits;
+        2. the terms (scope, audience, ``act`` depth, the requested token type) are built from
+           the claims alone: a named subject carries none (no scope, audience or expiry of its
+           own), so ``invalid_scope`` and ``invalid_target`` are answered the same whoever it
+           names;
+        3. then the waiting refusal of a named subject, and the rules about users (who may act for
+           whom, ``may_act``, an ended admin-started impersonation), all as :data:`REFUSED`.
+
+        A subject access or ID token is refused before its terms: the client holds it, and a
+        token that names an unknown or inactive user is simply invalid. The only user-dependent
+        answer left is success itself, which the rules exist to decide.
+        """
         issuer = self.request_validator.get_oidc_issuer_endpoint(request)
         context.issuer = issuer
         if params.actor_token is not None and not security.allow_impersonation:
             # Before any token is read: with the switch off, nothing about them is revealed.
             raise Refusal("impersonation_disabled")
 
-        subject = read_token(
-            params.subject_token_type, params.subject_token, InvalidSubjectToken, issuer=issuer, client=client
-        )
-        context.subject = subject.user
-        context.act = subject.act
-        if subject.client_id is not None and not policy.may_present(
-            client_id=client.client_id, token_client_id=subject.client_id, token_audience=subject.audience
-        ):
-            raise InvalidSubjectToken("token_of_another_client")
+        # 1. The tokens.
+        named = params.subject_token_type in ACTOR_ONLY_SUBJECT_TYPES
+        subject: VerifiedToken | None = None
+        waiting: InvalidSubjectToken | None = None
+        try:
+            subject = self.read_subject(params, client, issuer, context)
+        except InvalidSubjectToken as refusal:
+            if not named:
+                raise
+            waiting = refusal
+        actor = self.read_actor(params, client, issuer, context) if params.actor_token is not None else None
 
+        # 2. The terms, from claims only.
+        claims = PresentedClaims.named(params.subject_token_type) if named else PresentedClaims.of(subject)
+        # The readers of named subjects promise it; the terms must not depend on whom they name.
+        assert subject is None or PresentedClaims.of(subject) == claims
         client_scopes = frozenset(
             get_scopes_backend().get_available_scopes(application=client, request=request)
         )
-        if params.actor_token is None:
-            if subject.act is not None:
-                # Still an impersonation: a new token for it is issued only while the switch is
-                # on and every actor it names may still act for the subject, as on refresh.
-                reason = impersonation.recheck(
-                    allowed=security.allow_impersonation, act=subject.act, subject=subject.user, issuer=issuer
-                )
-                if reason is not None:
-                    raise Refusal(reason)
-            terms = self.exchange_terms(params, subject, client_scopes)
+        if actor is None:
+            terms = self.exchange_terms(params, claims, client_scopes)
         else:
-            actor = self.read_actor(params, client, issuer, context)
-            terms = self.impersonation_terms(params, subject, actor, client_scopes, security, issuer)
-        if subject.impersonation_id is not None:
-            # Issued under an impersonation started from the admin: only while it lasts.
-            reason = impersonation_sessions.enforce_by_id(subject.impersonation_id)
-            if reason is not None:
-                raise Refusal(reason)
-            if params.requested_token_type == JWT_TYPE:
-                # Stop revokes by deleting rows; a resource server that checks a JWT offline
-                # would accept it until exp. Tokens of such a session stay revocable.
-                raise Refusal("jwt_under_admin_impersonation")
-
+            terms = self.impersonation_terms(params, claims, actor, client_scopes, issuer)
         scope = terms.scope
         requested = params.requested_token_type
         issue_id_token = policy.issues_id_token(requested_token_type=requested, scope=scope)
@@ -282,6 +361,30 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             raise Refusal("client_cannot_sign_id_tokens")
         if requested == JWT_TYPE and not oauth2_settings.OIDC_RSA_PRIVATE_KEY:
             raise Refusal("no_signing_key")
+        if claims.impersonation_id is not None and requested == JWT_TYPE:
+            # Stop revokes by deleting rows; a resource server that checks a JWT offline
+            # would accept it until exp. Tokens of an admin-started impersonation stay revocable.
+            raise Refusal("jwt_under_admin_impersonation")
+
+        # 3. The users.
+        if waiting is not None:
+            raise waiting
+        assert subject is not None
+        if actor is not None:
+            self.check_impersonation(subject, actor, security, issuer)
+        elif subject.act is not None:
+            # Still an impersonation: a new token for it is issued only while the switch is
+            # on and every actor it names may still act for the subject, as on refresh.
+            reason = impersonation.recheck(
+                allowed=security.allow_impersonation, act=subject.act, subject=subject.user, issuer=issuer
+            )
+            if reason is not None:
+                raise Refusal(reason)
+        if subject.impersonation_id is not None:
+            # Issued under an impersonation started from the admin: only while it lasts.
+            reason = impersonation_sessions.enforce_by_id(subject.impersonation_id)
+            if reason is not None:
+                raise Refusal(reason)
 
         subject_claims: dict[str, Any] = {}
         request.user = subject.user
@@ -306,8 +409,22 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             impersonation_id=subject.impersonation_id,
         )
 
+    def read_subject(
+        self, params: ExchangeParameters, client: Any, issuer: str, context: audit.AuditContext
+    ) -> VerifiedToken:
+        subject = read_token(
+            params.subject_token_type, params.subject_token, InvalidSubjectToken, issuer=issuer, client=client
+        )
+        context.subject = subject.user
+        context.act = subject.act
+        if subject.client_id is not None and not policy.may_present(
+            client_id=client.client_id, token_client_id=subject.client_id, token_audience=subject.audience
+        ):
+            raise InvalidSubjectToken("token_of_another_client")
+        return subject
+
     def exchange_terms(
-        self, params: ExchangeParameters, subject: VerifiedToken, client_scopes: frozenset[str]
+        self, params: ExchangeParameters, subject: PresentedClaims, client_scopes: frozenset[str]
     ) -> Terms:
         """An exchange without an actor: within the subject token, and keeping its ``act``."""
         scope = policy.resolve_scope(
@@ -346,24 +463,18 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
     def impersonation_terms(
         self,
         params: ExchangeParameters,
-        subject: VerifiedToken,
+        subject: PresentedClaims,
         actor: VerifiedToken,
         client_scopes: frozenset[str],
-        security: SecuritySettings,
         issuer: str,
     ) -> Terms:
-        """An exchange with an actor: the impersonation rules, then scope, audience and ``act``."""
-        actor_id = str(actor.user.pk)
-        if not policy.satisfies_may_act(may_act=subject.may_act, issuer=issuer, actor_id=actor_id):
-            raise Refusal("may_act_mismatch")
-        reason = impersonation.refusal(
-            allowed=security.allow_impersonation, actor=actor.user, subject=subject.user
-        )
-        if reason is not None:
-            raise Refusal(reason)
+        """An exchange with an actor: scope, audience and ``act``, from the tokens' claims.
+
+        Whether this actor may act for this subject is :meth:`check_impersonation`'s, afterwards.
+        """
         act = policy.act_claim(
             issuer=issuer,
-            actor_id=actor_id,
+            actor_id=str(actor.user.pk),
             prior=subject.act,
             max_depth=token_exchange_settings.MAX_ACT_DEPTH,
         )
@@ -380,6 +491,18 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         resource = audience if params.target else subject.resource if subject.audience else actor.resource
         expiries = [moment for moment in (subject.expires, actor.expires) if moment is not None]
         return Terms(scope=scope, audience=audience, resource=resource, act=act, not_after=min(expiries))
+
+    def check_impersonation(
+        self, subject: VerifiedToken, actor: VerifiedToken, security: SecuritySettings, issuer: str
+    ) -> None:
+        """The impersonation rules: ``may_act`` (RFC 8693 §4.4), then who may act for whom."""
+        if not policy.satisfies_may_act(may_act=subject.may_act, issuer=issuer, actor_id=str(actor.user.pk)):
+            raise Refusal("may_act_mismatch")
+        reason = impersonation.refusal(
+            allowed=security.allow_impersonation, actor=actor.user, subject=subject.user
+        )
+        if reason is not None:
+            raise Refusal(reason)
 
     def lifetime(
         self, requested_token_type: str, not_after: datetime.datetime | None, *, impersonated: bool
