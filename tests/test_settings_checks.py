@@ -110,6 +110,17 @@ def test_e008_a_string_of_url_prefixes():
             "TOKEN_EXCHANGE['JWT_LEEWAY_SECONDS'] must be an integer of seconds from 0 to 300, not int -1.",
         ),
         (
+            "THROTTLE_REFUSALS",
+            -1,
+            "TOKEN_EXCHANGE['THROTTLE_REFUSALS'] must be an integer from 0 (off) to 1000000, not int -1.",
+        ),
+        (
+            "THROTTLE_WINDOW_SECONDS",
+            "60",
+            "TOKEN_EXCHANGE['THROTTLE_WINDOW_SECONDS'] must be an integer of seconds from 1 to 86400, "
+            "not str '60'.",
+        ),
+        (
             "USER_ORGANIZATIONS",
             "crm.organizations",
             "TOKEN_EXCHANGE['USER_ORGANIZATIONS'] must be a callable or its dotted path, "
@@ -206,7 +217,8 @@ def test_e009_nothing_close():
         "Remove it. The keys are ACCESS_TOKEN_EXPIRE_SECONDS, ID_TOKEN_EXPIRE_SECONDS, "
         "IMPERSONATION_TOKEN_EXPIRE_SECONDS, ADMIN_IMPERSONATION_MAX_SECONDS, MAX_ACT_DEPTH, "
         "ORGANIZATION_MODEL, USER_ORGANIZATIONS, IS_ADMIN_SUBJECT, PRIVILEGED_URL_PREFIXES, "
-        "JWT_LEEWAY_SECONDS, REPLAY_CACHE, CLIENT_AUTHENTICATION (docs/settings.md)."
+        "JWT_LEEWAY_SECONDS, REPLAY_CACHE, THROTTLE_REFUSALS, THROTTLE_WINDOW_SECONDS, THROTTLE_CACHE, "
+        "CLIENT_AUTHENTICATION (docs/settings.md)."
     )
 
 
@@ -274,6 +286,19 @@ def user_organizations(user: Any) -> list[int]:
         ("JWT_LEEWAY_SECONDS", 1.5, [E008]),
         ("REPLAY_CACHE", "default", []),
         ("REPLAY_CACHE", 5, [E008]),
+        ("THROTTLE_REFUSALS", 0, []),
+        ("THROTTLE_REFUSALS", 100, []),
+        ("THROTTLE_REFUSALS", 1_000_000, []),
+        ("THROTTLE_REFUSALS", 1_000_001, [E008]),
+        ("THROTTLE_REFUSALS", -1, [E008]),
+        ("THROTTLE_REFUSALS", False, [E008]),
+        ("THROTTLE_REFUSALS", None, [E008]),
+        ("THROTTLE_WINDOW_SECONDS", 1, []),
+        ("THROTTLE_WINDOW_SECONDS", 86_400, []),
+        ("THROTTLE_WINDOW_SECONDS", 0, [E008]),
+        ("THROTTLE_WINDOW_SECONDS", 86_401, [E008]),
+        ("THROTTLE_CACHE", "default", []),
+        ("THROTTLE_CACHE", None, [E008]),
         ("CLIENT_AUTHENTICATION", "token_exchange", []),
         ("CLIENT_AUTHENTICATION", "oauth2_provider", []),
         ("CLIENT_AUTHENTICATION", "OAUTH2_PROVIDER", [E008]),

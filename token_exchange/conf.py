@@ -251,6 +251,24 @@ class TokenExchangeSettings:
         """
         return str(self._get("CLIENT_AUTHENTICATION", "token_exchange"))
 
+    @property
+    def THROTTLE_REFUSALS(self) -> int:
+        """Refused token exchanges a client may have in one window before its further requests
+        are answered 429 (default 100); ``0`` turns the throttle off. See ``token_exchange.throttle``.
+        """
+        return int(self._checked("THROTTLE_REFUSALS", 100))
+
+    @property
+    def THROTTLE_WINDOW_SECONDS(self) -> int:
+        """The length of a throttle window (default 60 seconds)."""
+        return int(self._checked("THROTTLE_WINDOW_SECONDS", 60))
+
+    @property
+    def THROTTLE_CACHE(self) -> str:
+        """The ``CACHES`` alias that counts refusals per client (default ``"default"``); shared by
+        all processes (Redis, Memcached), the limit holds for the site, else per process."""
+        return str(self._checked("THROTTLE_CACHE", "default"))
+
     def _callable(self, name: str, default: str) -> Callable[..., Any]:
         value = self._checked(name, default)
         return import_string(value) if isinstance(value, str) else value  # type: ignore[no-any-return]
@@ -276,6 +294,11 @@ SETTINGS: dict[str, Setting] = {
     ),
     "JWT_LEEWAY_SECONDS": Setting("an integer of seconds from 0 to 300", "60", _int_from(0, 300)),
     "REPLAY_CACHE": Setting("a CACHES alias (a string)", "'default'", _string),
+    # A ceiling keeps "off" spelled 0, not 10**9; a window past a day throttles a client that
+    # was refused twice a week.
+    "THROTTLE_REFUSALS": Setting("an integer from 0 (off) to 1000000", "100", _int_from(0, 1_000_000)),
+    "THROTTLE_WINDOW_SECONDS": Setting("an integer of seconds from 1 to 86400", "60", _int_from(1, 86_400)),
+    "THROTTLE_CACHE": Setting("a CACHES alias (a string)", "'default'", _string),
     "CLIENT_AUTHENTICATION": Setting(
         "'token_exchange' or 'oauth2_provider'",
         "'token_exchange'",

@@ -70,3 +70,24 @@ class TargetRefusal(Refusal):
     error_class = InvalidTargetError
     description = "The requested audience or resource is not within the audience of the presented tokens."
 
+
+class TooManyRefusals(errors.TemporarilyUnavailableError):  # type: ignore[misc]
+    """429: the client was refused too often in this window (``token_exchange.throttle``).
+
+    RFC 6749 §5.2 lists no token endpoint error for "slow down"; RFC 8628's ``slow_down`` means
+    "keep polling the device code, slower", and a private code (Auth0's ``too_many_attempts``)
+    means nothing to a generic client library. ``temporarily_unavailable`` (RFC 6749
+    §4.1.2.1, registered for the authorization endpoint) already says "unable to handle the
+    request now, try later", and libraries treat it as retryable; the status 429 and
+    ``Retry-After`` (RFC 6585 §4, RFC 9110 §10.2.3) say exactly how long.
+    """
+
+    status_code = 429
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__(description="Too many refused requests from this client; retry later.")
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

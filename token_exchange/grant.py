@@ -23,7 +23,7 @@ from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 from oauthlib.oauth2.rfc6749.grant_types.base import GrantTypeBase
 
-from . import audit, impersonation, impersonation_sessions, policy
+from . import audit, impersonation, impersonation_sessions, policy, throttle
 from .conf import token_exchange_settings
 from .constants import (
     ACCESS_TOKEN_TYPE,
@@ -231,9 +231,11 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             raise errors.UnsupportedGrantTypeError(description="Token exchange is disabled.")
         self.check_request_shape(request)
         client = self.authenticate_client(request)
-        # From here on the client is known: every refusal is logged and audited.
+        # From here on the client is known: every refusal is logged, audited and counted.
         context = audit.AuditContext(application=client, client_ip=audit.client_ip(request.headers))
         context.note_types(request.decoded_body or [])
+        # Outside the try: a 429 is no refusal of its own (not audited, not counted).
+        throttle.check(context)
         try:
             self.check_client_policy(client)
             params = parse_parameters(request)
@@ -254,12 +256,13 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
     def refuse(
         self, context: audit.AuditContext, reason: str, error: str, *, parameter: str | None = None
     ) -> None:
-        """Log the precise reason (and which token it was about), audit it."""
+        """Log the precise reason (and which token it was about), audit it, count it."""
         where = f" ({parameter})" if parameter else ""
         logger.info(
             "Token exchange refused for client %s: %s%s", context.application.client_id, reason, where
         )
         audit.refused(context, reason=reason, error=error)
+        throttle.refused(context)
 
     def check_request_shape(self, request: Request) -> None:
         content_type = str(request.headers.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
