@@ -23,10 +23,14 @@ from django.conf import settings as django_settings
 from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import Permission
 from django.contrib.sessions.models import Session
+from django.db import connections, router
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from token_exchange.models import AuditEvent, ClientPolicy, ImpersonationSession
 
+from . import test_admin_impersonation as in_process
 from .conftest import make_app
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -341,3 +345,20 @@ def test_signed_cookie_sessions_cannot_start_one(
     assert b'id="token-exchange-impersonate"' not in page.content
     assert browser.impersonate(end_user_in_acme, spa).status_code == 403
     assert not ImpersonationSession.objects.exists()
+
+
+def test_a_refresh_reads_the_browser_session_twice_by_its_key(
+    support, end_user_in_acme, spa, impersonation_allowed
+):
+    """What the binding costs a refresh: one primary-key read of the session store when the
+    refresh is checked, one more under the impersonation's lock before the tokens are saved."""
+    browser = Client()
+    browser.force_login(staff(support))
+    in_process.start(browser, end_user_in_acme, spa)
+    tokens = in_process.SinglePageApp(browser, spa).sign_in().json()
+    sessions = connections[router.db_for_read(Session)]
+    with CaptureQueriesContext(sessions) as captured:
+        assert in_process.refresh(spa, tokens["refresh_token"]).status_code == 200
+    reads = [query["sql"] for query in captured.captured_queries if '"django_session"' in query["sql"]]
+    assert len(reads) == 2, reads
+    assert all('"django_session"."session_key" = ' in sql for sql in reads), reads
