@@ -362,3 +362,24 @@ def test_a_refresh_reads_the_browser_session_twice_by_its_key(
     reads = [query["sql"] for query in captured.captured_queries if '"django_session"' in query["sql"]]
     assert len(reads) == 2, reads
     assert all('"django_session"."session_key" = ' in sql for sql in reads), reads
+
+
+def test_the_browser_session_under_a_new_key_is_not_the_one_it_was_bound_to(
+    support, end_user_in_acme, spa, impersonation_allowed
+):
+    """``cycle_key`` keeps the session's data under a new key; the impersonation stays with the
+    old one, which is gone: the banner's next page ends it."""
+    browser = Client()
+    browser.force_login(staff(support))
+    in_process.start(browser, end_user_in_acme, spa)
+    tokens = in_process.SinglePageApp(browser, spa).sign_in().json()
+    store = browser.session
+    store.cycle_key()
+    store.save()
+    browser.cookies[django_settings.SESSION_COOKIE_NAME] = store.session_key
+    page = browser.get("/admin/")
+    assert page.wsgi_request.user == support
+    assert b"token-exchange-impersonation-banner" not in page.content
+    session = ImpersonationSession.objects.get()
+    assert session.end_reason == "refused"
+    assert in_process.refresh(spa, tokens["refresh_token"]).json()["error"] == "invalid_grant"
