@@ -308,6 +308,25 @@ class ExchangedToken(models.Model):
     # restricted to. Empty means unrestricted, as for the subject token it was derived from.
     resource = models.JSONField(_("resource"), default=list)
     act = models.JSONField(_("actor"), null=True, blank=True)
+    # The lineage of an impersonated token (``token_exchange.lineage``): the actor authorization
+    # it descends from, that is the refresh-token family of the actor token or, without one, the
+    # actor's access token itself; and the key of the older actors' authorizations when the
+    # subject was impersonated already. Not foreign keys that cascade: the row must outlive the
+    # actor's tokens to tell that they are gone.
+    actor_token_family = models.UUIDField(
+        _("actor's refresh token family"), null=True, blank=True, db_index=True, editable=False
+    )
+    actor_access_token = models.ForeignKey(
+        oauth2_settings.ACCESS_TOKEN_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="+",
+        verbose_name=_("actor's access token"),
+    )
+    lineage = models.UUIDField(_("older actors' authorizations"), null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
     class Meta:
@@ -328,6 +347,42 @@ class ExchangedToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.issued_token_type} {self.jti}"
+
+
+class ActorAuthorization(models.Model):
+    """One older actor's authorization in the lineage of a nested impersonation.
+
+    An impersonated token names the authorization of its own (outermost) actor in
+    ``ExchangedToken.actor_token_family`` / ``actor_access_token``. When an impersonated token is
+    impersonated again by a new actor, the tokens issued depend on the older actors'
+    authorizations too: they are these rows, shared by every token of that lineage
+    (``ExchangedToken.lineage``), written once and never changed.
+    """
+
+    lineage = models.UUIDField(_("lineage"), db_index=True)
+    actor_token_family = models.UUIDField(
+        _("actor's refresh token family"), null=True, blank=True, db_index=True
+    )
+    actor_access_token = models.ForeignKey(
+        oauth2_settings.ACCESS_TOKEN_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("actor's access token"),
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("actor authorization")
+        verbose_name_plural = _("actor authorizations")
+        ordering = ["lineage", "id"]
+
+    def __str__(self) -> str:
+        if self.actor_token_family is not None:
+            return f"{self.lineage}: refresh token family {self.actor_token_family}"
+        return f"{self.lineage}: access token #{self.actor_access_token_id}"
 
 
 class ImpersonatorGrant(models.Model):
