@@ -3,7 +3,10 @@
 Called with a decision already made (:class:`Issuance`); it decides nothing. Every token it
 creates is a row of DOT's own tables, JWTs included, so introspection, revocation, DOT's
 resource-server checks and the refresh grant treat exchanged tokens like any other. The
-RFC 8693 extras (audience, ``act``, ``jti``) go into one ``ExchangedToken`` row per token.
+RFC 8693 extras (audience, ``act``, ``jti``) go into one ``ExchangedToken`` row per token, with
+the lineage of an impersonated token: the actor authorization it lives by (``lineage``). A
+subject whose lineage has ended is refused here, after every other check, in the transaction
+that would store the tokens.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from oauth2_provider.models import (
 )
 from oauth2_provider.settings import oauth2_settings
 
-from . import audit, impersonation_sessions, jose
+from . import audit, impersonation_sessions, jose, lineage
 from .constants import (
     ACT,
     BEARER,
@@ -39,6 +42,7 @@ from .constants import (
 )
 from .exceptions import Refusal
 from .inserts import insert_rows
+from .lineage import Descent
 from .models import ExchangedToken
 
 
@@ -60,6 +64,8 @@ class Issuance:
     audit_context: audit.AuditContext
     act: dict[str, Any] | None = None
     impersonation_id: int | None = None  # the admin-started ImpersonationSession, kept on every token
+    # The actor authorizations the tokens will live by: lineage.descent(subject=..., actor=...).
+    lineage: Descent | None = None
 
 
 def _epoch(moment: datetime.datetime) -> int:
@@ -139,7 +145,9 @@ def _id_token(
     return value, row
 
 
-def _record(issuance: Issuance, issued_token_type: str, **token: Any) -> ExchangedToken:
+def _record(
+    issuance: Issuance, issued_token_type: str, lineage_fields: dict[str, Any], **token: Any
+) -> ExchangedToken:
     return ExchangedToken(
         jti=uuid.uuid4().hex,
         issued_token_type=issued_token_type,
@@ -147,6 +155,7 @@ def _record(issuance: Issuance, issued_token_type: str, **token: Any) -> Exchang
         resource=list(issuance.resource),
         act=issuance.act,
         impersonation_id=issuance.impersonation_id,
+        **lineage_fields,
         **token,
     )
 
@@ -178,10 +187,18 @@ def mint(
             # The session's lock, taken before any token row as impersonation_sessions.end takes
             # it: a Stop that committed after the grant decided wins.
             reason = impersonation_sessions.locked_refusal(issuance.impersonation_id)
+        lineage_fields: dict[str, Any] | None = {}
+        if reason is None and issuance.lineage is not None:
+            # None: the subject's actor authorization ended; what hangs off it is revoked now.
+            lineage_fields = lineage.issue(issuance.lineage, using=using)
+            if lineage_fields is None:
+                reason = lineage.AUTHORIZATION_ENDED
         if reason is None:
+            assert lineage_fields is not None
             _store(
                 issuance,
                 response,
+                lineage_fields,
                 now=now,
                 expires=expires,
                 new_access_token=new_access_token,
@@ -196,6 +213,7 @@ def mint(
 def _store(
     issuance: Issuance,
     response: dict[str, Any],
+    lineage_fields: dict[str, Any],
     *,
     now: datetime.datetime,
     expires: datetime.datetime,
@@ -207,7 +225,7 @@ def _store(
     if issuance.requested_token_type == ID_TOKEN_TYPE:
         # RFC 8693 §2.2.1: the ID token travels in access_token and is no bearer token.
         id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=None)
-        record = _record(issuance, ID_TOKEN_TYPE, id_token=id_row)
+        record = _record(issuance, ID_TOKEN_TYPE, lineage_fields, id_token=id_row)
         insert_rows([record], using)
         _audit(issuance, [record], using)
         response.update(access_token=id_token, token_type=NOT_APPLICABLE)
@@ -215,7 +233,7 @@ def _store(
 
     AccessToken = get_access_token_model()
     records: list[ExchangedToken] = []
-    record = _record(issuance, issuance.requested_token_type)
+    record = _record(issuance, issuance.requested_token_type, lineage_fields)
     if issuance.requested_token_type == JWT_TYPE:
         access_token = _jwt_access_token(issuance, jti=record.jti, now=now, expires=expires)
     else:
@@ -223,7 +241,7 @@ def _store(
     id_row = None
     if issuance.issue_id_token:
         id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=access_token)
-        records.append(_record(issuance, ID_TOKEN_TYPE, id_token=id_row))
+        records.append(_record(issuance, ID_TOKEN_TYPE, lineage_fields, id_token=id_row))
         response["id_token"] = id_token
 
     token_row = AccessToken(
@@ -251,7 +269,7 @@ def _store(
         )
         set_token_value(refresh_row, refresh_token)
         refresh_row.save()
-        records.append(_record(issuance, REFRESH_TOKEN_TYPE, refresh_token=refresh_row))
+        records.append(_record(issuance, REFRESH_TOKEN_TYPE, lineage_fields, refresh_token=refresh_row))
         response["refresh_token"] = refresh_token
 
     insert_rows(records, using)

@@ -10,6 +10,10 @@ A refresh of an impersonated token (one with ``act``) is an impersonation again:
 re-decided (switch on, grants still held, everyone still active) or the refresh fails with
 ``invalid_grant``; the new access token is capped at ``IMPERSONATION_TOKEN_EXPIRE_SECONDS``, and
 the refresh is audited as ``user.impersonated`` in the transaction that stores the tokens.
+It also needs the actor's authorization to be alive (``lineage``): a refresh of a token whose
+actor logged out, was revoked or expired fails and revokes what hangs off that authorization,
+and the new tokens keep the lineage. Revoking a token at the RFC 7009 endpoint ends, in the same
+transaction, every impersonation that lived by it (``revoke_token``).
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ from django.contrib.auth import get_user_model
 from django.db import router, transaction
 from django.db.models import Q
 from django.utils import timezone
-from oauth2_provider.models import get_access_token_model
+from oauth2_provider.models import get_access_token_model, get_refresh_token_model
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import audit, client_assertion, impersonation, impersonation_sessions, policy
+from . import audit, client_assertion, impersonation, impersonation_sessions, lineage, policy
 from .conf import token_exchange_settings
 from .constants import ACCESS_TOKEN_TYPE, ACT, AUTHORIZATION_CODE, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
 from .lookups import unique_row
@@ -138,7 +142,9 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             return False
         instance = request.refresh_token_instance
         record = unique_row(
-            ExchangedToken.objects.select_related("impersonation").filter(refresh_token=instance)
+            lineage.with_liveness(ExchangedToken.objects.select_related("impersonation")).filter(
+                refresh_token=instance
+            )
         )
         setattr(request, _RECORD, record)
         setattr(request, _ISSUED, [])
@@ -147,6 +153,8 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         if record.act is not None and not self._recheck_impersonation(
             record, client, request, grant_type="refresh_token"
         ):
+            return False
+        if not self._lineage_alive(record, client, request):
             return False
         # DOT checks the requested resource only when it saves the tokens, after the ID token
         # is minted; check it now, before anything is written (the check is idempotent).
@@ -199,6 +207,23 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             "%s of an impersonated token refused for client %s: %s", grant_type, client.client_id, reason
         )
         audit.refused(context, reason=reason, error="invalid_grant")
+        return False
+
+    def _lineage_alive(self, record: ExchangedToken, client: Any, request: Request) -> bool:
+        """An impersonated token is refreshed only while its actor's authorization lives (asked
+        after the rules, so a refusal names the rule first). When it has ended, everything that
+        hangs off it is revoked now, and the refusal is audited."""
+        descent = lineage.of(record)
+        if descent is None or lineage.alive(descent, record):
+            return True
+        context = _state(request, _CONTEXT)
+        lineage.end(descent, subject=request.user, application=client, client_ip=context.client_ip)
+        logger.info(
+            "refresh_token of an impersonated token refused for client %s: %s",
+            client.client_id,
+            lineage.AUTHORIZATION_ENDED,
+        )
+        audit.refused(context, reason=lineage.AUTHORIZATION_ENDED, error="invalid_grant")
         return False
 
     def _impersonation_deadline(self, record: ExchangedToken) -> datetime.datetime:
@@ -267,6 +292,9 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             resource=list(_state(request, "resource") or []),
             act=record.act,
             impersonation_id=record.impersonation_id,
+            actor_token_family=record.actor_token_family,
+            actor_access_token_id=record.actor_access_token_id,
+            lineage=record.lineage,
             **token,
         )
         _state(request, _ISSUED).append(created)
@@ -282,7 +310,49 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         with transaction.atomic(using=router.db_for_write(get_access_token_model())):
             if impersonation_sessions.locked_refusal(record.impersonation_id) is not None:
                 raise errors.InvalidGrantError(description="The impersonation has ended.", request=request)
+            session = record.impersonation
+            scope = str(token.get("scope", ""))
+            if (
+                "refresh_token" in token
+                and session is not None
+                and not impersonation_sessions.refresh_allowed(session, scope)
+            ):
+                # oauthlib put a refresh token in the response; DOT writes a refresh token row
+                # only when the dict has one, so neither the response nor the table gets one.
+                del token["refresh_token"]
+                presented = _state(request, "refresh_token_instance")
+                if isinstance(presented, get_refresh_token_model()):
+                    # A refresh that may not renew itself uses its refresh token up.
+                    presented.revoke()
             return super().save_bearer_token(token, request, *args, **kwargs)
+
+    def revoke_token(
+        self, token: str, token_type_hint: str | None, request: Request, *args: Any, **kwargs: Any
+    ) -> None:
+        """DOT's RFC 7009 revocation, and in the same transaction the end of every impersonation
+        that lived by the authorization it ends (``lineage.cascade``).
+
+        The authorizations are read before DOT deletes the rows that name them; only those that
+        the revocation actually ended are followed (revoking an access token that a refresh has
+        already replaced leaves its family, and the impersonations on it, alive).
+        """
+        with transaction.atomic(using=router.db_for_write(get_access_token_model())):
+            application = request.client if getattr(request.client, "pk", None) is not None else None
+            families, access_tokens, actor = (
+                lineage.presented_authorizations(token, application)
+                if application is not None
+                else ([], [], None)
+            )
+            super().revoke_token(token, token_type_hint, request, *args, **kwargs)
+            if families or access_tokens:
+                lineage.cascade(
+                    families=families,
+                    access_tokens=access_tokens,
+                    reason=lineage.ACTOR_TOKEN_REVOKED,
+                    actor=actor,
+                    application=application,
+                    client_ip=audit.client_ip(request.headers),
+                )
 
     def _save_bearer_token(self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any) -> Any:
         # DOT runs this inside a transaction on the access token database: the audit row of an

@@ -2,6 +2,8 @@
 
 Both kinds are rows of DOT's AccessToken table (JWTs are stored too), so one checksum lookup
 finds either; the row, not the JWT's signature, is the authority on whether it is still live.
+Its refresh token and the one it was refreshed from come in the same query: they name the
+authorization the token belongs to (``lineage.of_access_token``), should it act.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from typing import Any
 
 from oauth2_provider.models import get_access_token_model
 
+from .. import lineage
 from ..exceptions import Refusal
 from ..lookups import PreparedLookup
 from .base import VerifiedToken, access_token_claims
 
 _BY_CHECKSUM = PreparedLookup(
-    lambda: get_access_token_model().objects.select_related("user", "application", "exchanged"),
+    lambda: get_access_token_model().objects.select_related(
+        "user", "application", "exchanged", *lineage.access_token_related()
+    ),
     "token_checksum",
 )
 
@@ -46,5 +51,6 @@ def read_access_token(value: str, token_type: str, refusal: type[Refusal]) -> Ve
         client_id=token.application.client_id,
         scope=frozenset(token.scope.split()),
         expires=token.expires,
+        authorization=lineage.of_access_token(token),
         **access_token_claims(token),
     )

@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 
+from .. import lineage
+from ..lineage import Authorization, Lineage
+
 if TYPE_CHECKING:
     from ..models import ExchangedToken
 
@@ -31,6 +34,10 @@ class VerifiedToken:
     act: dict[str, Any] | None = None
     may_act: dict[str, Any] | None = None
     impersonation_id: int | None = None  # the admin-started ImpersonationSession it was issued under
+    # An impersonated token's lineage: the actor authorizations it lives by (token_exchange.lineage).
+    lineage: Lineage | None = None
+    # The authorization the token belongs to, should it act: its refresh-token family or itself.
+    authorization: Authorization | None = None
 
 
 def native_audience(resource: list[str] | None, client_id: str) -> tuple[str, ...]:
@@ -46,6 +53,7 @@ def exchanged_claims(row: ExchangedToken) -> dict[str, Any]:
         "act": row.act,
         "reference": row.jti,
         "impersonation_id": row.impersonation_id,
+        "lineage": lineage.of(row),
     }
 
 
@@ -65,6 +73,7 @@ def access_token_claims(token: Any) -> dict[str, Any]:
         "act": None,
         "reference": f"access_token:{token.pk}",
         "impersonation_id": None,
+        "lineage": None,
     }
 
 

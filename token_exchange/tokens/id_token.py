@@ -3,6 +3,17 @@
 The key is never chosen from the token: the unverified ``jti`` only finds DOT's IDToken row,
 and the signature is then checked with that row's application key under that application's
 algorithm alone. A forged or altered token fails the signature; a revoked one has no row.
+
+An ID token is accepted only while the authorization it was issued with is alive. One issued
+with an access token (it carries ``at_hash``: a login, a refresh, an exchange that also issued an
+access token) needs that access token: revoking it or its refresh token (RFC 7009), logout with
+``OIDC_RP_INITIATED_LOGOUT_DELETE_TOKENS`` and the client's own refresh delete it, so the ID
+token of a revoked login, or an older one than the latest refresh issued, is refused; once it
+has expired, its refresh token must still be usable. The access token and its refresh tokens
+come in the same query as the ID token. An ID token issued alone (the implicit ``id_token``
+response type, the front channel of a hybrid flow, an exchange for an ID token) has no access
+token to ask and lives until its ``exp`` or until it is revoked with what it descends from;
+when impersonated, its lineage decides (``lineage``, checked before anything is issued).
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from oauth2_provider.models import get_access_token_model, get_id_token_model
 
-from .. import jose
+from .. import jose, lineage
 from ..constants import SUBJECT_DATA_SCOPES
 from ..exceptions import Refusal
 from ..lookups import unique_row
@@ -52,7 +63,9 @@ def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer
         raise refusal("malformed_id_token") from exc
 
     relation = _access_token_relation()
-    related = ["user", "application", "exchanged", *([relation[0]] if relation else [])]
+    related = ["user", "application", "exchanged"]
+    if relation is not None:
+        related += [relation[0], *(f"{relation[0]}__{name}" for name in lineage.access_token_related())]
     row = unique_row(get_id_token_model().objects.select_related(*related).filter(jti=jti))
     if row is None or row.application is None or row.user is None:
         raise refusal("unknown_token")
@@ -79,16 +92,21 @@ def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer
     if not row.user.is_active:
         raise refusal("inactive_user")
 
+    if relation is not None:
+        linked = getattr(row, relation[1], None)
+    else:
+        linked = unique_row(get_access_token_model().objects.filter(id_token=row))
+    if "at_hash" in claims and (linked is None or not lineage.access_token_alive(linked)):
+        # Issued with an access token that was revoked, replaced by a refresh, or expired
+        # beyond renewal: the login it proves has ended.
+        raise refusal("authorization_ended")
+
     exchanged = getattr(row, "exchanged", None)
     if exchanged is not None:
         token_claims = exchanged_claims(exchanged)
     else:
         # DOT issued it at login, with an access token for the same authorization: that
         # token's RFC 8707 resource indicators belong to the ID token's audience too.
-        if relation is not None:
-            linked = getattr(row, relation[1], None)
-        else:
-            linked = unique_row(get_access_token_model().objects.filter(id_token=row))
         resource = tuple(linked.resource or []) if linked is not None else ()
         token_claims = {
             "audience": tuple(dict.fromkeys([*audience, *resource])),
@@ -104,5 +122,7 @@ def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer
         scope=frozenset(row.scope.split()) & SUBJECT_DATA_SCOPES,
         expires=min(row.expires, datetime.datetime.fromtimestamp(exp, tz=datetime.timezone.utc)),
         may_act=may_act if isinstance(may_act, dict) else None,
+        # Acting with an ID token is acting with the authorization of its access token.
+        authorization=lineage.of_access_token(linked) if linked is not None else None,
         **token_claims,
     )
