@@ -383,3 +383,20 @@ def test_the_browser_session_under_a_new_key_is_not_the_one_it_was_bound_to(
     session = ImpersonationSession.objects.get()
     assert session.end_reason == "refused"
     assert in_process.refresh(spa, tokens["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+def test_the_session_key_and_auth_hash_digest_are_never_shown(
+    support, end_user_in_acme, spa, impersonation_allowed, admin_client
+):
+    browser = Client()
+    browser.force_login(staff(support))
+    in_process.start(browser, end_user_in_acme, spa)
+    session = ImpersonationSession.objects.get()
+    page = admin_client.get(f"/admin/token_exchange/impersonationsession/{session.pk}/change/")
+    assert page.status_code == 200
+    assert session.scope.encode() in page.content
+    assert session.session_key.encode() not in page.content
+    assert session.session_auth_hash.encode() not in page.content
+    [started] = AuditEvent.objects.filter(event_type=EventType.IMPERSONATION_STARTED)
+    assert session.session_key not in str(started.payload)
+    assert session.session_auth_hash not in str(started.payload)
