@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
+from django.test import Client
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_refresh_token_model
 
@@ -24,6 +25,7 @@ from token_exchange.models import AuditEvent, ClientPolicy, ExchangedToken, Impe
 
 from .adversarial import OneConnectionPerRequest, TokenClient
 from .conftest import grant, make_app
+from .test_admin_impersonation import SPA_URL, WITH_REFRESH, SinglePageApp, staff, start
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -377,3 +379,30 @@ def test_other_users_tokens_are_left_alone(
 
 def _checksum(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+# Admin-started impersonation: refresh tokens only with offline_access --------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy_scope", "refreshable"), [("openid profile email", False), (WITH_REFRESH, True)]
+)
+def test_an_admin_started_impersonation_gets_a_refresh_token_only_with_offline_access(
+    support, end_user_in_acme, impersonation_allowed, policy_scope, refreshable
+):
+    spa = make_app("portal-spa", exchange=None, client_type="public", redirect_uris=SPA_URL)
+    ClientPolicy.objects.create(
+        application=spa,
+        admin_impersonation_enabled=True,
+        launch_url=SPA_URL,
+        admin_impersonation_scope=policy_scope,
+    )
+    browser = Client()
+    browser.force_login(staff(support))
+    assert start(browser, end_user_in_acme, spa).status_code == 302
+
+    response = SinglePageApp(browser, spa).sign_in()  # asks for offline_access
+
+    assert response.status_code == 200, response.content
+    assert ("refresh_token" in response.json()) is refreshable
+    assert RefreshToken.objects.filter(application=spa).exists() is refreshable
