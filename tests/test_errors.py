@@ -17,6 +17,7 @@ from token_exchange.constants import (
     ACCESS_TOKEN_TYPE,
     GRANT_TYPE,
     ID_TOKEN_TYPE,
+    INTROSPECT_ANY,
     JWT_TYPE,
     REFRESH_TOKEN_TYPE,
     USER_ID_TYPE,
@@ -266,6 +267,7 @@ def test_revocation_and_introspection_hide_credentials_from_error_reports(rf, db
 def test_the_form_endpoints_need_no_login_under_login_required_middleware(settings, aggregates, path):
     """Django 5.1's LoginRequiredMiddleware: the endpoints keep DOT's login_not_required."""
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "django.contrib.auth.middleware.LoginRequiredMiddleware"]
+    ClientPolicy.objects.update_or_create(application=aggregates, defaults={"introspection": INTROSPECT_ANY})
     response = form_post(
         Client(),
         path,

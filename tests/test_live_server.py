@@ -17,8 +17,10 @@ from token_exchange.constants import (
     CLIENT_ASSERTION_TYPE,
     GRANT_TYPE,
     ID_TOKEN_TYPE,
+    INTROSPECT_AUDIENCE,
     JWT_TYPE,
 )
+from token_exchange.models import ClientPolicy
 
 from .jwt_helpers import verify
 
@@ -26,6 +28,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_walkthrough_over_http(live_server, portal, aggregates, user_tokens, end_user):
+    # The aggregates API learns about tokens meant for it (seed_demo's policy).
+    ClientPolicy.objects.update_or_create(
+        application=aggregates,
+        defaults={"introspection": INTROSPECT_AUDIENCE, "resource_uris": [data.AGGREGATES_URI]},
+    )
     auth = ("portal", portal.plain_secret)
     token_url = f"{live_server.url}/o/token/"
 

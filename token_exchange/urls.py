@@ -1,4 +1,4 @@
-"""DOT's URLs with the token, introspection and discovery views of this package.
+"""DOT's URLs with the token, introspection, userinfo and discovery views of this package.
 
 Use it instead of ``oauth2_provider.urls``::
 
@@ -15,7 +15,7 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, path
 from oauth2_provider import urls as oauth2_urls
 
-from . import introspection, views
+from . import introspection, userinfo, views
 
 app_name = "oauth2_provider"
 
@@ -27,6 +27,7 @@ _REPLACEMENTS: dict[str, Any] = {
     "oauth-server-metadata": views.OAuthServerMetadataView,
     "oauth-server-metadata-issuer": views.OAuthServerMetadataView,
     "oidc-connect-discovery-info": views.ConnectDiscoveryInfoView,
+    "user-info": userinfo.UserInfoView,
 }
 
 
