@@ -143,7 +143,9 @@ def browser_session_refusal(session: ImpersonationSession) -> str | None:
 
 
 def session_refusal(session: ImpersonationSession) -> str | None:
-    """Why codes and tokens of ``session`` may no longer be issued or refreshed, or ``None``."""
+    """Why codes and tokens of ``session`` may no longer be issued or refreshed, or ``None``: its
+    end or expiry, the application, the impersonation rules, then the browser session it lives in
+    (the only check that reads the session store, so it comes last)."""
     if session.ended_at is not None:
         return "impersonation_ended"
     if not session.is_active():
