@@ -27,7 +27,12 @@ def http(live_server: Any) -> TokenClient:
 
 @pytest.fixture
 def impersonated(
-    http: TokenClient, portal: Any, impersonation_allowed: Any, support: Any, end_user_in_acme: Any, login: Any
+    http: TokenClient,
+    portal: Any,
+    impersonation_allowed: Any,
+    support: Any,
+    end_user_in_acme: Any,
+    login: Any,
 ) -> dict[str, Any]:
     actor_tokens = login(support)
     response = http.exchange(

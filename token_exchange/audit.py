@@ -209,16 +209,26 @@ def impersonation_started(session: Any, *, client_ip: str | None) -> AuditEvent:
 
     Call inside the transaction that stores the session.
     """
-    return _session_event(EventType.IMPERSONATION_STARTED, session, client_ip)
+    return _session_event(EventType.IMPERSONATION_STARTED, session, client_ip, scope=session.scope)
 
 
-def impersonation_ended(session: Any, *, revoked: dict[str, int], client_ip: str | None) -> AuditEvent:
-    """``impersonation.ended``, with why and how many codes and tokens were revoked.
+def impersonation_ended(
+    session: Any, *, revoked: dict[str, int], client_ip: str | None, cause: str | None = None
+) -> AuditEvent:
+    """``impersonation.ended``, with why (``end_reason``, and the precise ``cause`` when known:
+    ``logged_out``, ``session_ended``, ``password_changed``, ...) and how many codes and tokens
+    were revoked.
 
     Call inside the transaction that ends the session and revokes its tokens.
     """
+    extra = {} if cause is None else {"cause": cause}
     return _session_event(
-        EventType.IMPERSONATION_ENDED, session, client_ip, end_reason=session.end_reason, revoked=revoked
+        EventType.IMPERSONATION_ENDED,
+        session,
+        client_ip,
+        end_reason=session.end_reason,
+        revoked=revoked,
+        **extra,
     )
 
 
