@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import connection, transaction
+from django.db import connections, router, transaction
 from django.test import Client
 from oauth2_provider.models import get_application_model
 
@@ -134,7 +134,7 @@ def test_the_row_is_in_the_transaction_of_the_change(django_user_model):
     seen = []
 
     def grant_then_fail() -> None:
-        with transaction.atomic():
+        with transaction.atomic(using=router.db_for_write(ImpersonatorGrant)):
             grant(user, Role.ADMIN_IMPERSONATOR)
             seen.extend(events(EventType.IMPERSONATOR_GRANT_CHANGED))
             raise RuntimeError("rolled back")
@@ -153,7 +153,9 @@ def test_deleting_a_user_in_the_admin_audits_their_grants_under_the_admin(
     grant(colleague, Role.END_USER_IMPERSONATOR, acme)
     response = admin_browser.post(f"/admin/auth/user/{colleague.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302
-    connection.check_constraints()  # the row names a user who is gone: SET NULL, no dangling key
+    connections[
+        router.db_for_write(AuditEvent)
+    ].check_constraints()  # the row names a user who is gone: SET NULL, no dangling key
     [_created, deletion] = events(EventType.IMPERSONATOR_GRANT_CHANGED)
     assert deletion.actor == root
     assert deletion.subject is None
@@ -290,7 +292,7 @@ def test_creating_and_deleting_an_application_cascades_into_audited_rows(admin_b
         f"/admin/{meta.app_label}/{meta.model_name}/{backend.pk}/delete/", {"post": "yes"}
     )
     assert response.status_code == 302
-    connection.check_constraints()
+    connections[router.db_for_write(AuditEvent)].check_constraints()
     rows = {event.event_type: event for event in AuditEvent.objects.all()}
     assert set(rows) == {
         EventType.APPLICATION_CHANGED,
