@@ -178,7 +178,7 @@ def signed_in(
     }
 
 
-def assert_ended(signed_in: dict[str, Any], end_reason: str) -> ImpersonationSession:
+def assert_ended(signed_in: dict[str, Any], end_reason: str, cause: str) -> ImpersonationSession:
     """Neither the refresh token nor the unredeemed code works, and the session says it ended."""
     app: SinglePageApp = signed_in["app"]
     refreshed = app.refresh(signed_in["tokens"]["refresh_token"])
@@ -192,6 +192,7 @@ def assert_ended(signed_in: dict[str, Any], end_reason: str) -> ImpersonationSes
     assert session.end_reason == end_reason
     [ended] = AuditEvent.objects.filter(event_type=EventType.IMPERSONATION_ENDED, payload__id=session.pk)
     assert ended.payload["end_reason"] == end_reason
+    assert ended.payload["cause"] == cause
     return session
 
 
@@ -218,7 +219,7 @@ def test_start_binds_the_impersonation_to_this_browser_session(signed_in, suppor
 def test_a_login_as_another_user_in_the_same_browser_ends_it(signed_in, support_browser, django_user_model):
     staff(django_user_model.objects.create_user("colleague", "colleague@example.com", "pw"))
     support_browser.log_in("colleague")  # Django's login() flushes support's session first
-    assert_ended(signed_in, "stopped")
+    assert_ended(signed_in, "stopped", "logged_in_as_another_user")
     assert not support_browser.banner()
 
 
@@ -231,7 +232,7 @@ def test_a_session_gone_from_the_store_ends_it(how, signed_in, support_browser):
         Session.objects.filter(session_key=key).update(
             expire_date=timezone.now() - datetime.timedelta(seconds=1)
         )
-    assert_ended(signed_in, "expired")
+    assert_ended(signed_in, "expired", "session_ended")
     # Noticed at the next use of a token (no signal tells of a flush or an expiry).
     assert refusal_reasons()[0] == "session_ended"
 
@@ -242,7 +243,7 @@ def test_changing_the_password_in_the_admin_ends_it(signed_in, support_browser):
         {"old_password": "pw", "new_password1": STRONG_PASSWORD, "new_password2": STRONG_PASSWORD},
     )
     assert changed.status_code == 302, changed.text[:500]
-    assert_ended(signed_in, "refused")
+    assert_ended(signed_in, "refused", "password_changed")
     # update_session_auth_hash kept support logged in, under a new session key: not the
     # impersonation's.
     assert not support_browser.banner()
@@ -250,7 +251,7 @@ def test_changing_the_password_in_the_admin_ends_it(signed_in, support_browser):
 
 def test_a_password_written_around_save_ends_it_at_the_next_use(signed_in, support, django_user_model):
     django_user_model.objects.filter(pk=support.pk).update(password=make_password(STRONG_PASSWORD))
-    assert_ended(signed_in, "refused")
+    assert_ended(signed_in, "refused", "password_changed")
     assert refusal_reasons()[0] == "password_changed"
 
 
@@ -261,7 +262,7 @@ def test_a_session_that_no_longer_holds_it_ends_it(signed_in, support_browser):
     store.load()
     store.pop("token_exchange_impersonation")
     store.save()
-    assert_ended(signed_in, "refused")
+    assert_ended(signed_in, "refused", "session_changed_hands")
     assert refusal_reasons()[0] == "session_changed_hands"
 
 
@@ -271,7 +272,7 @@ def test_starting_from_a_second_browser_ends_the_first(
     second = Browser(live_server.url)
     second.log_in("support")
     assert second.impersonate(end_user_in_acme, spa).status_code == 302
-    assert_ended(signed_in, "replaced")
+    assert_ended(signed_in, "replaced", "replaced")
     [running] = ImpersonationSession.objects.filter(ended_at__isnull=True)
     assert running.session_key == second.session_key
     assert not support_browser.banner()

@@ -328,7 +328,7 @@ def end(
         revoked = revoke_tokens(locked)
         # The caller's object, with the select_related users and application, says the same now.
         session.ended_at, session.end_reason = locked.ended_at, locked.end_reason
-        audit.impersonation_ended(session, revoked=revoked, client_ip=_client_ip(request))
+        audit.impersonation_ended(session, revoked=revoked, client_ip=_client_ip(request), cause=cause)
     logger.info("Impersonation session %s ended: %s (%s)", session.pk, reason, cause or reason)
     return revoked
 
