@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import router, transaction
 from django.dispatch import Signal
 
@@ -331,13 +332,22 @@ def throttled(context: AuditContext, *, refusals: int, window_seconds: int) -> A
     return event
 
 
-def refused(context: AuditContext, *, reason: str, error: str) -> AuditEvent:
-    """``token.exchange_refused`` with the reason code the client is not told."""
+def refused(context: AuditContext, *, reason: str, error: str, parameter: str | None = None) -> AuditEvent:
+    """``token.exchange_refused`` with the reason code the client is not told, and the request
+    parameter it is about (``subject_token``, ``actor_token``) when it is about one."""
     payload = _base_payload(context)
     payload.update(reason=reason, error=error)
+    if parameter is not None:
+        payload["parameter"] = parameter
+    actor = actor_column(context)
+    if "actor_id" in actor:
+        # A refusal may be about exactly that actor being gone (``actor_deleted``): name them
+        # only if they still exist, or the row would break its foreign key.
+        User = get_user_model()
+        actor = {"actor": User._default_manager.filter(pk=actor["actor_id"]).first()}
     event = AuditEvent(
         event_type=EventType.TOKEN_EXCHANGE_REFUSED,
-        **actor_column(context),
+        **actor,
         subject=context.subject,
         application=context.application,
         client_ip=context.client_ip,

@@ -261,7 +261,7 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         logger.info(
             "Token exchange refused for client %s: %s%s", context.application.client_id, reason, where
         )
-        audit.refused(context, reason=reason, error=error)
+        audit.refused(context, reason=reason, error=error, parameter=parameter)
         throttle.refused(context)
 
     def check_request_shape(self, request: Request) -> None:
