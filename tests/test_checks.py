@@ -211,3 +211,57 @@ def test_w008_e007_client_secret_hasher(hashers, client_secret_hasher, expected)
     with override_settings(PASSWORD_HASHERS=hashers), dot(CLIENT_SECRET_HASHER=client_secret_hasher):
         oauth2_settings.reload()
         assert [message.id for message in checks.check_client_secret_hasher()] == expected
+
+
+def test_e013_confusable_client_ids(db):
+    from django.core import checks as django_checks
+    from django.db import router
+    from oauth2_provider.models import get_application_model
+
+    from .conftest import make_app
+
+    crm = make_app("crm", client_id="https://crm.example.com/")
+    urn = make_app("urn", client_id="urn:example:api")
+    host = make_app("host", client_id="localhost:8000")  # parses as scheme "localhost"
+    make_app("plain", client_id="billing")
+    make_app("address", client_id="127.0.0.1:8000")  # a digit first: no scheme
+    alias = router.db_for_read(get_application_model())
+
+    messages = checks.check_confusable_client_ids(databases=[alias])
+
+    assert [(message.id, message.obj) for message in messages] == [
+        ("token_exchange.E013", crm),
+        ("token_exchange.E013", urn),
+        ("token_exchange.E013", host),
+    ]
+    assert messages[0].msg == (
+        f"The client_id 'https://crm.example.com/' of application {crm.pk} reads as an absolute URI: a "
+        "token's audience names clients and resource servers alike, so this client could pass for a "
+        "resource server. It cannot authenticate."
+    )
+    assert messages[0].hint == (
+        "Give the application a client_id without a scheme (letters, digits, '-', '_', '.') in the "
+        "application admin, and configure the client with it."
+    )
+    # A database check: `manage.py check` without --database does not run it.
+    assert checks.check_confusable_client_ids(databases=None) == []
+    assert "token_exchange.E013" not in [message.id for message in django_checks.run_checks()]
+    assert "token_exchange.E013" in [
+        message.id for message in django_checks.run_checks(databases=[alias], tags=["database"])
+    ]
+
+
+def test_e013_says_nothing_without_the_table(db, monkeypatch):
+    """Before the first migrate (or with the table unreadable) the check is quiet, not a crash."""
+    from django.db import DatabaseError, connections, router
+    from oauth2_provider.models import get_application_model
+
+    alias = router.db_for_read(get_application_model())
+    monkeypatch.setattr(connections[alias].introspection, "table_names", lambda *args, **kwargs: [])
+    assert checks.check_confusable_client_ids(databases=[alias]) == []
+
+    def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise DatabaseError("no such table")
+
+    monkeypatch.setattr(connections[alias].introspection, "table_names", unreadable)
+    assert checks.check_confusable_client_ids(databases=[alias]) == []

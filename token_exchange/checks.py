@@ -431,3 +431,50 @@ def check_token_tables_share_a_database(app_configs: Any = None, **kwargs: Any) 
                 )
             )
     return messages
+
+
+@register(Tags.database)
+def check_confusable_client_ids(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E013: an application whose client_id reads as an absolute URI (``client_ids``).
+
+    It reads the database, so Django runs it only for ``check --database`` and ``migrate``; it
+    says nothing while the application table does not exist yet, or cannot be read.
+    """
+    from django.db import DatabaseError, connections, router
+    from oauth2_provider.models import get_application_model
+
+    from .client_ids import is_confusable
+
+    Application = get_application_model()
+    alias = router.db_for_read(Application)
+    if not databases or alias not in databases:
+        return []
+    try:
+        if Application._meta.db_table not in connections[alias].introspection.table_names():
+            return []
+        applications = [
+            application
+            for application in Application.objects.using(alias)
+            .filter(client_id__contains=":")
+            .only("pk", "name", "client_id")
+            .order_by("pk")
+            if is_confusable(application.client_id)
+        ]
+    except DatabaseError:
+        return []
+    return [
+        Error(
+            f"The client_id {application.client_id!r} of application {application.pk} reads as an "
+            "absolute URI: a token's audience names clients and resource servers alike, so this "
+            "client could pass for a resource server. It cannot authenticate.",
+            hint=(
+                "Give the application a client_id without a scheme (letters, digits, '-', '_', '.') "
+                "in the application admin, and configure the client with it."
+            ),
+            obj=application,
+            id="token_exchange.E013",
+        )
+        for application in applications
+    ]
