@@ -430,3 +430,30 @@ def test_userinfo_is_not_cached(live_server, login, end_user):
     refused = requests.get(url, headers={"Authorization": "Bearer nothing-like-it"}, timeout=30)
     assert refused.status_code == 401
     assert_no_store(refused)
+
+
+# The example project ---------------------------------------------------------------------------
+
+
+def test_the_demo_apis_introspect_the_tokens_meant_for_them(live_server):
+    """``seed_demo``: each API may introspect, the tokens for its own resource only."""
+    from io import StringIO
+
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from example_project.demo.login import authorization_code_login
+
+    call_command("seed_demo", stdout=StringIO())
+    apis = {name: Application.objects.get(client_id=name) for name, _secret in data.APIS}
+    for name, secret in data.APIS:
+        apis[name].plain_secret = secret
+    portal = Application.objects.get(client_id=data.PORTAL_CLIENT_ID)
+    portal.plain_secret = data.PORTAL_SECRET
+    tokens = authorization_code_login(get_user_model().objects.get(username="end-user"))
+    http = Introspection(live_server.url)
+
+    for_aggregates = exchanged_for(live_server, portal, tokens, data.AGGREGATES_URI)
+
+    assert http.ask(apis["aggregates"], for_aggregates).json()["aud"] == [data.AGGREGATES_URI]
+    assert http.ask(apis["settings"], for_aggregates).json() == {"active": False}

@@ -55,3 +55,5 @@ USERS = (
     ),
 )
 APIS = (("aggregates", "aggregates-secret"), ("settings", "settings-secret"))
+# The resource indicator each API serves: it may introspect the tokens meant for it.
+API_RESOURCES = {"aggregates": AGGREGATES_URI, "settings": SETTINGS_URI}

@@ -9,6 +9,7 @@ from django.db import router, transaction
 from oauth2_provider.models import get_application_model
 
 from example_project.demo import data
+from token_exchange.constants import INTROSPECT_AUDIENCE
 from token_exchange.models import ClientPolicy, ImpersonatorGrant, SecuritySettings
 
 SUPPORT_PERMISSIONS = ("view_user", "view_auditevent", "view_impersonationsession")
@@ -90,7 +91,7 @@ class Command(BaseCommand):
             },
         )
         for name, secret in data.APIS:
-            Application.objects.update_or_create(
+            api, _ = Application.objects.update_or_create(
                 client_id=name,
                 defaults={
                     "name": name,
@@ -99,6 +100,11 @@ class Command(BaseCommand):
                     "client_secret": secret,
                     "hash_client_secret": True,
                 },
+            )
+            # A resource server introspects the tokens meant for it, and no others.
+            ClientPolicy.objects.update_or_create(
+                application=api,
+                defaults={"introspection": INTROSPECT_AUDIENCE, "resource_uris": [data.API_RESOURCES[name]]},
             )
         # The demo shows impersonation, so it turns the instance switch on (the default is off).
         security = SecuritySettings.load()
@@ -110,7 +116,9 @@ class Command(BaseCommand):
             f"  client portal      {data.PORTAL_CLIENT_ID} / {data.PORTAL_SECRET} (token exchange on)"
         )
         for name, secret in data.APIS:
-            self.stdout.write(f"  client {name:<11} {name} / {secret} (introspection)")
+            self.stdout.write(
+                f"  client {name:<11} {name} / {secret} (introspects tokens for {data.API_RESOURCES[name]})"
+            )
         self.stdout.write(f"  client portal-spa  public, PKCE; open {data.PORTAL_SPA_URL}")
         for spec in data.USERS:
             roles = ""
