@@ -22,7 +22,7 @@ from oauth2_provider.models import get_access_token_model, get_application_model
 
 from example_project.demo import data
 from example_project.demo.login import authorization_code_login
-from token_exchange.constants import GRANT_TYPE
+from token_exchange.constants import GRANT_TYPE, INTROSPECT_ANY
 from token_exchange.models import AuditEvent, ClientPolicy, ImpersonatorGrant, SecuritySettings
 
 # Fuzzing: a bounded run in `make test`, a long one with `make fuzz` (HYPOTHESIS_PROFILE=long).
@@ -187,6 +187,20 @@ def impersonation_allowed(db: None) -> SecuritySettings:
     return settings_row
 
 
+# What the fixtures' own configuration writes (token_exchange.change_audit), as any code would.
+CHANGE_EVENTS = (
+    AuditEvent.EventType.IMPERSONATOR_GRANT_CHANGED,
+    AuditEvent.EventType.CLIENT_KEY_CHANGED,
+    AuditEvent.EventType.CLIENT_POLICY_CHANGED,
+    AuditEvent.EventType.APPLICATION_CHANGED,
+)
+
+
+def token_events() -> Any:
+    """The audit rows of the token path: the configuration changes the fixtures made left out."""
+    return AuditEvent.objects.exclude(event_type__in=CHANGE_EVENTS)
+
+
 def refusals() -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(event_type=AuditEvent.EventType.TOKEN_EXCHANGE_REFUSED))
 
@@ -210,10 +224,11 @@ def crm(db: None) -> Any:
 
 @pytest.fixture
 def aggregates(db: None) -> Any:
-    """The aggregates API: a confidential client that introspects tokens."""
-    return make_app(
-        "aggregates", exchange=None, authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS
-    )
+    """The aggregates API: a confidential client that introspects tokens (every token: the
+    suite's tests look at tokens of every audience through it)."""
+    app = make_app("aggregates", exchange=None, authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS)
+    ClientPolicy.objects.create(application=app, introspection=INTROSPECT_ANY)
+    return app
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from .client_jwt import (
     subject_claims,
     unsigned,
 )
-from .conftest import basic, form_post, make_app, refusals
+from .conftest import basic, form_post, make_app, refusals, token_events
 from .jwt_helpers import verify
 from .test_exchange import introspect
 
@@ -91,7 +91,7 @@ def assert_unauthenticated(response: Any, before: tuple[int, int, int]) -> None:
     assert body["error"] == "invalid_client"
     assert "access_token" not in body
     assert token_rows() == before
-    assert not AuditEvent.objects.exists()
+    assert not token_events().exists()
 
 
 def assert_subject_refused(response: Any, before: tuple[int, int, int], reason: str) -> None:
@@ -103,7 +103,7 @@ def assert_subject_refused(response: Any, before: tuple[int, int, int], reason: 
     assert "access_token" not in body
     assert token_rows() == before
     assert [row.payload["reason"] for row in refusals()] == [reason]
-    assert not AuditEvent.objects.exclude(event_type=EventType.TOKEN_EXCHANGE_REFUSED).exists()
+    assert not token_events().exclude(event_type=EventType.TOKEN_EXCHANGE_REFUSED).exists()
 
 
 # The guide's example ---------------------------------------------------------------------------
