@@ -470,9 +470,8 @@ def test_actor_token_of_another_client_is_refused(
         subject_token_type=USER_ID_TYPE,
     )
     row = assert_refused(response, before, "token_of_another_client")
-    assert (
-        response.json()["error_description"] == "The request was refused."
-    )  # the same for every refusal (issue 17 §2)
+    # The same description as every other refusal (issue 17, section 2).
+    assert response.json()["error_description"] == "The request was refused."
     assert row.actor == support
 
 
