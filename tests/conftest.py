@@ -217,9 +217,11 @@ def portal(db: None) -> Any:
 
 @pytest.fixture
 def crm(db: None) -> Any:
-    """A second confidential client with token exchange enabled, whose client_id is the
-    resource URI of its API, so that a login can name it as an audience (RFC 8707)."""
-    return make_app("crm", client_id=CRM)
+    """A second confidential client with token exchange enabled, serving the resource URI of its
+    API, so that a login can name it as an audience (RFC 8707)."""
+    app = make_app("crm")
+    ClientPolicy.objects.filter(application=app).update(resource_uris=[CRM])
+    return app
 
 
 @pytest.fixture

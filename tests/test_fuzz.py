@@ -435,7 +435,7 @@ def post_any(http: Any, world: World, request: AnyRequest) -> tuple[Any, list[tu
     if auth == "wrong basic":
         headers["HTTP_AUTHORIZATION"] = basic("portal", "portal-secrets")
     if auth in ("crm", "aggregates"):
-        headers["HTTP_AUTHORIZATION"] = basic(CRM if auth == "crm" else auth, f"{auth}-secret")
+        headers["HTTP_AUTHORIZATION"] = basic(auth, f"{auth}-secret")
     if auth == "hostile basic":
         headers["HTTP_AUTHORIZATION"] = basic(*request.hostile_credentials)
     if auth == "hostile header":
@@ -757,7 +757,7 @@ MUTATIONS: dict[str, dict[str, Mutation]] = {
         "wrong secret": authenticating(("portal", "wrong")),
         "no authentication": authenticating(None),
         "unknown client": authenticating(("nobody", "portal-secret")),
-        "another client": authenticating((CRM, "crm-secret")),
+        "another client": authenticating(("crm", "crm-secret")),
         "client without policy": authenticating(("legacy", "legacy-secret")),
         "public client": authenticating(None, ("client_id", "spa")),
         "assertion type alone": authenticating(None, ("client_assertion_type", CLIENT_ASSERTION_TYPE)),

@@ -300,7 +300,9 @@ CALLERS = {
     "confidential, introspection not allowed": lambda w: {
         "auth": (w.portal.client_id, w.portal.plain_secret)
     },
-    "a client_id that reads as a resource URI": lambda w: {"auth": (w.crm.client_id, w.crm.plain_secret)},
+    "a client_id that reads as a resource URI": lambda w: {
+        "auth": (w.confusable.client_id, w.confusable.plain_secret)
+    },
     "garbage client_assertion": lambda w: {"data": assertion_form("not-a-jwt")},
     "assertion signed by a key nobody registered": lambda w: {
         "data": assertion_form(sign(w.unregistered_key, assertion_claims(w.gateway.client_id)))
@@ -321,14 +323,17 @@ class World:
 
 
 @pytest.fixture
-def world(portal, gateway, spa, crm) -> World:
-    policy(crm, INTROSPECT_ANY)  # allowed, but its client_id could pass for a resource
+def world(portal, gateway, spa) -> World:
+    # Allowed, but its client_id could pass for a resource (registered before the rule existed).
+    confusable = policy(
+        make_app("confusable", exchange=None, client_id="https://crm.example.com/"), INTROSPECT_ANY
+    )
     pair = generate_key_pair("ES256")
     return World(
         portal=portal,
         gateway=gateway,
         spa=spa,
-        crm=crm,
+        confusable=confusable,
         portal_without_policy=make_app("no-policy", exchange=None),
         unregistered_key=KeyFile(gateway.client_id, pair.kid, pair.private_pem, "ES256", pair.public_pem),
     )
@@ -457,3 +462,28 @@ def test_the_demo_apis_introspect_the_tokens_meant_for_them(live_server):
 
     assert http.ask(apis["aggregates"], for_aggregates).json()["aud"] == [data.AGGREGATES_URI]
     assert http.ask(apis["settings"], for_aggregates).json() == {"active": False}
+
+
+@pytest.mark.parametrize(
+    ("resource_uris", "valid"),
+    [
+        ([], True),
+        (["https://api.example.com/"], True),
+        (["https://api.example.com/", "https://other.example.com/v1"], True),
+        (["urn:example:api"], False),  # DOT's RFC 8707 rule: a scheme and a host
+        (["/relative"], False),
+        (["https://api.example.com/#fragment"], False),
+        ("https://api.example.com/", False),  # a string, not a list
+        ([1], False),
+    ],
+)
+def test_resource_uris_are_absolute_uris(portal, resource_uris, valid):
+    from django.core.exceptions import ValidationError
+
+    row = ClientPolicy(application=portal, resource_uris=resource_uris)
+    if valid:
+        row.clean()
+    else:
+        with pytest.raises(ValidationError) as raised:
+            row.clean()
+        assert "resource_uris" in raised.value.message_dict

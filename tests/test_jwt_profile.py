@@ -527,9 +527,10 @@ def test_assertion_in_the_query_string_is_refused(backend, aggregates):
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
     assert token_rows() == before
-    # ... and the introspection endpoint does not authenticate a client by one.
+    # ... and the introspection endpoint refuses credentials in a URL before reading them.
     response = Client().post(f"/o/introspect/?{query}", {"token": "anything"})
-    assert response.status_code in (401, 403)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
 
 
 def test_assertion_failures_on_the_exchange_grant_are_invalid_client(

@@ -12,19 +12,29 @@ from token_exchange.exceptions import InvalidSubjectToken, ScopeRefusal, TargetR
 
 
 @pytest.mark.parametrize(
-    ("client_id", "token_client_id", "audience", "allowed"),
+    ("client_id", "token_client_id", "audience", "resources", "allowed"),
     [
-        ("portal", "portal", (), True),
-        ("portal", "portal", ("https://a/",), True),
-        ("crm", "portal", ("crm",), True),
-        ("crm", "portal", ("portal", "https://a/"), False),
-        ("crm", "portal", (), False),
-        ("Portal", "portal", ("portal",), False),  # exact match only
+        ("portal", "portal", (), (), True),
+        ("portal", "portal", ("https://a/",), (), True),
+        ("crm", "portal", ("crm",), (), True),
+        ("crm", "portal", ("portal", "https://a/"), (), False),
+        ("crm", "portal", (), (), False),
+        ("Portal", "portal", ("portal",), (), False),  # exact match only
+        # A resource server is named by the resource URIs it serves (ClientPolicy.resource_uris).
+        ("crm", "portal", ("portal", "https://crm/"), ("https://crm/",), True),
+        ("crm", "portal", ("portal", "https://crm/"), ("https://CRM/",), False),
+        ("crm", "portal", ("portal", "https://a/"), ("https://crm/",), False),
+        ("crm", "portal", (), ("https://crm/",), False),
     ],
 )
-def test_may_present(client_id, token_client_id, audience, allowed):
+def test_may_present(client_id, token_client_id, audience, resources, allowed):
     assert (
-        policy.may_present(client_id=client_id, token_client_id=token_client_id, token_audience=audience)
+        policy.may_present(
+            client_id=client_id,
+            token_client_id=token_client_id,
+            token_audience=audience,
+            client_resources=resources,
+        )
         is allowed
     )
 

@@ -29,7 +29,7 @@ from oauth2_provider.models import get_application_model
 from oauth2_provider.settings import oauth2_settings
 from oauthlib.common import Request
 
-from . import jose, signed_jwt
+from . import client_ids, jose, signed_jwt
 from .conf import token_exchange_settings
 from .constants import CLIENT_ASSERTION_TYPE
 from .lookups import unique_row
@@ -191,6 +191,8 @@ def verify(request: Request, *, issuer: str) -> Any:
         raise AssertionRefusal("client_id_mismatch")
     if len(client_id) > MAX_CLIENT_ID_LENGTH or not storable(client_id):
         raise AssertionRefusal("unknown_client")
+    if client_ids.names_no_client(client_id):
+        raise AssertionRefusal("confusable_client_id")
     # Straight to the table: DOT's _load_application may fetch a client metadata document
     # named by the client_id, and an unverified iss must never make this server fetch anything.
     application, keys = signed_jwt.keys_of(client_id)

@@ -23,7 +23,7 @@ from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 from oauthlib.oauth2.rfc6749.grant_types.base import GrantTypeBase
 
-from . import audit, impersonation, impersonation_sessions, policy, throttle
+from . import audit, impersonation, impersonation_sessions, lineage, policy, throttle
 from .conf import token_exchange_settings
 from .constants import (
     ACCESS_TOKEN_TYPE,
@@ -207,6 +207,12 @@ def parse_parameters(request: Request) -> ExchangeParameters:
         audience=audience,
         resource=resource,
     )
+
+
+def client_resources(client: Any) -> tuple[str, ...]:
+    """The resource URIs the client serves, from its policy (loaded with the client)."""
+    client_policy: ClientPolicy | None = getattr(client, "token_exchange_policy", None)
+    return tuple(client_policy.resource_uris or ()) if client_policy is not None else ()
 
 
 class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
@@ -410,6 +416,7 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             audit_context=context,
             act=terms.act,
             impersonation_id=subject.impersonation_id,
+            lineage=lineage.descent(subject=subject, actor=actor),
         )
 
     def read_subject(
@@ -421,7 +428,10 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         context.subject = subject.user
         context.act = subject.act
         if subject.client_id is not None and not policy.may_present(
-            client_id=client.client_id, token_client_id=subject.client_id, token_audience=subject.audience
+            client_id=client.client_id,
+            token_client_id=subject.client_id,
+            token_audience=subject.audience,
+            client_resources=client_resources(client),
         ):
             raise InvalidSubjectToken("token_of_another_client")
         return subject
@@ -455,7 +465,10 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         context.actor = actor.user
         assert actor.client_id is not None  # actors present tokens, never bare user ids
         if not policy.may_present(
-            client_id=client.client_id, token_client_id=actor.client_id, token_audience=actor.audience
+            client_id=client.client_id,
+            token_client_id=actor.client_id,
+            token_audience=actor.audience,
+            client_resources=client_resources(client),
         ):
             raise InvalidActorToken("token_of_another_client")
         if actor.act is not None:

@@ -178,6 +178,16 @@ class ClientPolicy(models.Model):
             )
         if self.admin_impersonation_enabled and not self.launch_url:
             errors["launch_url"] = _("Admin-started impersonation needs the application's launch URL.")
+        # Imported here: DOT's validators module reads the application model at import.
+        from oauth2_provider.oauth2_validators import is_valid_resource_uri
+
+        uris = self.resource_uris
+        if not isinstance(uris, list) or not all(
+            isinstance(uri, str) and is_valid_resource_uri(uri) for uri in uris
+        ):
+            errors["resource_uris"] = _(
+                'A JSON list of absolute URIs without a fragment, e.g. ["https://api.example.com/"].'
+            )
         if self.launch_url and not is_safe_launch_url(self.launch_url):
             errors["launch_url"] = _("The launch URL must use HTTPS (http only on localhost or 127.0.0.1).")
         if errors:

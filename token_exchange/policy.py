@@ -24,9 +24,19 @@ from .constants import (
 from .exceptions import InvalidSubjectToken, Refusal, ScopeRefusal, TargetRefusal
 
 
-def may_present(*, client_id: str, token_client_id: str, token_audience: Iterable[str]) -> bool:
-    """A client may exchange a token issued to it, or one whose audience names it (RFC 8693 §2.1)."""
-    return client_id == token_client_id or client_id in token_audience
+def may_present(
+    *,
+    client_id: str,
+    token_client_id: str,
+    token_audience: Iterable[str],
+    client_resources: Iterable[str] = (),
+) -> bool:
+    """A client may exchange a token issued to it, or one whose audience names it (RFC 8693 §2.1):
+    by its client_id, or by a resource URI it serves (``ClientPolicy.resource_uris``)."""
+    if client_id == token_client_id:
+        return True
+    audience = set(token_audience)
+    return client_id in audience or any(resource in audience for resource in client_resources)
 
 
 def resolve_scope(

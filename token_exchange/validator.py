@@ -33,7 +33,7 @@ from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import audit, client_assertion, impersonation, impersonation_sessions, lineage, policy
+from . import audit, client_assertion, client_ids, impersonation, impersonation_sessions, lineage, policy
 from .conf import token_exchange_settings
 from .constants import ACCESS_TOKEN_TYPE, ACT, AUTHORIZATION_CODE, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
 from .lookups import unique_row
@@ -104,6 +104,9 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         ids and Client ID Metadata Document clients take DOT's own path, which may fetch.
         """
         if not isinstance(client_id, str) or not storable(client_id):
+            return None
+        if client_ids.names_no_client(client_id):
+            # An absolute URI would share the audience namespace with resource indicators.
             return None
         if not request.client:
             client = client_assertion.load_client(client_id)
