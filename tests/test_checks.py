@@ -29,6 +29,7 @@ def run() -> list[str]:
         + checks.check_token_view()
         + checks.check_impersonation_guard()
         + checks.check_replay_cache()
+        + checks.check_throttle_cache()
         + checks.check_admin_screens()
         + checks.check_client_secret_hasher()
     )
@@ -106,7 +107,7 @@ DATABASE = {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION"
     ids=["dummy", "missing-alias"],
 )
 def test_e006_replay_cache_that_remembers_nothing(caches, replay_cache):
-    te = {"REPLAY_CACHE": replay_cache} if replay_cache else {}
+    te = {"REPLAY_CACHE": replay_cache, "THROTTLE_REFUSALS": 0} if replay_cache else {"THROTTLE_REFUSALS": 0}
     with override_settings(CACHES=caches, TOKEN_EXCHANGE=te):
         assert run() == ["token_exchange.E006"]
     assert checks.E006.msg == (
@@ -180,6 +181,44 @@ def test_w007_banner_middleware():
     with override_settings(MIDDLEWARE=[m for m in settings.MIDDLEWARE if m != banner]):
         assert run() == ["token_exchange.W007"]
     assert checks.W007.msg.startswith("token_exchange.banner.ImpersonationBannerMiddleware is not installed")
+
+
+def test_w009_signed_cookie_sessions():
+    with override_settings(SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies"):
+        assert run() == ["token_exchange.W009"]
+    assert checks.W009.msg == (
+        "SESSION_ENGINE keeps sessions in signed cookies: nothing at this server could end an "
+        "impersonation started from the admin when the support user's session ends, so the Impersonate "
+        "button is hidden and starting one is refused."
+    )
+
+
+@pytest.mark.parametrize(
+    ("caches", "te"),
+    [
+        ({"default": LOCMEM, "replay": LOCMEM}, {"REPLAY_CACHE": "replay", "THROTTLE_CACHE": "missing"}),
+        ({"default": LOCMEM, "throttle": DUMMY}, {"THROTTLE_CACHE": "throttle"}),
+    ],
+    ids=["missing-alias", "dummy"],
+)
+def test_w010_throttle_cache_that_remembers_nothing(caches, te):
+    with override_settings(CACHES=caches, TOKEN_EXCHANGE=te):
+        assert run() == ["token_exchange.W010"]
+    with override_settings(CACHES=caches, TOKEN_EXCHANGE={**te, "THROTTLE_REFUSALS": 0}):
+        assert run() == []  # throttling turned off on purpose
+    assert checks.W010.msg == (
+        "TOKEN_EXCHANGE['THROTTLE_CACHE'] names no cache, or a DummyCache that remembers nothing: clients "
+        "whose exchanges keep being refused are never throttled."
+    )
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"), [(LOCMEM, ["token_exchange.W011"]), (REDIS, [])], ids=["locmem", "redis"]
+)
+def test_w011_throttle_cache_per_process(backend, expected):
+    with override_settings(CACHES={"default": backend}):
+        assert [m.id for m in checks.check_throttle_cache_is_shared()] == expected
+    assert checks.W011.msg.startswith("TOKEN_EXCHANGE['THROTTLE_CACHE'] is a per-process cache")
 
 
 DJANGO_DEFAULT_HASHERS = [

@@ -257,7 +257,68 @@ def check_admin_screens(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
     if not any(_is_subclass(path, _BANNER_MIDDLEWARE) for path in middleware):
         warnings.append(W007)
+    if getattr(user_admin, "token_exchange_impersonation", False):
+        from .impersonation_sessions import server_side_sessions
+
+        if not server_side_sessions():
+            warnings.append(W009)
     return warnings
+
+
+W009 = Warning(
+    "SESSION_ENGINE keeps sessions in signed cookies: nothing at this server could end an "
+    "impersonation started from the admin when the support user's session ends, so the Impersonate "
+    "button is hidden and starting one is refused.",
+    hint=(
+        "Use a server-side session engine (django.contrib.sessions.backends.db, cache, cached_db or file)."
+    ),
+    id="token_exchange.W009",
+)
+W010 = Warning(
+    "TOKEN_EXCHANGE['THROTTLE_CACHE'] names no cache, or a DummyCache that remembers nothing: clients "
+    "whose exchanges keep being refused are never throttled.",
+    hint="Point TOKEN_EXCHANGE['THROTTLE_CACHE'] at a CACHES alias shared by all processes, or set "
+    "TOKEN_EXCHANGE['THROTTLE_REFUSALS'] = 0 to turn throttling off on purpose.",
+    id="token_exchange.W010",
+)
+W011 = Warning(
+    "TOKEN_EXCHANGE['THROTTLE_CACHE'] is a per-process cache: each process counts refusals on its "
+    "own, so a client may be refused THROTTLE_REFUSALS times per process and window.",
+    hint="Point TOKEN_EXCHANGE['THROTTLE_CACHE'] at a CACHES alias shared by all processes (Redis, "
+    "Memcached or the database cache).",
+    id="token_exchange.W011",
+)
+
+
+def _throttle_cache_backend() -> str | None:
+    """The backend of the throttle's cache, or None for no such alias; "" when throttling is off or
+    its settings are invalid (E008 says so)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        if token_exchange_settings.THROTTLE_REFUSALS == 0:
+            return ""
+        alias = token_exchange_settings.THROTTLE_CACHE
+    except ImproperlyConfigured:
+        return ""
+    config = (getattr(settings, "CACHES", None) or {}).get(alias)
+    return str(config.get("BACKEND", "")) if isinstance(config, dict) else None
+
+
+@register(Tags.caches)
+def check_throttle_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    backend = _throttle_cache_backend()
+    if backend is None or (backend and _is_subclass(backend, "django.core.cache.backends.dummy.DummyCache")):
+        return [W010]
+    return []
+
+
+@register(Tags.caches, deploy=True)
+def check_throttle_cache_is_shared(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    backend = _throttle_cache_backend()
+    if backend and any(_is_subclass(backend, path) for path in _PER_PROCESS_CACHES):
+        return [W011]
+    return []
 
 
 # Hashers built to be slow (key stretching for passwords people choose), and their subclasses.
