@@ -512,6 +512,12 @@ class ImpersonationSession(models.Model):
         verbose_name = _("impersonation session")
         verbose_name_plural = _("impersonation sessions")
         ordering = ["-started_at", "-id"]
+        indexes = [
+            # A login ends the running impersonations bound to the browser's previous session key.
+            models.Index(
+                fields=["session_key"], condition=Q(ended_at__isnull=True), name="te_impsession_running_key"
+            ),
+        ]
 
     def __str__(self) -> str:
         return str(
