@@ -149,7 +149,10 @@ def customer_signed_in_to_backend(support: Any, end_user_in_acme: Any, impersona
 
     backend = make_app("backend", redirect_uris=SPA_URL)
     ClientPolicy.objects.filter(application=backend).update(
-        admin_impersonation_enabled=True, launch_url=SPA_URL
+        admin_impersonation_enabled=True,
+        launch_url=SPA_URL,
+        # The backend refreshes while support acts: its policy lets it hold a refresh token.
+        admin_impersonation_scope="openid profile email offline_access",
     )
     browser = Client()
     browser.force_login(staff(support))
