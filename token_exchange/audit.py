@@ -137,6 +137,14 @@ def _save(rows: list[AuditEvent], using: str) -> list[AuditEvent]:
     return rows
 
 
+def _save_alone(event: AuditEvent) -> AuditEvent:
+    """Insert one row in a transaction of its own (a refusal has no token transaction to join)."""
+    using = router.db_for_write(AuditEvent)
+    with transaction.atomic(using=using):
+        _save([event], using)
+    return event
+
+
 def _send(event: AuditEvent) -> None:
     for receiver, result in _SIGNALS[event.event_type].send_robust(sender=AuditEvent, event=event):
         if isinstance(result, Exception):
@@ -326,10 +334,7 @@ def throttled(context: AuditContext, *, refusals: int, window_seconds: int) -> A
         client_ip=context.client_ip,
         payload=payload,
     )
-    using = router.db_for_write(AuditEvent)
-    with transaction.atomic(using=using):
-        _save([event], using)
-    return event
+    return _save_alone(event)
 
 
 def refused(context: AuditContext, *, reason: str, error: str, parameter: str | None = None) -> AuditEvent:
@@ -353,7 +358,4 @@ def refused(context: AuditContext, *, reason: str, error: str, parameter: str | 
         client_ip=context.client_ip,
         payload=payload,
     )
-    using = router.db_for_write(AuditEvent)
-    with transaction.atomic(using=using):
-        _save([event], using)
-    return event
+    return _save_alone(event)
