@@ -39,6 +39,7 @@ _SIGNALS: dict[str, Signal] = {
     EventType.CLIENT_KEY_CHANGED: signals.client_key_changed,
     EventType.CLIENT_POLICY_CHANGED: signals.client_policy_changed,
     EventType.APPLICATION_CHANGED: signals.application_changed,
+    EventType.USER_CHANGED: signals.user_changed,
     EventType.TOKENS_REVOKED: signals.tokens_revoked,
     EventType.TOKEN_EXCHANGE_THROTTLED: signals.token_exchange_throttled,
 }

@@ -551,6 +551,7 @@ class AuditEvent(models.Model):
         CLIENT_KEY_CHANGED = "client_key.changed", _("Client key changed")
         CLIENT_POLICY_CHANGED = "client_policy.changed", _("Client policy changed")
         APPLICATION_CHANGED = "application.changed", _("Application changed")
+        USER_CHANGED = "user.changed", _("User's powers changed")
         TOKENS_REVOKED = "tokens.revoked", _("Tokens revoked")
         TOKEN_EXCHANGE_THROTTLED = "token.exchange_throttled", _("Token exchange throttled")
 

@@ -56,3 +56,8 @@ tokens_revoked = Signal()
 # requests get 429 until the window ends. Sent once per window. kwargs: event (AuditEvent
 # "token.exchange_throttled").
 token_exchange_throttled = Signal()
+
+# A user's powers over impersonation changed: is_active, is_staff, is_superuser, or (with the
+# default organizations, auth groups) the groups they belong to. kwargs: event (AuditEvent
+# "user.changed"; payload["before"], payload["after"]).
+user_changed = Signal()
