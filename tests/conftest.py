@@ -193,6 +193,7 @@ CHANGE_EVENTS = (
     AuditEvent.EventType.CLIENT_KEY_CHANGED,
     AuditEvent.EventType.CLIENT_POLICY_CHANGED,
     AuditEvent.EventType.APPLICATION_CHANGED,
+    AuditEvent.EventType.USER_CHANGED,
 )
 
 

@@ -364,3 +364,80 @@ def test_a_permission_codename_for_the_swapped_application_model_exists():
     assert Permission.objects.filter(
         codename=f"change_{opts.model_name}", content_type__app_label=opts.app_label
     ).exists()
+
+
+# --- The users' powers ---------------------------------------------------------------------------
+
+
+def user_events() -> list[tuple[str, Any, Any, Any]]:
+    return [
+        (event.payload["action"], event.subject_id, event.payload["before"], event.payload["after"])
+        for event in events(EventType.USER_CHANGED)
+    ]
+
+
+def test_a_sign_up_is_no_change_of_powers_but_a_new_superuser_is(django_user_model):
+    django_user_model.objects.create_user("customer", "customer@example.com", "pw")
+    assert user_events() == []
+    boss = django_user_model.objects.create_superuser("boss", "boss@example.com", "pw")
+    assert user_events() == [
+        ("created", boss.pk, None, {"is_active": True, "is_staff": True, "is_superuser": True})
+    ]
+
+
+def test_the_flags_that_decide_who_may_be_impersonated_are_audited(admin_browser, root, end_user):
+    response = admin_browser.post(
+        f"/admin/auth/user/{end_user.pk}/change/",
+        {
+            "username": end_user.username,
+            "email": end_user.email,
+            "is_active": "on",
+            "is_staff": "on",
+            "date_joined_0": "2026-01-01",
+            "date_joined_1": "00:00:00",
+            "initial-date_joined_0": "2026-01-01",
+            "initial-date_joined_1": "00:00:00",
+            **inline_management_forms(),
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    [event] = [event for event in events(EventType.USER_CHANGED) if event.subject == end_user]
+    assert (event.actor, event.subject, event.payload["action"]) == (root, end_user, "changed")
+    assert (event.payload["before"], event.payload["after"]) == ({"is_staff": False}, {"is_staff": True})
+
+
+def inline_management_forms() -> dict[str, str]:
+    """The user page's inlines (impersonator roles), posted empty."""
+    prefix = "impersonator_grants"
+    return {
+        f"{prefix}-TOTAL_FORMS": "0",
+        f"{prefix}-INITIAL_FORMS": "0",
+        f"{prefix}-MIN_NUM_FORMS": "0",
+        f"{prefix}-MAX_NUM_FORMS": "1000",
+    }
+
+
+def test_joining_an_organization_is_audited_from_either_side(end_user, acme, mallory):
+    end_user.groups.add(acme)
+    acme.user_set.add(mallory)
+    acme.user_set.clear()
+    assert user_events() == [
+        ("changed", end_user.pk, {"groups": []}, {"groups": [str(acme.pk)]}),
+        ("changed", mallory.pk, {"groups": []}, {"groups": [str(acme.pk)]}),
+        *sorted(
+            [
+                ("changed", end_user.pk, {"groups": [str(acme.pk)]}, {"groups": []}),
+                ("changed", mallory.pk, {"groups": [str(acme.pk)]}, {"groups": []}),
+            ],
+            key=lambda row: row[1],
+        ),
+    ]
+
+
+def test_a_login_writes_nothing(end_user):
+    from django.contrib.auth.models import update_last_login
+
+    update_last_login(None, end_user)
+    end_user.set_password("new")
+    end_user.save(update_fields=["password"])
+    assert user_events() == []

@@ -1,5 +1,6 @@
-"""Audit rows for every change to impersonator grants, client keys, client policies and the
-security-relevant fields of applications.
+"""Audit rows for every change to impersonator grants, client keys, client policies, the
+security-relevant fields of applications, and the user flags and groups that decide who may
+impersonate whom (``is_active``, ``is_staff``, ``is_superuser``, auth group membership).
 
 Model signals, not the admin, write them, so that a change from the shell, a management command
 or a site's own code is audited too:
@@ -40,8 +41,9 @@ from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from django.contrib.auth import get_user_model
 from django.db.models import Model
-from django.db.models.signals import post_save, pre_delete, pre_save
+from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
 from jwcrypto import jwk
 from oauth2_provider.models import get_application_model
 
@@ -175,6 +177,17 @@ def _application(application: Any) -> dict[str, Any]:
     return values
 
 
+# What decides who may impersonate whom besides the grants (token_exchange.impersonation): an
+# inactive user is nobody; staff and superusers are "admin subjects" an end-user impersonator
+# cannot act as; only a superuser may act as a superuser. Group membership is the default
+# organization (USER_ORGANIZATIONS); a site with another organization model audits its own.
+USER_FIELDS = ("is_active", "is_staff", "is_superuser")
+
+
+def _user(user: Any) -> dict[str, Any]:
+    return {name: getattr(user, name) for name in USER_FIELDS if hasattr(user, name)}
+
+
 @dataclass(frozen=True)
 class Audited:
     event_type: str
@@ -182,6 +195,8 @@ class Audited:
     target: Callable[[Any], dict[str, Any]]
     application: Callable[[Any], Any] = lambda instance: None
     subject: Callable[[Any], Any] = lambda instance: None
+    # Whether a created or deleted row is worth a row at all (every change always is).
+    notable: Callable[[dict[str, Any]], bool] = lambda values: True
 
 
 def _audited() -> dict[type[Model], Audited]:
@@ -210,6 +225,14 @@ def _audited() -> dict[type[Model], Audited]:
             _application,
             lambda application: {"id": application.pk, "client_id": application.client_id},
             application=lambda application: application,
+        ),
+        get_user_model(): Audited(
+            EventType.USER_CHANGED,
+            _user,
+            lambda user: {"id": _id(user.pk), "username": user.get_username()},
+            subject=lambda user: user if user.pk is not None else None,
+            # A sign-up or a deleted customer is no change of powers; a new or deleted admin is.
+            notable=lambda values: bool(values.get("is_staff") or values.get("is_superuser")),
         ),
     }
 
@@ -245,26 +268,42 @@ def _write(spec: Audited, instance: Any, *, action: str, before: Any, after: Any
     )
 
 
+def _untouched(spec: Audited, update_fields: Any) -> bool:
+    """A save limited to fields none of which is audited (a login's ``last_login``)."""
+    if update_fields is None or spec.event_type != EventType.USER_CHANGED:
+        return False
+    return not set(update_fields) & set(USER_FIELDS)
+
+
 def _remember(
-    sender: type[Model], instance: Any, raw: bool = False, using: str | None = None, **_: Any
+    sender: type[Model],
+    instance: Any,
+    raw: bool = False,
+    using: str | None = None,
+    update_fields: Any = None,
+    **_: Any,
 ) -> None:
-    if raw:
-        return
     spec = _SPECS[sender]
+    if raw or _untouched(spec, update_fields):
+        instance.__dict__.pop(_BEFORE, None)
+        return
     old = None
     if instance.pk is not None and not instance._state.adding:
         old = sender._default_manager.using(using).filter(pk=instance.pk).first()
     setattr(instance, _BEFORE, spec.describe(old) if old is not None else None)
 
 
-def _saved(sender: type[Model], instance: Any, created: bool, raw: bool = False, **_: Any) -> None:
-    if raw:
-        return
+def _saved(
+    sender: type[Model], instance: Any, created: bool, raw: bool = False, update_fields: Any = None, **_: Any
+) -> None:
     spec = _SPECS[sender]
+    if raw or _untouched(spec, update_fields):
+        return
     before = instance.__dict__.pop(_BEFORE, None)
     after = spec.describe(instance)
     if created or before is None:
-        _write(spec, instance, action="created", before=None, after=after)
+        if spec.notable(after):
+            _write(spec, instance, action="created", before=None, after=after)
         return
     changed = sorted(name for name in after if before.get(name) != after[name])
     if changed:
@@ -279,7 +318,49 @@ def _saved(sender: type[Model], instance: Any, created: bool, raw: bool = False,
 
 def _deleting(sender: type[Model], instance: Any, **_: Any) -> None:
     spec = _SPECS[sender]
-    _write(spec, instance, action="deleted", before=spec.describe(instance), after=None)
+    before = spec.describe(instance)
+    if spec.notable(before):
+        _write(spec, instance, action="deleted", before=before, after=None)
+
+
+_GROUPS_BEFORE = "_token_exchange_audit_groups"
+
+
+def _group_ids(user: Any) -> list[str]:
+    return sorted(str(pk) for pk in user.groups.values_list("pk", flat=True))
+
+
+def _groups_changing(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any = None, **_: Any
+) -> None:
+    """``m2m_changed`` of the user-to-group table: before the change, remember each affected
+    user's groups; after it, write one ``user.changed`` row per user whose groups changed.
+
+    From the user's side (``user.groups.add``, the user admin's form) that is one user; from a
+    group's side (``group.user_set.add``, ``clear``) every user it names.
+    """
+    if not action.startswith(("pre_", "post_")):
+        return
+    User = get_user_model()
+    if not reverse:
+        users = [instance]
+    elif action.endswith("_clear"):
+        users = list(User._default_manager.filter(groups=instance)) if action == "pre_clear" else []
+        users = users or instance.__dict__.get(_GROUPS_BEFORE + "_users", [])
+        instance.__dict__[_GROUPS_BEFORE + "_users"] = users
+    else:
+        users = list(User._default_manager.filter(pk__in=pk_set or ()))
+    remembered: dict[Any, list[str]] = instance.__dict__.setdefault(_GROUPS_BEFORE, {})
+    for user in users:
+        if action.startswith("pre_"):
+            remembered[user.pk] = _group_ids(user)
+            continue
+        before = remembered.pop(user.pk, None)
+        after = _group_ids(user)
+        if before is not None and before != after:
+            _write(_SPECS[User], user, action="changed", before={"groups": before}, after={"groups": after})
+    if action.startswith("post_"):
+        instance.__dict__.pop(_GROUPS_BEFORE + "_users", None)
 
 
 _SPECS: dict[type[Model], Audited] = {}
@@ -293,3 +374,5 @@ def connect_receivers() -> None:
         pre_save.connect(_remember, sender=model, dispatch_uid=f"{uid}.pre_save")
         post_save.connect(_saved, sender=model, dispatch_uid=f"{uid}.post_save")
         pre_delete.connect(_deleting, sender=model, dispatch_uid=f"{uid}.pre_delete")
+    through = get_user_model()._meta.get_field("groups").remote_field.through
+    m2m_changed.connect(_groups_changing, sender=through, dispatch_uid="token_exchange.change_audit.groups")
