@@ -304,3 +304,46 @@ def test_e013_says_nothing_without_the_table(db, monkeypatch):
 
     monkeypatch.setattr(connections[alias].introspection, "table_names", unreadable)
     assert checks.check_confusable_client_ids(databases=[alias]) == []
+
+
+def test_e014_a_resource_uri_claimed_twice(db):
+    from django.db import router
+
+    from token_exchange.models import ClientPolicy
+
+    from .conftest import make_app
+
+    api, impostor, other = make_app("api"), make_app("impostor"), make_app("other")
+    ClientPolicy.objects.filter(application=api).update(resource_uris=["https://api.example.com/"])
+    ClientPolicy.objects.filter(application=impostor).update(resource_uris=["https://api.example.com/"])
+    ClientPolicy.objects.filter(application=other).update(resource_uris=["https://other.example.com/"])
+    alias = router.db_for_read(ClientPolicy)
+
+    messages = checks.check_resource_uris_claimed_twice(databases=[alias])
+
+    assert [message.id for message in messages] == ["token_exchange.E014"]
+    assert messages[0].msg == (
+        f"The resource URI 'https://api.example.com/' is claimed by the client policies of applications "
+        f"{api.pk}, {impostor.pk}: each of them is handed, and may introspect, every token meant for it."
+    )
+    assert checks.check_resource_uris_claimed_twice(databases=[]) == []
+
+
+def test_a_policy_cannot_claim_a_resource_uri_another_client_serves(db):
+    from django.core.exceptions import ValidationError
+
+    from token_exchange.models import ClientPolicy
+
+    from .conftest import make_app
+
+    api, impostor = make_app("api"), make_app("impostor")
+    ClientPolicy.objects.filter(application=api).update(resource_uris=["https://api.example.com/"])
+    policy = ClientPolicy.objects.get(application=impostor)
+    policy.resource_uris = ["https://api.example.com/"]
+    with pytest.raises(ValidationError) as raised:
+        policy.clean()
+    assert raised.value.message_dict["resource_uris"] == [
+        "https://api.example.com/ is already served by api."
+    ]
+    policy.resource_uris = ["https://impostor.example.com/"]
+    policy.clean()

@@ -539,3 +539,40 @@ def check_confusable_client_ids(
         )
         for application in applications
     ]
+
+
+@register(Tags.database)
+def check_resource_uris_claimed_twice(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E014: a resource URI that the policies of two clients both claim (``resource_uris``).
+
+    A database check, like E013: silent while the table does not exist yet or cannot be read.
+    """
+    from django.db import DatabaseError, connections, router
+
+    from .models import ClientPolicy
+
+    alias = router.db_for_read(ClientPolicy)
+    if not databases or alias not in databases:
+        return []
+    try:
+        if ClientPolicy._meta.db_table not in connections[alias].introspection.table_names():
+            return []
+        claims: dict[str, list[Any]] = {}
+        for policy in ClientPolicy.objects.using(alias).exclude(resource_uris=[]).order_by("pk"):
+            for uri in policy.resource_uris if isinstance(policy.resource_uris, list) else []:
+                claims.setdefault(str(uri), []).append(policy.application_id)
+    except DatabaseError:
+        return []
+    return [
+        Error(
+            f"The resource URI {uri!r} is claimed by the client policies of applications "
+            f"{', '.join(str(pk) for pk in applications)}: each of them is handed, and may "
+            "introspect, every token meant for it.",
+            hint="Keep the URI in the policy of the one client that serves it.",
+            id="token_exchange.E014",
+        )
+        for uri, applications in sorted(claims.items())
+        if len(applications) > 1
+    ]

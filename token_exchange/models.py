@@ -188,6 +188,20 @@ class ClientPolicy(models.Model):
             errors["resource_uris"] = _(
                 'A JSON list of absolute URIs without a fragment, e.g. ["https://api.example.com/"].'
             )
+        elif uris:
+            # One resource server per resource URI: a second client claiming it would be handed
+            # (and could introspect) every token meant for the first.
+            claimed = {
+                uri: other
+                for other in ClientPolicy.objects.exclude(pk=self.pk).exclude(resource_uris=[])
+                for uri in (other.resource_uris if isinstance(other.resource_uris, list) else [])
+            }
+            taken = sorted(uri for uri in uris if uri in claimed)
+            if taken:
+                errors["resource_uris"] = _("%(uri)s is already served by %(application)s.") % {
+                    "uri": taken[0],
+                    "application": claimed[taken[0]].application,
+                }
         if self.launch_url and not is_safe_launch_url(self.launch_url):
             errors["launch_url"] = _("The launch URL must use HTTPS (http only on localhost or 127.0.0.1).")
         if errors:
