@@ -434,6 +434,10 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             client_resources=client_resources(client),
         ):
             raise InvalidSubjectToken("token_of_another_client")
+        if subject.client_id is not None and not lineage.known(subject):
+            # A token whose authorization cannot be determined (an ID token issued alone) would
+            # give tokens nothing to end with: fail closed.
+            raise InvalidSubjectToken(lineage.AUTHORIZATION_UNKNOWN)
         return subject
 
     def exchange_terms(
@@ -474,6 +478,10 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         if actor.act is not None:
             # An impersonated token acting again would hide who really acts behind a new act.
             raise InvalidActorToken("actor_token_carries_act")
+        if actor.authorization is None:
+            # An impersonation lives by its actor's authorization: one that cannot be determined
+            # is refused, never recorded as none.
+            raise InvalidActorToken(lineage.AUTHORIZATION_UNKNOWN)
         return actor
 
     def impersonation_terms(

@@ -1,49 +1,53 @@
-"""Which actor authorization each impersonated token descends from, and what ends with it.
+"""What each exchanged token descends from, and what ends with it.
 
-An impersonation lives only as long as the authorization of its actor. That authorization is
-not the actor token itself, which a routine refresh replaces every hour, but what the refresh
-carries on: the actor token's **refresh-token family** (DOT's ``RefreshToken.token_family``,
-shared by every rotation), found from the access token's own refresh token or the refresh token
-it was refreshed from. An actor token without a refresh token is its own authorization (its
-row, by primary key). An actor ID token stands for the authorization of the access token issued
-with it.
+A token lives only as long as the authorization it descends from. That authorization is not a
+token, which a routine refresh replaces every hour, but what the refresh carries on: a **refresh-
+token family** (DOT's ``RefreshToken.token_family``, shared by every rotation), found from an
+access token's own refresh token or the refresh token it was refreshed from. An access token
+without a refresh token is its own authorization (its row, by primary key). An ID token stands
+for the authorization of the access token issued with it.
 
-Every ``ExchangedToken`` with ``act`` that an actor token produced records that authorization
-(``actor_token_family`` or ``actor_access_token``). A refresh and a re-exchange copy it. A
-nested impersonation (an impersonated subject plus a new actor) records the new actor's and
-keeps the older actors' as ``ActorAuthorization`` rows under a ``lineage`` key that its tokens
-share, written once. Tokens of an admin-started impersonation live by their
-``ImpersonationSession`` instead (``impersonation_sessions``); an impersonated token with
-neither (issued before this was recorded) has no authorization left and is refused.
+Every ``ExchangedToken`` an exchange writes records its **root**: the authorization of the login
+it descends from (``actor_token_family`` or ``actor_access_token``; the column names are the
+impersonation's, where the root is the actor's). For a token DOT issued at login that is its own
+authorization; for a token an exchange issued, the root *that* token recorded, copied (never
+re-derived from the new token's own family, which no revocation of the login would reach). An
+impersonated token's root is its actor token's; a plain exchange's, its subject token's. The
+other authorizations it depends on are ``ActorAuthorization`` rows under its ``lineage`` key,
+written once and shared by every token of that exchange: the subject's, when an actor acts for a
+subject token, the older actors' of a nested impersonation, and the own authorization of an
+exchanged token it was made from (revoking that token ends what was exchanged from it, as
+revoking the login does). A refresh copies all of it. Tokens of an admin-started impersonation
+live by their ``ImpersonationSession`` instead (``impersonation_sessions``); any other exchanged
+token with no root (issued before it was recorded) has no authorization left and is refused.
 
-The authorization is **alive** while its family has a refresh token that is not revoked, still
-has its access token and, with ``REFRESH_TOKEN_EXPIRE_SECONDS``, has not expired (what DOT's
-``validate_refresh_token`` accepts); or, without a family, while the actor's access token exists
-and has not expired. The actor's own refresh keeps it alive (the family goes on); revoking the
-actor's access or refresh token (RFC 7009), RP-initiated logout with
-``OIDC_RP_INITIATED_LOGOUT_DELETE_TOKENS``, revoking the family (reuse detection) and expiry
-end it. Whether the actor may still act at all (active, still an impersonator) is
-``impersonation.recheck``'s question, asked first.
+An authorization is **alive** while its family has a refresh token that is not revoked, still has
+its access token and, with ``REFRESH_TOKEN_EXPIRE_SECONDS``, has not expired (what DOT's
+``validate_refresh_token`` accepts); or, without a family, while its access token exists and has
+not expired. The owner's own refresh keeps it alive (the family goes on); revoking the access or
+refresh token (RFC 7009), RP-initiated logout with ``OIDC_RP_INITIATED_LOGOUT_DELETE_TOKENS``,
+revoking the family (reuse detection) and expiry end it. Whether an actor may still act at all
+(active, still an impersonator) is ``impersonation.recheck``'s question, asked first.
 
 What ends with it, and when:
 
 * eagerly, in the transaction of the revocation, where DOT has a hook: the RFC 7009 endpoint
-  (``TokenExchangeValidator.revoke_token``) and deactivating the actor (``post_save`` of the
-  user model, below) revoke everything descending from the authorization (:func:`cascade`) and
-  write one ``tokens.revoked`` audit row;
-* lazily everywhere a token is used again: a refresh (``validator.validate_refresh_token``) and
-  a re-exchange or nested impersonation (``minting``) of a token whose lineage ended are refused
-  and revoke what hangs off the ended authorization. Logout, reuse detection and expiry have no
-  hook; they are found here.
+  (``TokenExchangeValidator.revoke_token``) and deactivating a user (``post_save`` of the user
+  model, below) revoke everything descending from the authorization (:func:`cascade`) and write
+  a ``tokens.revoked`` audit row (one for impersonated tokens, one for the others);
+* lazily everywhere a token is used: its liveness is an annotation on the lookup that reads it
+  (:func:`with_liveness`), so introspection, DOT's bearer-token check, the token readers (as
+  ``subject_token`` or ``actor_token``) and a refresh refuse a token whose lineage ended, and
+  revoke what hangs off the ended authorization (:func:`end`). Logout, reuse detection and
+  expiry have no hook; they are found here.
 
-A resource server that accepts the impersonated token itself (a JWT checked offline, or
-introspection while the access token row exists) sees it until its own ``exp``, at most
-``IMPERSONATION_TOKEN_EXPIRE_SECONDS``: the cascade deletes the rows, so introspection says
-inactive at once, but a signature stays valid.
+A resource server that checks a JWT offline accepts it until its own ``exp``; everything that
+asks this server's rows sees the end at once.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import uuid
 from collections.abc import Iterable
@@ -52,7 +56,17 @@ from typing import Any
 
 from django.conf import settings
 from django.db import router, transaction
-from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
+from django.db.models import (
+    BooleanField,
+    DateTimeField,
+    Exists,
+    Expression,
+    ExpressionWrapper,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+)
 from django.db.models.signals import post_save
 from django.utils import timezone
 from oauth2_provider.models import (
@@ -62,16 +76,28 @@ from oauth2_provider.models import (
 )
 
 from . import audit, revocation
+from .lookups import Parameter
 from .models import ActorAuthorization, ExchangedToken
 
+# Reason codes (audit rows and logs): an impersonated token's, then a plain exchanged token's.
 ACTOR_DEACTIVATED = "actor_deactivated"
+USER_DEACTIVATED = "user_deactivated"
 ACTOR_TOKEN_REVOKED = "actor_token_revoked"
-AUTHORIZATION_ENDED = "actor_authorization_ended"
+TOKEN_REVOKED = "token_revoked"
+ACTOR_AUTHORIZATION_ENDED = "actor_authorization_ended"
+AUTHORIZATION_ENDED = "authorization_ended"
+# A presented token whose authorization cannot be determined (an ID token issued alone).
+AUTHORIZATION_UNKNOWN = "authorization_unknown"
+
+
+def ended_reason(act: Any) -> str:
+    """The reason code of a token found with its lineage ended: an impersonated one's, or not."""
+    return ACTOR_AUTHORIZATION_ENDED if act is not None else AUTHORIZATION_ENDED
 
 
 @dataclass(frozen=True)
 class Authorization:
-    """One actor authorization: a refresh-token family, or else one access token (its pk)."""
+    """One authorization: a refresh-token family, or else one access token (its pk)."""
 
     token_family: uuid.UUID | None = None
     access_token_id: Any = None
@@ -82,11 +108,12 @@ class Authorization:
 
 @dataclass(frozen=True)
 class Lineage:
-    """What an impersonated token descends from, as its ``ExchangedToken`` (``record_id``) says."""
+    """What an exchanged token descends from, as its ``ExchangedToken`` (``record_id``) says: its
+    root, and the key of the other authorizations it depends on."""
 
     record_id: int
     authorization: Authorization
-    inherited: uuid.UUID | None = None  # the ActorAuthorization rows of the older actors
+    inherited: uuid.UUID | None = None  # the ActorAuthorization rows
 
     def fields(self) -> dict[str, Any]:
         return {**self.authorization.fields(), "lineage": self.inherited}
@@ -94,24 +121,62 @@ class Lineage:
 
 @dataclass(frozen=True)
 class Descent:
-    """The lineage the tokens about to be issued will have.
+    """The lineage the tokens about to be issued will have: their ``root``, the further
+    authorizations they depend on (``also``), and the ``ActorAuthorization`` keys whose rows
+    they depend on too (``inherited``)."""
 
-    ``subject``: the lineage of an impersonated subject token, which must still be alive and which
-    the new tokens keep; ``actor``: the authorization of a new actor token.
-    """
+    root: Authorization
+    also: tuple[Authorization, ...] = ()
+    inherited: tuple[uuid.UUID, ...] = ()
 
-    subject: Lineage | None
-    actor: Authorization | None
+
+def _ancestry(token: Any) -> Descent | None:
+    """What a verified presented token descends from, or None when that is unknown: a login
+    token, its own authorization; an exchanged one, its recorded root and key, and its own
+    authorization (so that revoking it ends what is exchanged from it)."""
+    recorded: Lineage | None = getattr(token, "lineage", None)
+    own: Authorization | None = getattr(token, "own_authorization", None)
+    if recorded is not None:
+        also = (own,) if own is not None and own != recorded.authorization else ()
+        inherited = (recorded.inherited,) if recorded.inherited is not None else ()
+        return Descent(root=recorded.authorization, also=also, inherited=inherited)
+    authorization: Authorization | None = getattr(token, "authorization", None)
+    return Descent(root=authorization) if authorization is not None else None
 
 
 def descent(*, subject: Any, actor: Any = None) -> Descent | None:
     """The :class:`Descent` of an exchange of the verified ``subject`` (with ``actor``, the
-    verified actor token of an impersonation); None when the tokens have no actor."""
-    authorization = getattr(actor, "authorization", None) if actor is not None else None
-    subject_lineage = getattr(subject, "lineage", None)
-    if subject_lineage is None and authorization is None:
-        return None
-    return Descent(subject=subject_lineage, actor=authorization)
+    verified actor token of an impersonation).
+
+    The root is the actor's when there is one, else the subject's; everything else either
+    descends from goes into ``also`` and ``inherited``. None only for a subject issued under an
+    admin-started impersonation, exchanged without an actor (its session rules the tokens).
+    The grant refuses a presented token whose authorization is unknown before it gets here
+    (``known``); this fails closed all the same.
+    """
+    of_subject = _ancestry(subject)
+    if actor is None:
+        if of_subject is None and getattr(subject, "impersonation_id", None) is not None:
+            return None
+        if of_subject is None:
+            raise ValueError("An exchanged token needs the authorization of its subject token.")
+        return of_subject
+    of_actor = _ancestry(actor)
+    if of_actor is None:
+        raise ValueError("An impersonated token needs the authorization of its actor token.")
+    if of_subject is None:
+        return of_actor
+    return Descent(
+        root=of_actor.root,
+        also=(*of_actor.also, of_subject.root, *of_subject.also),
+        inherited=(*of_actor.inherited, *of_subject.inherited),
+    )
+
+
+def known(token: Any) -> bool:
+    """Does this presented token (an access or ID token; not a named user) name the
+    authorization it descends from? One issued under an admin-started impersonation needs none."""
+    return _ancestry(token) is not None or getattr(token, "impersonation_id", None) is not None
 
 
 # Reading the authorization of a presented token -------------------------------------------------
@@ -128,8 +193,8 @@ def refresh_token_relation() -> tuple[str, str] | None:
 
 
 def access_token_related() -> list[str]:
-    """What to ``select_related`` with an access token so that :func:`of_access_token` and
-    :func:`access_token_alive` run no query."""
+    """What to ``select_related`` with an access token so that :func:`own_authorization` and
+    :func:`access_token_alive` run no query (:func:`of_access_token` needs ``exchanged`` too)."""
     relation = refresh_token_relation()
     return [*([relation[0]] if relation else []), "source_refresh_token"]
 
@@ -141,14 +206,22 @@ def _refresh_token(access_token: Any) -> Any:
     return get_refresh_token_model().objects.filter(access_token=access_token).first()
 
 
-def of_access_token(access_token: Any) -> Authorization:
-    """The authorization an access token belongs to: its refresh-token family, found from its own
-    refresh token or the one it was refreshed from, or else the token itself."""
+def own_authorization(access_token: Any) -> Authorization:
+    """The authorization an access token itself belongs to: its refresh-token family, found from
+    its own refresh token or the one it was refreshed from, or else the token itself. What
+    revoking it (RFC 7009) ends."""
     for refresh_token in (_refresh_token(access_token), access_token.source_refresh_token):
         family = getattr(refresh_token, "token_family", None)
         if family is not None:
             return Authorization(token_family=family)
     return Authorization(access_token_id=access_token.pk)
+
+
+def of_access_token(access_token: Any) -> Authorization:
+    """The root an access token descends from: the one recorded for an exchanged token (empty
+    when none was: such a token has no authorization left), else its own."""
+    recorded = of(getattr(access_token, "exchanged", None))
+    return recorded.authorization if recorded is not None else own_authorization(access_token)
 
 
 def _refresh_token_live(refresh_token: Any) -> bool:
@@ -161,16 +234,19 @@ def _refresh_token_live(refresh_token: Any) -> bool:
 
 
 def access_token_alive(access_token: Any) -> bool:
-    """Is the authorization of an access token row that still exists alive? While it has not
+    """Is the own authorization of an access token row that still exists alive? While it has not
     expired, or while its refresh token can still renew it. (Revoking either deletes the access
     token: a row that is gone is an authorization that ended.)"""
     return not access_token.is_expired() or _refresh_token_live(_refresh_token(access_token))
 
 
 def of(record: ExchangedToken | None) -> Lineage | None:
-    """The lineage a stored impersonated token carries, or None: not impersonated, or issued
-    under an admin-started impersonation (its session rules it)."""
-    if record is None or record.act is None:
+    """The lineage a stored exchanged token carries, or None: not exchanged, or issued under an
+    admin-started impersonation without an authorization of its own (its session rules it).
+
+    A record with no root at all (issued before roots were recorded) gets an empty one, which
+    is never alive: it fails closed."""
+    if record is None:
         return None
     authorization = Authorization(
         token_family=record.actor_token_family, access_token_id=record.actor_access_token_id
@@ -182,43 +258,83 @@ def of(record: ExchangedToken | None) -> Lineage | None:
 
 # Is a lineage alive? --------------------------------------------------------------------------
 
+# Before any token's expiry: the cut-off when refresh tokens never expire.
+_NEVER = datetime.datetime(1, 1, 2, tzinfo=datetime.timezone.utc)
 
-def _authorization_alive() -> Q:
-    """Q on a row with ``actor_token_family`` and ``actor_access_token`` columns (an
-    ``ExchangedToken`` or an ``ActorAuthorization``): its authorization is alive."""
-    now = timezone.now()
-    live_refresh_tokens = get_refresh_token_model().objects.filter(
-        token_family=OuterRef("actor_token_family"), revoked__isnull=True, access_token__isnull=False
-    )
+
+def _refresh_cutoff(now: datetime.datetime) -> datetime.datetime:
+    """A family lives while a refresh token's access token expired after this."""
     delta = refresh_token_expire_timedelta()
-    if delta:
-        live_refresh_tokens = live_refresh_tokens.filter(access_token__expires__gt=now - delta)
+    return now - delta if delta else _NEVER
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """The two moments the liveness test compares with, as SQL expressions."""
+
+    now: Expression
+    refresh_cutoff: Expression
+
+
+def _fixed_clock() -> _Clock:
+    now = timezone.now()
+    return _Clock(
+        now=Value(now, output_field=DateTimeField()),
+        refresh_cutoff=Value(_refresh_cutoff(now), output_field=DateTimeField()),
+    )
+
+
+def prepared_clock() -> _Clock:
+    """The clock of a ``PreparedLookup``: both moments taken afresh on every call."""
+    return _Clock(
+        now=Parameter(DateTimeField(), timezone.now),
+        refresh_cutoff=Parameter(DateTimeField(), lambda: _refresh_cutoff(timezone.now())),
+    )
+
+
+def _authorization_alive(clock: _Clock, prefix: str = "") -> Q:
+    """Q on a row with ``actor_token_family`` and ``actor_access_token`` columns (an
+    ``ExchangedToken`` or an ``ActorAuthorization``, reached by ``prefix``): its authorization
+    is alive."""
+    live_refresh_tokens = get_refresh_token_model().objects.filter(
+        token_family=OuterRef(f"{prefix}actor_token_family"),
+        revoked__isnull=True,
+        access_token__isnull=False,
+        access_token__expires__gt=clock.refresh_cutoff,
+    )
     live_access_token = get_access_token_model().objects.filter(
-        pk=OuterRef("actor_access_token"), expires__gt=now
+        pk=OuterRef(f"{prefix}actor_access_token"), expires__gt=clock.now
     )
-    return Q(Q(actor_token_family__isnull=False), Exists(live_refresh_tokens)) | Q(
-        Q(actor_token_family__isnull=True), Exists(live_access_token)
+    return Q(Q(**{f"{prefix}actor_token_family__isnull": False}), Exists(live_refresh_tokens)) | Q(
+        Q(**{f"{prefix}actor_token_family__isnull": True}), Exists(live_access_token)
     )
 
 
-def alive_q() -> Q:
-    """Q on ``ExchangedToken``: the token's actor authorization and every older actor's are alive.
+def alive_q(prefix: str = "", clock: _Clock | None = None) -> Q:
+    """Q on ``ExchangedToken`` (or on a model reaching it by ``prefix``, e.g. ``"exchanged__"``):
+    the token's root and every authorization under its ``lineage`` key are alive.
 
-    A row without any (an impersonated token from before lineage was recorded) is not."""
-    ended_ancestors = ActorAuthorization.objects.filter(lineage=OuterRef("lineage")).exclude(
-        _authorization_alive()
+    A row without a root (an exchanged token from before roots were recorded) is not."""
+    clock = clock or _fixed_clock()
+    ended = ActorAuthorization.objects.filter(lineage=OuterRef(f"{prefix}lineage")).exclude(
+        _authorization_alive(clock)
     )
-    return Q(_authorization_alive(), ~Exists(ended_ancestors))
+    return Q(_authorization_alive(clock, prefix), ~Exists(ended))
 
 
-def with_liveness(queryset: QuerySet[ExchangedToken]) -> QuerySet[ExchangedToken]:
-    """``queryset`` with ``lineage_alive`` on each row, so :func:`alive` runs no query."""
-    return queryset.annotate(lineage_alive=ExpressionWrapper(alive_q(), output_field=BooleanField()))
+def with_liveness(queryset: QuerySet[Any], prefix: str = "", clock: _Clock | None = None) -> QuerySet[Any]:
+    """``queryset`` with ``lineage_alive`` on each row (about the ``ExchangedToken`` it reaches by
+    ``prefix``), so :func:`alive` runs no query."""
+    annotated: QuerySet[Any] = queryset.annotate(
+        lineage_alive=ExpressionWrapper(alive_q(prefix, clock), output_field=BooleanField())
+    )
+    return annotated
 
 
-def alive(lineage: Lineage, record: ExchangedToken | None = None, *, using: str | None = None) -> bool:
-    """Is ``lineage`` alive? Free when ``record`` was read :func:`with_liveness`; one query
-    otherwise. A record that is gone meanwhile is not alive."""
+def alive(lineage: Lineage, record: Any = None, *, using: str | None = None) -> bool:
+    """Is ``lineage`` alive? Free when ``record`` (the ``ExchangedToken``, or the token row that
+    reaches it) was read :func:`with_liveness`; one query otherwise. A record that is gone
+    meanwhile is not alive."""
     annotated = getattr(record, "lineage_alive", None) if record is not None else None
     if annotated is not None:
         return bool(annotated)
@@ -231,7 +347,7 @@ def alive(lineage: Lineage, record: ExchangedToken | None = None, *, using: str 
 
 def _descends_from(families: Any, access_tokens: Any) -> Q:
     """Q on ``ExchangedToken``: descends from one of these families or access tokens (values or
-    subqueries), as its own actor's authorization or an older actor's."""
+    subqueries), as its root or under its ``lineage`` key."""
     named = Q(actor_token_family__in=families) | Q(actor_access_token__in=access_tokens)
     return named | Q(lineage__in=ActorAuthorization.objects.filter(named).values("lineage"))
 
@@ -240,43 +356,58 @@ def cascade(
     *,
     families: Any = (),
     access_tokens: Any = (),
-    reason: str,
+    records: Iterable[int] = (),
+    reasons: tuple[str, str],
     only_ended: bool = True,
-    actor: Any = None,
+    user: Any = None,
     subject: Any = None,
     application: Any = None,
     client_ip: str | None = None,
 ) -> dict[str, int]:
-    """Revoke every token descending from these authorizations (with ``only_ended``, those whose
-    lineage has ended: an authorization named here that is still alive keeps its tokens) and
-    write one ``tokens.revoked`` row when anything was revoked. One transaction, joined if the
-    caller has one (the revocation's own)."""
+    """Revoke every token descending from these authorizations, and the ``records`` named (with
+    ``only_ended``, those whose lineage has ended: an authorization named here that is still
+    alive keeps its tokens). One ``tokens.revoked`` row for the impersonated tokens (reason
+    ``reasons[0]``, ``user`` as the actor) and one for the others (``reasons[1]``, ``user`` as
+    the subject) when anything was revoked. One transaction, joined if the caller has one (the
+    revocation's own)."""
     using = router.db_for_write(get_access_token_model())
+    revoked_total: dict[str, int] = {}
     with transaction.atomic(using=using):
-        records = ExchangedToken.objects.using(using).filter(_descends_from(families, access_tokens))
+        found = ExchangedToken.objects.using(using).filter(
+            _descends_from(families, access_tokens) | Q(pk__in=list(records))
+        )
         if only_ended:
-            records = records.exclude(alive_q())
-        pks = list(records.values_list("pk", flat=True))
-        if not pks:
-            return {}
-        revoked = revocation.revoke_issued(pk__in=pks)
-        if any(revoked.values()):
-            audit.tokens_revoked(
-                reason=reason,
-                revoked=revoked,
-                actor=actor,
-                subject=subject,
-                application=application,
-                client_ip=client_ip,
-            )
-    return revoked
+            found = found.exclude(alive_q())
+        impersonated: list[int] = []
+        plain: list[int] = []
+        for pk, act in found.values_list("pk", "act"):
+            (impersonated if act is not None else plain).append(pk)
+        for pks, reason, actor, owner in (
+            (impersonated, reasons[0], user, subject),
+            (plain, reasons[1], None, subject or user),
+        ):
+            if not pks:
+                continue
+            revoked = revocation.revoke_issued(pk__in=pks)
+            if any(revoked.values()):
+                audit.tokens_revoked(
+                    reason=reason,
+                    revoked=revoked,
+                    actor=actor,
+                    subject=owner,
+                    application=application,
+                    client_ip=client_ip,
+                )
+            for kind, count in revoked.items():
+                revoked_total[kind] = revoked_total.get(kind, 0) + count
+    return revoked_total
 
 
 def end(
     lineage: Lineage, *, subject: Any = None, application: Any = None, client_ip: str | None = None
 ) -> None:
     """``lineage`` was found ended on use: revoke everything that hangs off its ended
-    authorizations (a refresh and a re-exchange are refused by the caller)."""
+    authorizations, and the token itself (the caller refuses it)."""
     inherited = (
         list(ActorAuthorization.objects.filter(lineage=lineage.inherited)) if lineage.inherited else []
     )
@@ -284,11 +415,26 @@ def end(
     cascade(
         families=[a.token_family for a in authorizations if a.token_family is not None],
         access_tokens=[a.access_token_id for a in authorizations if a.access_token_id is not None],
-        reason=AUTHORIZATION_ENDED,
+        records=[lineage.record_id],
+        reasons=(ACTOR_AUTHORIZATION_ENDED, AUTHORIZATION_ENDED),
         subject=subject,
         application=application,
         client_ip=client_ip,
     )
+
+
+def refuse_if_ended(record: Any, *, subject: Any = None, application: Any = None) -> str | None:
+    """For a token row read :func:`with_liveness` (an ``ExchangedToken``, or a token reaching it
+    as ``exchanged``): None while its lineage lives; when it has ended, the reason code, after
+    revoking what hangs off it (in a transaction: a reader may run outside the token request's)."""
+    exchanged = record if isinstance(record, ExchangedToken) else getattr(record, "exchanged", None)
+    ended = of(exchanged)
+    if ended is None or alive(ended, record):
+        return None
+    assert exchanged is not None
+    with transaction.atomic(using=router.db_for_write(get_access_token_model())):
+        end(ended, subject=subject, application=application)
+    return ended_reason(exchanged.act)
 
 
 def _authorization(row: ActorAuthorization) -> Authorization:
@@ -298,54 +444,50 @@ def _authorization(row: ActorAuthorization) -> Authorization:
 # Issuing tokens with a lineage ------------------------------------------------------------------
 
 
-def issue(descent: Descent, *, using: str) -> dict[str, Any] | None:
-    """The lineage fields of the ``ExchangedToken`` rows an exchange is about to write, or None
-    when the subject's lineage has ended (and what hangs off it is revoked: the caller refuses).
+def issue(descent: Descent, *, using: str) -> dict[str, Any]:
+    """The lineage fields of the ``ExchangedToken`` rows an exchange is about to write.
 
-    A re-exchange keeps the subject's lineage. A nested impersonation records the new actor's
-    authorization and, under a new ``lineage`` key, the subject's (its own actor's and the older
-    ones): one more query to read those and one to write them, only then.
+    The presented tokens were found alive when they were read. A plain exchange of a login
+    token records its root and nothing else (no query). Otherwise the further authorizations go
+    under a new ``lineage`` key, written once (one query, and one more to copy the rows of the
+    presented tokens' own keys); a single inherited key with nothing to add is shared as it is.
     """
-    subject = descent.subject
-    if subject is not None and not alive(subject, using=using):
-        end(subject)
-        return None
-    if descent.actor is None:
-        assert subject is not None
-        return subject.fields()
-    if subject is None:
-        return {**descent.actor.fields(), "lineage": None}
-    key = uuid.uuid4()
-    older = [subject.authorization]
-    if subject.inherited is not None:
-        older += [
+    if not descent.also and len(descent.inherited) <= 1:
+        return {**descent.root.fields(), "lineage": descent.inherited[0] if descent.inherited else None}
+    others = list(descent.also)
+    if descent.inherited:
+        others += [
             _authorization(row)
-            for row in ActorAuthorization.objects.using(using).filter(lineage=subject.inherited)
+            for row in ActorAuthorization.objects.using(using).filter(lineage__in=descent.inherited)
         ]
+    rows = [a for a in dict.fromkeys(others) if a != descent.root]
+    if not rows:
+        return {**descent.root.fields(), "lineage": None}
+    key = uuid.uuid4()
     ActorAuthorization.objects.using(using).bulk_create(
         ActorAuthorization(
             lineage=key, actor_token_family=a.token_family, actor_access_token_id=a.access_token_id
         )
-        for a in dict.fromkeys(older)
+        for a in rows
     )
-    return {**descent.actor.fields(), "lineage": key}
+    return {**descent.root.fields(), "lineage": key}
 
 
 # Revocation and deactivation -----------------------------------------------------------------
 
 
 def presented_authorizations(token: str, application: Any) -> tuple[list[Any], list[Any], Any]:
-    """The families and access tokens an RFC 7009 request for ``token`` may end, and whose they
-    are, read before DOT revokes it (DOT's lookup: the token's checksum among the client's)."""
+    """The families and access tokens an RFC 7009 request for ``token`` may end (the token's own
+    authorization, not the root it descends from), and whose they are, read before DOT revokes
+    it (DOT's lookup: the token's checksum among the client's)."""
     checksum = hashlib.sha256(token.encode("utf-8")).hexdigest()
     families: list[Any] = []
     access_tokens: list[Any] = []
     user = None
     lookup = {"token_checksum": checksum, "application": application}
-    for access_token in (
-        get_access_token_model().objects.select_related("user", *access_token_related()).filter(**lookup)
-    ):
-        families.append(of_access_token(access_token).token_family)
+    related = access_token_related()
+    for access_token in get_access_token_model().objects.select_related("user", *related).filter(**lookup):
+        families.append(own_authorization(access_token).token_family)
         access_tokens.append(access_token.pk)
         user = user or access_token.user
     for refresh_token in get_refresh_token_model().objects.select_related("user").filter(**lookup):
@@ -359,11 +501,13 @@ def _present(values: Iterable[Any]) -> list[Any]:
     return [value for value in dict.fromkeys(values) if value is not None]
 
 
-def actor_saved(
+def user_saved(
     sender: Any, instance: Any, created: bool = False, update_fields: Any = None, **kwargs: Any
 ) -> None:
-    """``post_save`` of the user model: a deactivated actor ends every impersonation running on
-    their authorizations, whether or not they are still alive otherwise."""
+    """``post_save`` of the user model: a deactivated user ends everything descending from their
+    authorizations at once, whether or not they are still alive otherwise: the impersonations
+    they act in (``actor_deactivated``) and the tokens exchanged from their logins
+    (``user_deactivated``)."""
     if created or getattr(instance, "is_active", True):
         return
     if update_fields is not None and "is_active" not in update_fields:
@@ -371,12 +515,12 @@ def actor_saved(
     cascade(
         families=get_refresh_token_model().objects.filter(user=instance).values("token_family"),
         access_tokens=get_access_token_model().objects.filter(user=instance).values("pk"),
-        reason=ACTOR_DEACTIVATED,
+        reasons=(ACTOR_DEACTIVATED, USER_DEACTIVATED),
         only_ended=False,
-        actor=instance,
+        user=instance,
     )
 
 
 def connect_receivers() -> None:
     """Connect this module's signal receivers (called from ``TokenExchangeConfig.ready``)."""
-    post_save.connect(actor_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="token_exchange.lineage")
+    post_save.connect(user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="token_exchange.lineage")

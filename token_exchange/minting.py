@@ -4,9 +4,8 @@ Called with a decision already made (:class:`Issuance`); it decides nothing. Eve
 creates is a row of DOT's own tables, JWTs included, so introspection, revocation, DOT's
 resource-server checks and the refresh grant treat exchanged tokens like any other. The
 RFC 8693 extras (audience, ``act``, ``jti``) go into one ``ExchangedToken`` row per token, with
-the lineage of an impersonated token: the actor authorization it lives by (``lineage``). A
-subject whose lineage has ended is refused here, after every other check, in the transaction
-that would store the tokens.
+its lineage: the root authorization it lives by, and the others it depends on (``lineage``).
+The readers refused any presented token whose lineage had ended.
 """
 
 from __future__ import annotations
@@ -64,7 +63,8 @@ class Issuance:
     audit_context: audit.AuditContext
     act: dict[str, Any] | None = None
     impersonation_id: int | None = None  # the admin-started ImpersonationSession, kept on every token
-    # The actor authorizations the tokens will live by: lineage.descent(subject=..., actor=...).
+    # The authorizations the tokens will live by: lineage.descent(subject=..., actor=...); None
+    # only under an admin-started impersonation (the session rules the tokens).
     lineage: Descent | None = None
 
 
@@ -187,14 +187,8 @@ def mint(
             # The session's lock, taken before any token row as impersonation_sessions.end takes
             # it: a Stop that committed after the grant decided wins.
             reason = impersonation_sessions.locked_refusal(issuance.impersonation_id)
-        lineage_fields: dict[str, Any] | None = {}
-        if reason is None and issuance.lineage is not None:
-            # None: the subject's actor authorization ended; what hangs off it is revoked now.
-            lineage_fields = lineage.issue(issuance.lineage, using=using)
-            if lineage_fields is None:
-                reason = lineage.AUTHORIZATION_ENDED
         if reason is None:
-            assert lineage_fields is not None
+            lineage_fields = lineage.issue(issuance.lineage, using=using) if issuance.lineage else {}
             _store(
                 issuance,
                 response,

@@ -10,10 +10,13 @@ A refresh of an impersonated token (one with ``act``) is an impersonation again:
 re-decided (switch on, grants still held, everyone still active) or the refresh fails with
 ``invalid_grant``; the new access token is capped at ``IMPERSONATION_TOKEN_EXPIRE_SECONDS``, and
 the refresh is audited as ``user.impersonated`` in the transaction that stores the tokens.
-It also needs the actor's authorization to be alive (``lineage``): a refresh of a token whose
-actor logged out, was revoked or expired fails and revokes what hangs off that authorization,
-and the new tokens keep the lineage. Revoking a token at the RFC 7009 endpoint ends, in the same
-transaction, every impersonation that lived by it (``revoke_token``).
+A refresh of any exchanged token, impersonated or not, also needs the authorization it descends
+from to be alive (``lineage``): a refresh of a token whose login (its actor's, for an
+impersonation) logged out, was revoked or expired fails and revokes what hangs off that
+authorization, and the new tokens keep the lineage. Revoking a token at the RFC 7009 endpoint
+ends, in the same transaction, every token exchanged from it (``revoke_token``); DOT's bearer
+check for resource servers refuses an exchanged token whose lineage ended, or whose
+admin-started impersonation may not go on (``validate_bearer_token``).
 """
 
 from __future__ import annotations
@@ -213,20 +216,23 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         return False
 
     def _lineage_alive(self, record: ExchangedToken, client: Any, request: Request) -> bool:
-        """An impersonated token is refreshed only while its actor's authorization lives (asked
-        after the rules, so a refusal names the rule first). When it has ended, everything that
-        hangs off it is revoked now, and the refusal is audited."""
+        """An exchanged token is refreshed only while the authorization it descends from lives
+        (for an impersonation, asked after the rules, so a refusal names the rule first). When it
+        has ended, everything that hangs off it is revoked now, and the refusal is audited."""
         descent = lineage.of(record)
         if descent is None or lineage.alive(descent, record):
             return True
-        context = _state(request, _CONTEXT)
-        lineage.end(descent, subject=request.user, application=client, client_ip=context.client_ip)
-        logger.info(
-            "refresh_token of an impersonated token refused for client %s: %s",
-            client.client_id,
-            lineage.AUTHORIZATION_ENDED,
+        context = _state(request, _CONTEXT) or audit.AuditContext(
+            application=client,
+            client_ip=audit.client_ip(request.headers),
+            grant_type="refresh_token",
+            subject=request.user,
+            issuer=self.get_oidc_issuer_endpoint(request),
         )
-        audit.refused(context, reason=lineage.AUTHORIZATION_ENDED, error="invalid_grant")
+        lineage.end(descent, subject=request.user, application=client, client_ip=context.client_ip)
+        reason = lineage.ended_reason(record.act)
+        logger.info("refresh_token of an exchanged token refused for client %s: %s", client.client_id, reason)
+        audit.refused(context, reason=reason, error="invalid_grant")
         return False
 
     def _impersonation_deadline(self, record: ExchangedToken) -> datetime.datetime:
@@ -332,8 +338,9 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
     def revoke_token(
         self, token: str, token_type_hint: str | None, request: Request, *args: Any, **kwargs: Any
     ) -> None:
-        """DOT's RFC 7009 revocation, and in the same transaction the end of every impersonation
-        that lived by the authorization it ends (``lineage.cascade``).
+        """DOT's RFC 7009 revocation, and in the same transaction the end of every token that
+        descends from the authorization it ends (``lineage.cascade``): impersonations it was the
+        actor token of, and tokens exchanged from it.
 
         The authorizations are read before DOT deletes the rows that name them; only those that
         the revocation actually ended are followed (revoking an access token that a refresh has
@@ -341,7 +348,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         """
         with transaction.atomic(using=router.db_for_write(get_access_token_model())):
             application = request.client if getattr(request.client, "pk", None) is not None else None
-            families, access_tokens, actor = (
+            families, access_tokens, owner = (
                 lineage.presented_authorizations(token, application)
                 if application is not None
                 else ([], [], None)
@@ -351,11 +358,36 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
                 lineage.cascade(
                     families=families,
                     access_tokens=access_tokens,
-                    reason=lineage.ACTOR_TOKEN_REVOKED,
-                    actor=actor,
+                    reasons=(lineage.ACTOR_TOKEN_REVOKED, lineage.TOKEN_REVOKED),
+                    user=owner,
                     application=application,
                     client_ip=audit.client_ip(request.headers),
                 )
+
+    def validate_bearer_token(self, token: str, scopes: Any, request: Request) -> bool:
+        """DOT's check for resource servers, then, for a token an exchange issued, the same
+        liveness as introspection: its lineage (the authorization it descends from) must live,
+        and an admin-started impersonation's session must go on. One more query per request (the
+        token's ``ExchangedToken`` with its liveness); a token found ended is revoked with what
+        hangs off it (``lineage.refuse_if_ended``, ``impersonation_sessions.enforce_by_id``)."""
+        valid: bool = super().validate_bearer_token(token, scopes, request)
+        access_token = _state(request, "access_token")
+        if not valid or getattr(access_token, "pk", None) is None:
+            return valid
+        record = unique_row(lineage.with_liveness(ExchangedToken.objects.filter(access_token=access_token)))
+        if record is None:
+            return True
+        reason = lineage.refuse_if_ended(
+            record, subject=access_token.user, application=access_token.application
+        )
+        if reason is None and record.impersonation_id is not None:
+            reason = impersonation_sessions.enforce_by_id(record.impersonation_id)
+        if reason is None:
+            return True
+        logger.info("Bearer token %s refused: %s", record.jti, reason)
+        # As DOT answers any token that is no longer valid.
+        request.oauth2_error = {"error": "invalid_token", "error_description": "The access token is invalid."}
+        return False
 
     def _save_bearer_token(self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any) -> Any:
         # DOT runs this inside a transaction on the access token database: the audit row of an

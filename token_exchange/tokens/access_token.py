@@ -3,7 +3,10 @@
 Both kinds are rows of DOT's AccessToken table (JWTs are stored too), so one checksum lookup
 finds either; the row, not the JWT's signature, is the authority on whether it is still live.
 Its refresh token and the one it was refreshed from come in the same query: they name the
-authorization the token belongs to (``lineage.of_access_token``), should it act.
+authorization the token belongs to (``lineage.of_access_token``), should it act. So does whether
+the authorization an exchanged token descends from is still alive (``lineage_alive``, an
+annotation): a token whose lineage has ended is refused, and what hangs off it revoked
+(``lineage.refuse_if_ended``), here as at introspection and on refresh.
 """
 
 from __future__ import annotations
@@ -19,15 +22,20 @@ from ..lookups import PreparedLookup
 from .base import VerifiedToken, access_token_claims
 
 _BY_CHECKSUM = PreparedLookup(
-    lambda: get_access_token_model().objects.select_related(
-        "user", "application", "exchanged", *lineage.access_token_related()
+    lambda: lineage.with_liveness(
+        get_access_token_model().objects.select_related(
+            "user", "application", "exchanged", *lineage.access_token_related()
+        ),
+        prefix="exchanged__",
+        clock=lineage.prepared_clock(),
     ),
     "token_checksum",
 )
 
 
 def load_access_token(value: str) -> Any:
-    """DOT's AccessToken row for a token value (or None), with what the claims are made of."""
+    """DOT's AccessToken row for a token value (or None), with what the claims are made of and
+    whether its lineage lives (``lineage_alive``)."""
     return _BY_CHECKSUM.get(hashlib.sha256(value.encode("utf-8")).hexdigest())
 
 
@@ -44,6 +52,9 @@ def read_access_token(value: str, token_type: str, refusal: type[Refusal]) -> Ve
         raise refusal("token_without_user")  # client_credentials: no subject to act for
     if not token.user.is_active:
         raise refusal("inactive_user")
+    ended = lineage.refuse_if_ended(token, subject=token.user, application=token.application)
+    if ended is not None:
+        raise refusal(ended)
 
     return VerifiedToken(
         token_type=token_type,
@@ -52,5 +63,6 @@ def read_access_token(value: str, token_type: str, refusal: type[Refusal]) -> Ve
         scope=frozenset(token.scope.split()),
         expires=token.expires,
         authorization=lineage.of_access_token(token),
+        own_authorization=lineage.own_authorization(token),
         **access_token_claims(token),
     )

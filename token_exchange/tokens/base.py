@@ -34,10 +34,14 @@ class VerifiedToken:
     act: dict[str, Any] | None = None
     may_act: dict[str, Any] | None = None
     impersonation_id: int | None = None  # the admin-started ImpersonationSession it was issued under
-    # An impersonated token's lineage: the actor authorizations it lives by (token_exchange.lineage).
+    # An exchanged token's lineage: the root and other authorizations it lives by, as recorded
+    # (token_exchange.lineage); None for a token DOT issued at login, or a named user.
     lineage: Lineage | None = None
-    # The authorization the token belongs to, should it act: its refresh-token family or itself.
+    # The root authorization it descends from: for a login token its refresh-token family or
+    # itself, for an exchanged token the root it recorded; None when it cannot be determined.
     authorization: Authorization | None = None
+    # Its own authorization (family or itself), which revoking it ends; None for a named user.
+    own_authorization: Authorization | None = None
 
 
 def native_audience(resource: list[str] | None, client_id: str) -> tuple[str, ...]:

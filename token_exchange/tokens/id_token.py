@@ -12,8 +12,10 @@ token of a revoked login, or an older one than the latest refresh issued, is ref
 has expired, its refresh token must still be usable. The access token and its refresh tokens
 come in the same query as the ID token. An ID token issued alone (the implicit ``id_token``
 response type, the front channel of a hybrid flow, an exchange for an ID token) has no access
-token to ask and lives until its ``exp`` or until it is revoked with what it descends from;
-when impersonated, its lineage decides (``lineage``, checked before anything is issued).
+token to ask. One that an exchange issued (with an access token or alone) is accepted only while
+the root authorization it recorded lives (``lineage``; an annotation on the same query), and one
+that is neither (the implicit ``id_token`` response type, the front channel of a hybrid flow)
+names no authorization: the grant refuses it (``authorization_unknown``), failing closed.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer
     related = ["user", "application", "exchanged"]
     if relation is not None:
         related += [relation[0], *(f"{relation[0]}__{name}" for name in lineage.access_token_related())]
-    row = unique_row(get_id_token_model().objects.select_related(*related).filter(jti=jti))
+    rows = get_id_token_model().objects.select_related(*related).filter(jti=jti)
+    row = unique_row(lineage.with_liveness(rows, prefix="exchanged__"))
     if row is None or row.application is None or row.user is None:
         raise refusal("unknown_token")
     application = row.application
@@ -100,6 +103,10 @@ def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer
         # Issued with an access token that was revoked, replaced by a refresh, or expired
         # beyond renewal: the login it proves has ended.
         raise refusal("authorization_ended")
+    ended = lineage.refuse_if_ended(row, subject=row.user, application=application)
+    if ended is not None:
+        # An exchanged ID token, whose root authorization (the login it descends from) ended.
+        raise refusal(ended)
 
     exchanged = getattr(row, "exchanged", None)
     if exchanged is not None:
@@ -113,6 +120,11 @@ def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer
             "resource": resource,
             "reference": str(jti),
         }
+    recorded = lineage.of(exchanged)
+    if recorded is not None:
+        authorization: lineage.Authorization | None = recorded.authorization
+    else:
+        authorization = lineage.own_authorization(linked) if linked is not None else None
     may_act = claims.get("may_act")
     return VerifiedToken(
         token_type=token_type,
@@ -122,7 +134,9 @@ def read_id_token(value: str, token_type: str, refusal: type[Refusal], *, issuer
         scope=frozenset(row.scope.split()) & SUBJECT_DATA_SCOPES,
         expires=min(row.expires, datetime.datetime.fromtimestamp(exp, tz=datetime.timezone.utc)),
         may_act=may_act if isinstance(may_act, dict) else None,
-        # Acting with an ID token is acting with the authorization of its access token.
-        authorization=lineage.of_access_token(linked) if linked is not None else None,
+        # Acting with an ID token is acting with the authorization of its access token; an
+        # exchanged one's is the root it recorded.
+        authorization=authorization,
+        own_authorization=lineage.own_authorization(linked) if linked is not None else None,
         **token_claims,
     )
