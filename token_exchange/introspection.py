@@ -16,6 +16,12 @@ exactly as an unknown, expired or revoked token does, so a client cannot tell a 
 someone else from one that does not exist (no token scanning, RFC 7662 §4).
 
 The token travels in the POST body only: the query string ends up in logs and proxies.
+
+An exchanged token is active only while the authorization it descends from lives (its lineage:
+``lineage_alive``, an annotation on the one lookup) and, when issued under an admin-started
+impersonation, while that session may go on (``impersonation_sessions``). Ends DOT has no hook
+for (a logout that deletes tokens, reuse detection revoking a family, expiry) are found here, as
+on refresh: the token reads inactive and what hangs off the ended authorization is revoked.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from oauth2_provider.settings import oauth2_settings
 from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 
+from . import impersonation_sessions, lineage
 from .client_ids import is_confusable
 from .constants import ACT, BEARER, INTROSPECT_ANY, INTROSPECT_AUDIENCE
 from .tokens import access_token_claims, load_access_token
@@ -177,7 +184,20 @@ class IntrospectTokenView(FormEndpoint, View):
                 "Introspection by %s of %s: not in its audience", client.client_id, claims["reference"]
             )
             return _json(INACTIVE)
+        if self.ended(token, claims):
+            return _json(INACTIVE)
         return _json(self.token_claims(request, token, claims))
+
+    def ended(self, token: Any, claims: dict[str, Any]) -> bool:
+        """Has an exchanged token ended in a way that had no hook? Then it is revoked now (with
+        everything that hangs off its ended authorization, or its ended session)."""
+        reason = lineage.refuse_if_ended(token, subject=token.user, application=token.application)
+        if reason is None and claims["impersonation_id"] is not None:
+            reason = impersonation_sessions.enforce_by_id(claims["impersonation_id"])
+        if reason is None:
+            return False
+        logger.info("Introspection of %s: inactive, %s", claims["reference"], reason)
+        return True
 
     def authenticated_client(self, request: HttpRequest) -> Any:
         """The Application asking, authenticated; or None.
