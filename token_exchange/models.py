@@ -332,11 +332,11 @@ class ExchangedToken(models.Model):
     # restricted to. Empty means unrestricted, as for the subject token it was derived from.
     resource = models.JSONField(_("resource"), default=list)
     act = models.JSONField(_("actor"), null=True, blank=True)
-    # The lineage of an impersonated token (``token_exchange.lineage``): the actor authorization
-    # it descends from, that is the refresh-token family of the actor token or, without one, the
-    # actor's access token itself; and the key of the older actors' authorizations when the
-    # subject was impersonated already. Not foreign keys that cascade: the row must outlive the
-    # actor's tokens to tell that they are gone.
+    # The lineage of an exchanged token (``token_exchange.lineage``): the root authorization it
+    # descends from, that is a login's refresh-token family or, without one, its access token
+    # itself (the actor's login for an impersonation, the subject's otherwise; the column names
+    # are the impersonation's); and the key of the further authorizations it depends on. Not
+    # foreign keys that cascade: the row must outlive those tokens to tell that they are gone.
     actor_token_family = models.UUIDField(
         _("actor's refresh token family"), null=True, blank=True, db_index=True, editable=False
     )
