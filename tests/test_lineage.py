@@ -25,6 +25,7 @@ from token_exchange.models import AuditEvent, ClientPolicy, ExchangedToken, Impe
 
 from .adversarial import OneConnectionPerRequest, TokenClient
 from .conftest import grant, make_app
+from .db_faults import failing_insert
 from .test_admin_impersonation import SPA_URL, WITH_REFRESH, SinglePageApp, staff, start
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -406,3 +407,254 @@ def test_an_admin_started_impersonation_gets_a_refresh_token_only_with_offline_a
     assert response.status_code == 200, response.content
     assert ("refresh_token" in response.json()) is refreshable
     assert RefreshToken.objects.filter(application=spa).exists() is refreshable
+
+
+# Every exchanged token lives by the root it descends from (review findings 1-3) -----------------
+
+TOKEN_REFUSED = AuditEvent.EventType.TOKEN_EXCHANGE_REFUSED
+WITH_OFFLINE = "openid offline_access read"
+
+
+def plain_exchange(http: Server, app: Any, subject_token: str, **params: Any) -> dict[str, Any]:
+    """A plain exchange (no actor) of ``subject_token``, by default with offline_access."""
+    params.setdefault("scope", "openid offline_access read")
+    response = http.exchange(app, subject_token=subject_token, subject_token_type=ACCESS_TOKEN_TYPE, **params)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def refusals() -> list[str]:
+    return [
+        row.payload["reason"] for row in AuditEvent.objects.filter(event_type=TOKEN_REFUSED).order_by("pk")
+    ]
+
+
+def test_an_actor_token_from_a_plain_exchange_lives_by_the_actors_login(
+    http, portal, inspector, support, end_user_in_acme, actor_tokens, impersonation_allowed
+):
+    """Review finding 1: a plain exchange of support's login with offline_access mints a refresh
+    token in a family of its own; an impersonation with that token as actor must still end when
+    support's login (A1/R1) is revoked, not live on in the new family."""
+    derived = plain_exchange(http, portal, actor_tokens["access_token"])
+    assert "refresh_token" in derived
+    response = http.impersonate(
+        portal, derived["access_token"], end_user_in_acme, scope="openid offline_access read"
+    )
+    assert response.status_code == 200, response.text
+    impersonated = response.json()
+
+    http.revoke(portal, actor_tokens["access_token"])
+    http.revoke(portal, actor_tokens["refresh_token"])
+
+    assert not http.active(inspector, impersonated["access_token"])
+    refreshed = http.refresh(portal, impersonated["refresh_token"])
+    assert refreshed.status_code == 400, refreshed.text
+    assert refreshed.json()["error"] == "invalid_grant"
+    assert http.refresh(portal, derived["refresh_token"]).json()["error"] == "invalid_grant"
+    assert {row.payload["reason"] for row in revocations()} == {"actor_token_revoked", "token_revoked"}
+
+
+def test_revoking_the_exchanged_actor_token_ends_the_impersonation_too(
+    http, portal, inspector, support, end_user_in_acme, actor_tokens, impersonation_allowed
+):
+    """The impersonation lives by support's login and by the exchanged token that acted:
+    revoking either ends it, while the login itself lives on."""
+    derived = plain_exchange(http, portal, actor_tokens["access_token"])
+    impersonated = http.impersonate(
+        portal, derived["access_token"], end_user_in_acme, scope="openid offline_access read"
+    ).json()
+
+    http.revoke(portal, derived["refresh_token"], "refresh_token")
+
+    assert not http.active(inspector, impersonated["access_token"])
+    assert http.refresh(portal, impersonated["refresh_token"]).json()["error"] == "invalid_grant"
+    assert http.active(inspector, actor_tokens["access_token"])
+    assert [row.payload["reason"] for row in revocations()] == ["actor_token_revoked"]
+
+
+@pytest.mark.parametrize("ended_by", ["rfc7009", "revoke_family"])
+@pytest.mark.parametrize("position", ["subject_token", "actor_token"])
+def test_an_exchanged_id_token_is_refused_once_its_login_ended(
+    http, portal, support, end_user_in_acme, actor_tokens, impersonation_allowed, position, ended_by
+):
+    """Review finding 2: an ID token minted by an exchange has no at_hash; it is accepted only
+    while the login it descends from lives, as subject and as actor. Revoked at the RFC 7009
+    endpoint, the ID token goes with the login at once (the cascade); ended without a hook
+    (reuse detection, logout), the reader finds the ended root and refuses it."""
+    response = http.exchange(
+        portal,
+        subject_token=actor_tokens["access_token"],
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        requested_token_type=ID_TOKEN_TYPE,
+        scope="openid",
+    )
+    assert response.status_code == 200, response.text
+    id_token = response.json()["access_token"]
+
+    def send() -> Any:
+        if position == "subject_token":
+            return http.exchange(
+                portal, subject_token=id_token, subject_token_type=ID_TOKEN_TYPE, scope="openid"
+            )
+        return http.impersonate(
+            portal, id_token, end_user_in_acme, actor_token_type=ID_TOKEN_TYPE, scope="openid"
+        )
+
+    assert send().status_code == 200
+    if ended_by == "rfc7009":
+        http.revoke(portal, actor_tokens["refresh_token"], "refresh_token")
+    else:
+        RefreshToken.revoke_family(
+            RefreshToken.objects.get(user=support, exchanged__isnull=True).token_family
+        )
+
+    response = send()
+
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": "invalid_request", "error_description": "The request was refused."}
+    expected = "unknown_token" if ended_by == "rfc7009" else "authorization_ended"
+    assert refusals()[-1] == expected
+    assert not ExchangedToken.objects.filter(id_token__isnull=False, act__isnull=True).exists()
+
+
+def test_an_exchanged_token_without_a_recorded_root_is_refused_as_actor(
+    http, portal, support, end_user_in_acme, actor_tokens, impersonation_allowed
+):
+    """Fail closed: an exchanged token that names no authorization (issued before roots were
+    recorded) acts for nobody and is never the root of an impersonation without lineage."""
+    derived = plain_exchange(http, portal, actor_tokens["access_token"], scope="read")
+    ExchangedToken.objects.update(actor_token_family=None, actor_access_token=None)
+
+    response = http.impersonate(portal, derived["access_token"], end_user_in_acme, scope="read")
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error_description"] == "The request was refused."
+    assert refusals() == ["authorization_ended"]
+    assert not ExchangedToken.objects.filter(act__isnull=False).exists()
+
+
+def test_revoking_the_actors_family_ends_the_impersonation_at_introspection_at_once(
+    http, portal, inspector, login, support, end_user_in_acme, impersonation_allowed
+):
+    """Review finding 3: reuse detection (``RefreshToken.revoke_family``) has no hook; the
+    impersonated access token must read inactive at once, not after someone tries a refresh,
+    and DOT's own bearer check (here UserInfo) must refuse it too. (Support's login asks for no
+    resource, so that the impersonated token is not restricted away from UserInfo.)"""
+    actor = login(support, resources=())
+    response = http.impersonate(portal, actor["access_token"], end_user_in_acme, scope=WITH_OFFLINE)
+    assert response.status_code == 200, response.text
+    impersonated = response.json()
+    assert http.active(inspector, impersonated["access_token"])
+    assert userinfo(http, impersonated["access_token"]) == 200
+
+    RefreshToken.revoke_family(RefreshToken.objects.get(user=support).token_family)
+
+    assert userinfo(http, impersonated["access_token"]) == 401
+    # Found ended at the bearer check, and revoked there with what hangs off the authorization.
+    assert [row.payload["reason"] for row in revocations()] == ["actor_authorization_ended"]
+    assert not RefreshToken.objects.filter(exchanged__act__isnull=False, revoked__isnull=True).exists()
+    assert not http.active(inspector, impersonated["access_token"])
+    refreshed = http.refresh(portal, impersonated["refresh_token"])
+    assert refreshed.status_code == 400, refreshed.text
+    assert refreshed.json()["error"] == "invalid_grant"
+
+
+def test_introspection_alone_finds_an_ended_family(http, portal, inspector, support, impersonated):
+    RefreshToken.revoke_family(RefreshToken.objects.get(user=support).token_family)
+
+    assert not http.active(inspector, impersonated["access_token"])
+
+    assert [row.payload["reason"] for row in revocations()] == ["actor_authorization_ended"]
+    assert not AccessToken.objects.filter(exchanged__act__isnull=False).exists()
+
+
+def userinfo(http: Server, access_token: str) -> int:
+    response = OneConnectionPerRequest().get(
+        f"{http.base_url}/o/userinfo/", headers={"Authorization": f"Bearer {access_token}"}, timeout=30
+    )
+    return int(response.status_code)
+
+
+def test_revoking_the_login_revokes_what_a_plain_exchange_issued_in_the_same_transaction(
+    http, portal, inspector, end_user, user_tokens
+):
+    """RFC 7009 on the subject's login: the refresh token a plain exchange issued stops working,
+    revoked by the cascade in the revocation's own transaction (if its audit row cannot be
+    written, the login's revocation is rolled back too)."""
+    exchanged = plain_exchange(http, portal, user_tokens["access_token"])
+    revoke = lambda: OneConnectionPerRequest().post(  # noqa: E731
+        f"{http.base_url}/o/revoke_token/",
+        data={"token": user_tokens["refresh_token"], "token_type_hint": "refresh_token"},
+        auth=(portal.client_id, portal.plain_secret),
+        timeout=30,
+    )
+
+    with failing_insert(AuditEvent, "NEW.event_type = 'tokens.revoked'"):
+        assert revoke().status_code == 500
+    assert not RefreshToken.objects.filter(user=end_user, revoked__isnull=False).exists()
+    assert http.active(inspector, exchanged["access_token"])
+
+    assert revoke().status_code == 200
+
+    # Eagerly: before anyone uses the exchanged tokens again.
+    [row] = revocations()
+    assert row.payload["reason"] == "token_revoked"
+    assert row.subject == end_user
+    assert row.payload["revoked"]["refresh_tokens"] == 1
+    assert not RefreshToken.objects.filter(exchanged__isnull=False, revoked__isnull=True).exists()
+    assert not http.active(inspector, exchanged["access_token"])
+    refreshed = http.refresh(portal, exchanged["refresh_token"])
+    assert refreshed.status_code == 400, refreshed.text
+    assert refreshed.json()["error"] == "invalid_grant"
+
+
+def test_a_plain_exchanged_refresh_fails_once_the_login_ended_without_a_hook(
+    http, portal, inspector, end_user, user_tokens
+):
+    exchanged = plain_exchange(http, portal, user_tokens["access_token"])
+    RefreshToken.revoke_family(RefreshToken.objects.get(user=end_user, exchanged__isnull=True).token_family)
+
+    refreshed = http.refresh(portal, exchanged["refresh_token"])
+
+    assert refreshed.status_code == 400, refreshed.text
+    assert refreshed.json()["error"] == "invalid_grant"
+    assert refusals() == ["authorization_ended"]
+    assert [row.payload["reason"] for row in revocations()] == ["authorization_ended"]
+    assert not http.active(inspector, exchanged["access_token"])
+
+
+def test_a_re_exchange_lives_by_the_login_and_by_the_token_it_was_exchanged_from(
+    http, portal, inspector, end_user, user_tokens
+):
+    first = plain_exchange(http, portal, user_tokens["access_token"])
+    second = plain_exchange(http, portal, first["access_token"])
+
+    http.revoke(portal, first["refresh_token"], "refresh_token")
+
+    assert not http.active(inspector, second["access_token"])
+    assert http.refresh(portal, second["refresh_token"]).json()["error"] == "invalid_grant"
+    assert http.active(inspector, user_tokens["access_token"])  # the login lives on
+
+
+def test_the_users_routine_refresh_keeps_what_was_exchanged_from_their_login(
+    http, portal, inspector, end_user, user_tokens
+):
+    exchanged = plain_exchange(http, portal, user_tokens["access_token"])
+    login_tokens = user_tokens
+    for _ in range(2):
+        response = http.refresh(portal, login_tokens["refresh_token"])
+        assert response.status_code == 200, response.text
+        login_tokens = response.json()
+
+    assert http.active(inspector, exchanged["access_token"])
+    refreshed = http.refresh(portal, exchanged["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+    renewed = refreshed.json()
+    assert http.active(inspector, renewed["access_token"])
+    assert http.re_exchange(portal, renewed["access_token"]).status_code == 200
+    assert revocations() == []
+
+    # The refreshed token keeps the root: it ends with the newest refresh token of the login.
+    http.revoke(portal, login_tokens["refresh_token"], "refresh_token")
+    assert not http.active(inspector, renewed["access_token"])
+    assert http.refresh(portal, renewed["refresh_token"]).json()["error"] == "invalid_grant"
