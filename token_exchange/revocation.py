@@ -1,9 +1,9 @@
 """Revoking what was issued: the one place that deletes codes, access and ID tokens and marks
 refresh tokens revoked for a set of ``ExchangedToken`` records.
 
-An admin-started impersonation that ends revokes everything issued under it; an actor whose
-authorization ends (``lineage``) revokes everything issued under that. Call inside the
-transaction that ends the session or the authorization.
+An admin-started impersonation that ends revokes everything issued under it; an authorization
+that ends (``lineage``: a login, an actor's or a subject's) revokes everything exchanged from it.
+Call inside the transaction that ends the session or the authorization.
 """
 
 from __future__ import annotations
