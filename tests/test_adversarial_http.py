@@ -29,7 +29,13 @@ from token_exchange.constants import (
     JWT_TYPE,
     USER_ID_TYPE,
 )
-from token_exchange.models import ClientPolicy, ImpersonatorGrant, SecuritySettings
+from token_exchange.models import (
+    AuditEvent,
+    ClientPolicy,
+    ExchangedToken,
+    ImpersonatorGrant,
+    SecuritySettings,
+)
 
 from .adversarial import (
     CLIENT_AUTHENTICATION_FAILED,
@@ -858,6 +864,23 @@ def test_a_policy_change_stops_the_refresh_and_the_re_exchange_of_impersonated_t
         reasons=[reason],
         secrets=[impersonated["refresh_token"]],
     )
+    if reason == "actor_deleted":
+        # The actor's tokens went with them, so the authorization the impersonation lives by has
+        # ended: the token reader finds that before the rules are asked (every exchanged token
+        # lives by its root, lineage.py) and refuses the re-exchange as every other refusal
+        # reads, revoking the impersonated tokens on the way (a tokens.revoked row).
+        response = http.exchange(portal, **exchange_body(impersonated))
+        assert response.status_code == 400, response.text
+        assert response.json() == {"error": "invalid_request", "error_description": TOKEN_REFUSED}
+        last = (
+            AuditEvent.objects.filter(event_type=AuditEvent.EventType.TOKEN_EXCHANGE_REFUSED)
+            .order_by("pk")
+            .last()
+        )
+        assert last is not None
+        assert last.payload["reason"] == "actor_authorization_ended"
+        assert not ExchangedToken.objects.filter(act__isnull=False, access_token__isnull=False).exists()
+        return
     refused(
         lambda: http.exchange(portal, **exchange_body(impersonated)),
         status=400,
