@@ -401,3 +401,36 @@ def test_the_session_key_and_auth_hash_digest_are_never_shown(
     [started] = AuditEvent.objects.filter(event_type=EventType.IMPERSONATION_STARTED)
     assert session.session_key not in str(started.payload)
     assert session.session_auth_hash not in str(started.payload)
+
+
+@pytest.mark.parametrize("failure", ["load raises", "cache engine reads an error as empty"])
+def test_a_session_store_outage_refuses_without_ending_it(failure, signed_in, monkeypatch):
+    """A store that does not answer is no ended session: the request is refused, the impersonation
+    goes on, and works again once the store answers."""
+    from django.contrib.sessions.backends.cache import SessionStore as CacheStore
+
+    store_class = import_module(django_settings.SESSION_ENGINE).SessionStore
+    if failure == "load raises":
+
+        def broken(self: Any) -> Any:
+            raise ConnectionError("session store down")
+
+        monkeypatch.setattr(store_class, "load", broken)
+    else:
+        # Django's cache engine: load() answers {} on a cache error, exists() still finds the key.
+        monkeypatch.setattr(store_class, "load", lambda self: {})
+        monkeypatch.setattr(store_class, "exists", lambda self, key: True)
+        monkeypatch.setattr(
+            "token_exchange.impersonation_sessions._swallows_errors", lambda cls: cls is store_class
+        )
+        assert not issubclass(store_class, CacheStore)  # the test settings use the database engine
+    app = signed_in["app"]
+    refused = app.refresh(signed_in["tokens"]["refresh_token"])
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == "invalid_grant"
+    session = ImpersonationSession.objects.get(pk=signed_in["session"].pk)
+    assert session.ended_at is None
+    assert refusal_reasons()[-1] == "session_store_unavailable"
+    monkeypatch.undo()
+    refreshed = app.refresh(signed_in["tokens"]["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text

@@ -658,3 +658,72 @@ def test_the_users_routine_refresh_keeps_what_was_exchanged_from_their_login(
     http.revoke(portal, login_tokens["refresh_token"], "refresh_token")
     assert not http.active(inspector, renewed["access_token"])
     assert http.refresh(portal, renewed["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+# The second review: a cascade's size, its audit rows, a huge refresh lifetime --------------------
+
+
+def test_a_lazy_end_names_the_support_user_in_its_audit_row(http, portal, inspector, support, impersonated):
+    """Found ended at introspection (no hook told of it): the tokens.revoked row of the impersonated
+    tokens names the actor acting in them, so a search for the support user finds it."""
+    RefreshToken.revoke_family(RefreshToken.objects.get(user=support).token_family)
+
+    assert not http.active(inspector, impersonated["access_token"])
+
+    [row] = revocations()
+    assert (row.payload["reason"], row.actor) == ("actor_authorization_ended", support)
+
+
+def test_a_customer_ending_their_login_names_the_actor_and_says_who_ended_it(
+    http, portal, login, support, end_user_in_acme, impersonation_allowed, actor_tokens
+):
+    """A delegation on the customer's own token ends when the customer revokes their login: the
+    row still names the support user as actor, and the customer as who ended it."""
+    customer = login(end_user_in_acme)
+    response = http.exchange(
+        portal,
+        subject_token=customer["access_token"],
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        actor_token=actor_tokens["access_token"],
+        actor_token_type=ACCESS_TOKEN_TYPE,
+        scope="read",
+    )
+    assert response.status_code == 200, response.text
+
+    http.revoke(portal, customer["refresh_token"], "refresh_token")
+
+    impersonated_rows = [row for row in revocations() if row.payload["reason"].startswith("actor_")]
+    assert [(row.actor, row.payload["ended_by"]) for row in impersonated_rows] == [
+        (support, {"user_id": str(end_user_in_acme.pk)})
+    ]
+
+
+def test_a_large_cascade_is_revoked_in_batches_in_one_transaction(http, portal, login, end_user, monkeypatch):
+    """A busy login has many descendants; they are revoked a batch at a time (a query may carry
+    only so many parameters), all of them, and counted in one audit row."""
+    from token_exchange import lineage
+
+    monkeypatch.setattr(lineage, "_BATCH", 2)
+    tokens = login(end_user)
+    issued = [plain_exchange(http, portal, tokens["access_token"], scope="read") for _ in range(5)]
+
+    http.revoke(portal, tokens["refresh_token"], "refresh_token")
+
+    assert not ExchangedToken.objects.filter(access_token__isnull=False).exists()
+    [row] = revocations()
+    assert row.payload["revoked"]["access_tokens"] == len(issued)
+
+
+def test_a_huge_refresh_token_lifetime_is_no_error(http, portal, inspector, impersonated, settings):
+    """ "Never expires" written as 10^11 seconds: DOT accepts it, and so must the liveness test."""
+    settings.OAUTH2_PROVIDER = {**settings.OAUTH2_PROVIDER, "REFRESH_TOKEN_EXPIRE_SECONDS": 10**11}
+    from oauth2_provider.settings import oauth2_settings
+
+    oauth2_settings.reload()
+    try:
+        assert http.active(inspector, impersonated["access_token"])
+        refreshed = http.refresh(portal, impersonated["refresh_token"])
+        assert refreshed.status_code == 200, refreshed.text
+    finally:
+        del settings.OAUTH2_PROVIDER
+        oauth2_settings.reload()

@@ -117,6 +117,10 @@ def auth_hash_digest(user: Any) -> str:
     return salted_hmac(_AUTH_HASH_SALT, user.get_session_auth_hash(), algorithm="sha256").hexdigest()
 
 
+# The session store did not answer: this request is refused, the impersonation goes on.
+SESSION_STORE_UNAVAILABLE = "session_store_unavailable"
+
+
 def browser_session_refusal(session: ImpersonationSession) -> str | None:
     """Why the actor's browser session that ``session`` is bound to no longer carries it, or ``None``.
 
@@ -124,13 +128,26 @@ def browser_session_refusal(session: ImpersonationSession) -> str | None:
     with the cache ones). ``load()``, not ``exists()``: the database engine's ``exists()`` also
     finds an expired session, ``load()`` does not, and either way an empty dict means gone (a
     session that does not decode reads empty too).
+
+    Only when ``load()`` reads nothing, ``exists()`` tells a session that is gone from a store that
+    did not answer: the cache engine's ``load()`` reads any cache error as an empty session, and a
+    Redis outage must not end every running impersonation (``SESSION_STORE_UNAVAILABLE``: refused
+    now, not ended).
     """
     if not session.session_key:
         # Started before sessions were bound, or by code that bypassed ``start``.
         return "session_ended"
     if not constant_time_compare(session.session_auth_hash, auth_hash_digest(session.actor)):
         return "password_changed"
-    data = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session.session_key).load()
+    store_class = import_module(settings.SESSION_ENGINE).SessionStore
+    store = store_class(session_key=session.session_key)
+    try:
+        data = store.load()
+        if not data and store.exists(session.session_key) and _swallows_errors(store_class):
+            return SESSION_STORE_UNAVAILABLE
+    except Exception:  # any backend's outage reads the same: not an answer
+        logger.warning("The session store did not answer for impersonation session %s", session.pk)
+        return SESSION_STORE_UNAVAILABLE
     if not data:
         return "session_ended"
     actor = session.actor
@@ -140,6 +157,14 @@ def browser_session_refusal(session: ImpersonationSession) -> str | None:
     ):
         return "session_changed_hands"
     return None
+
+
+def _swallows_errors(store_class: type) -> bool:
+    """Django's cache engine, whose ``load()`` turns a cache error into an empty session (a cache
+    entry that expired is gone, so ``exists()`` after an empty ``load()`` means an error)."""
+    from django.contrib.sessions.backends.cache import SessionStore as CacheStore
+
+    return issubclass(store_class, CacheStore)
 
 
 def session_refusal(session: ImpersonationSession) -> str | None:
@@ -159,7 +184,7 @@ def enforce(session: ImpersonationSession, *, refused: str | None = None) -> str
     """``session_refusal`` (or the caller's own reason, ``refused``); a session that may not go on
     is ended here, and everything issued under it revoked, before the refusal is answered."""
     reason = refused or session_refusal(session)
-    if reason is not None and session.ended_at is None:
+    if reason is not None and reason != SESSION_STORE_UNAVAILABLE and session.ended_at is None:
         end(session, reason=_END_REASONS.get(reason, EndReason.REFUSED), cause=reason)
     return reason
 

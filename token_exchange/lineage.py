@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import router, transaction
 from django.db.models import (
     BooleanField,
@@ -256,6 +257,9 @@ def of(record: ExchangedToken | None) -> Lineage | None:
     return Lineage(record_id=record.pk, authorization=authorization, inherited=record.lineage)
 
 
+# Rows revoked per statement by a cascade.
+_BATCH = 500
+
 # Is a lineage alive? --------------------------------------------------------------------------
 
 # Before any token's expiry: the cut-off when refresh tokens never expire.
@@ -265,7 +269,13 @@ _NEVER = datetime.datetime(1, 1, 2, tzinfo=datetime.timezone.utc)
 def _refresh_cutoff(now: datetime.datetime) -> datetime.datetime:
     """A family lives while a refresh token's access token expired after this."""
     delta = refresh_token_expire_timedelta()
-    return now - delta if delta else _NEVER
+    if not delta:
+        return _NEVER
+    try:
+        cutoff: datetime.datetime = now - delta
+    except OverflowError:  # "never expires" written as a huge number of seconds
+        return _NEVER
+    return cutoff
 
 
 @dataclass(frozen=True)
@@ -378,17 +388,30 @@ def cascade(
         )
         if only_ended:
             found = found.exclude(alive_q())
-        impersonated: list[int] = []
+        # A refresh token already revoked (rotated away) has nothing left to revoke.
+        found = found.exclude(refresh_token__revoked__isnull=False)
+        impersonated: dict[Any, list[int]] = {}
         plain: list[int] = []
-        for pk, act in found.values_list("pk", "act"):
-            (impersonated if act is not None else plain).append(pk)
-        for pks, reason, actor, owner in (
-            (impersonated, reasons[0], user, subject),
-            (plain, reasons[1], None, subject or user),
-        ):
-            if not pks:
-                continue
-            revoked = revocation.revoke_issued(pk__in=pks)
+        for pk, act in found.values_list("pk", "act").iterator():
+            if act is None:
+                plain.append(pk)
+            else:
+                # By the actor acting now (the outermost act, RFC 8693 §4.1): their row names them.
+                impersonated.setdefault(act.get("sub") if isinstance(act, dict) else None, []).append(pk)
+        groups: list[tuple[list[int], str, Any, Any, dict[str, Any]]] = []
+        User = get_user_model()
+        for sub, pks in impersonated.items():
+            actor = User._default_manager.filter(pk=sub).first() if sub is not None else None
+            ended_by = {} if user is None or user == actor else {"ended_by": {"user_id": str(user.pk)}}
+            groups.append((pks, reasons[0], actor, subject, ended_by))
+        groups.append((plain, reasons[1], None, subject or user, {}))
+        for pks, reason, actor, owner, extra in groups:
+            revoked: dict[str, int] = {}
+            # In batches: a busy login may have thousands of descendants, and a query may carry
+            # only so many parameters (SQLite's default limit is 32,766).
+            for start in range(0, len(pks), _BATCH):
+                for kind, count in revocation.revoke_issued(pk__in=pks[start : start + _BATCH]).items():
+                    revoked[kind] = revoked.get(kind, 0) + count
             if any(revoked.values()):
                 audit.tokens_revoked(
                     reason=reason,
@@ -397,6 +420,7 @@ def cascade(
                     subject=owner,
                     application=application,
                     client_ip=client_ip,
+                    **extra,
                 )
             for kind, count in revoked.items():
                 revoked_total[kind] = revoked_total.get(kind, 0) + count
