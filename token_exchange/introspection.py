@@ -17,8 +17,8 @@ someone else from one that does not exist (no token scanning, RFC 7662 §4).
 
 The token travels in the POST body only: the query string ends up in logs and proxies.
 
-An exchanged token is active only while the authorization it descends from lives (its lineage:
-``lineage_alive``, an annotation on the one lookup) and, when issued under an admin-started
+An exchanged token is active only while the authorization it descends from lives (its lineage,
+one more query for such tokens only) and, when issued under an admin-started
 impersonation, while that session may go on (``impersonation_sessions``). Ends DOT has no hook
 for (a logout that deletes tokens, reuse detection revoking a family, expiry) are found here, as
 on refresh: the token reads inactive and what hangs off the ended authorization is revoked.

@@ -49,24 +49,6 @@ class _Placeholder(Expression):
         return "%s", (self,)
 
 
-class Parameter(Expression):
-    """A value a prepared lookup's SQL takes afresh on every call (the time now, a cut-off a
-    setting decides): ``%s`` in the SQL, ``value()`` in its parameters.
-
-    Only for querysets a :class:`PreparedLookup` runs; anywhere else, use ``Value(value())``.
-    """
-
-    def __init__(self, field: Field[Any, Any], value: Callable[[], Any]) -> None:
-        super().__init__(output_field=field)
-        self.value = value
-
-    def resolve_expression(self, *args: Any, **kwargs: Any) -> Parameter:
-        return self
-
-    def as_sql(self, compiler: Any, connection: BaseDatabaseWrapper) -> tuple[str, tuple[Any, ...]]:
-        return "%s", (self,)
-
-
 @dataclass(frozen=True)
 class _Compiled:
     """What ``ModelIterable`` works out per query, worked out once (nothing of the connection)."""
@@ -78,7 +60,6 @@ class _Compiled:
     model_columns: slice
     init_list: list[str]
     populators: list[Any]
-    annotations: tuple[tuple[str, int], ...]  # (attribute, column) of the queryset's annotations
 
 
 def _column_field(model: type[Model], column: str) -> Field[Any, Any]:
@@ -138,7 +119,9 @@ class PreparedLookup(Generic[M]):
         if compiled is None:
             compiled = by_count[len(values)] = self._compile(self._queryset(), using, len(values))
         prepared = [compiled.field.get_db_prep_value(value, connection, prepared=False) for value in values]
-        params = [_value(param, prepared, connection) for param in compiled.params]
+        params = [
+            prepared[param.index] if isinstance(param, _Placeholder) else param for param in compiled.params
+        ]
         with connection.cursor() as cursor:
             try:
                 cursor.execute(compiled.sql, params)
@@ -166,7 +149,6 @@ class PreparedLookup(Generic[M]):
             model_columns=model_columns,
             init_list=[column[0].target.attname for column in select[model_columns]],
             populators=_related_populators(queryset, klass_info, select, using),
-            annotations=tuple(compiler.annotation_col_map.items()),
         )
 
     @staticmethod
@@ -181,15 +163,4 @@ class PreparedLookup(Generic[M]):
         instance = model.from_db(using, compiled.init_list, row[compiled.model_columns])
         for populator in compiled.populators:
             populator.populate(row, instance)
-        for attribute, position in compiled.annotations:
-            setattr(instance, attribute, row[position])
         return instance
-
-
-def _value(param: Any, prepared: list[Any], connection: BaseDatabaseWrapper) -> Any:
-    """One parameter of a prepared statement, for this call."""
-    if isinstance(param, _Placeholder):
-        return prepared[param.index]
-    if isinstance(param, Parameter):
-        return param.output_field.get_db_prep_value(param.value(), connection, prepared=False)
-    return param

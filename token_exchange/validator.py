@@ -368,13 +368,16 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         """DOT's check for resource servers, then, for a token an exchange issued, the same
         liveness as introspection: its lineage (the authorization it descends from) must live,
         and an admin-started impersonation's session must go on. One more query per request (the
-        token's ``ExchangedToken`` with its liveness); a token found ended is revoked with what
+        token's ``ExchangedToken``), and one more for a token an exchange issued (its liveness); a
+        token found ended is revoked with what
         hangs off it (``lineage.refuse_if_ended``, ``impersonation_sessions.enforce_by_id``)."""
         valid: bool = super().validate_bearer_token(token, scopes, request)
         access_token = _state(request, "access_token")
         if not valid or getattr(access_token, "pk", None) is None:
             return valid
-        record = unique_row(lineage.with_liveness(ExchangedToken.objects.filter(access_token=access_token)))
+        # Without the liveness annotation: most bearer tokens were not exchanged, and PostgreSQL
+        # would plan its subqueries for each of them; refuse_if_ended asks only for those that were.
+        record = unique_row(ExchangedToken.objects.filter(access_token=access_token))
         if record is None:
             return True
         reason = lineage.refuse_if_ended(
