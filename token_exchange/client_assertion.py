@@ -33,7 +33,7 @@ from . import client_ids, jose, signed_jwt
 from .conf import token_exchange_settings
 from .constants import CLIENT_ASSERTION_TYPE
 from .lookups import unique_row
-from .tokens.base import storable
+from .parameters import storable
 
 logger = logging.getLogger("token_exchange")
 

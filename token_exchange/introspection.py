@@ -45,8 +45,8 @@ from oauthlib.oauth2.rfc6749 import errors
 from . import impersonation_sessions, lineage
 from .client_ids import is_confusable
 from .constants import ACT, BEARER, INTROSPECT_ANY, INTROSPECT_AUDIENCE
+from .parameters import storable
 from .tokens import access_token_claims, load_access_token
-from .tokens.base import storable
 from .views import SENSITIVE_POST_PARAMETERS, FormEndpoint
 
 logger = logging.getLogger("token_exchange")

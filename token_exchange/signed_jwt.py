@@ -30,7 +30,7 @@ from .conf import token_exchange_settings
 from .constants import CLIENT_KEY_ALGORITHMS
 from .lookups import PreparedLookup
 from .models import ClientKey
-from .tokens.base import encodable
+from .parameters import encodable
 
 # RFC 7523 §3 lets the server bound how long it accepts a JWT; one hour, as ZITADEL's keys.
 MAX_LIFETIME_SECONDS = 3600

@@ -41,7 +41,8 @@ from .conf import token_exchange_settings
 from .constants import ACCESS_TOKEN_TYPE, ACT, AUTHORIZATION_CODE, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
 from .lookups import unique_row
 from .models import ExchangedToken, ImpersonationSession, SecuritySettings
-from .tokens.base import native_audience, storable
+from .parameters import storable
+from .tokens.base import native_audience
 
 logger = logging.getLogger("token_exchange")
 

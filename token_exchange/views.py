@@ -34,7 +34,7 @@ from oauthlib.oauth2.rfc6749 import errors
 
 from . import audit, client_assertion, impersonation_sessions
 from .constants import CLIENT_KEY_ALGORITHMS, FORM_CONTENT_TYPE, GRANT_TYPE, PRIVATE_KEY_JWT
-from .tokens.base import storable
+from .parameters import storable
 
 logger = logging.getLogger("token_exchange")
 

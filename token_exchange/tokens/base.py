@@ -79,18 +79,3 @@ def access_token_claims(token: Any) -> dict[str, Any]:
         "impersonation_id": None,
         "lineage": None,
     }
-
-
-def encodable(value: str) -> bool:
-    """Is ``value`` text at all? A lone surrogate (``"\\ud800"`` in JSON) has no UTF-8."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def storable(value: str) -> bool:
-    """Can ``value`` be compared with a database column? Not with a NUL byte (PostgreSQL) or a
-    lone surrogate (no UTF-8 encoding; every backend fails), both of which JSON can carry."""
-    return "\x00" not in value and encodable(value)

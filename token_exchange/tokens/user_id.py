@@ -15,7 +15,8 @@ from django.db import models
 
 from ..exceptions import Refusal
 from ..lookups import PreparedLookup
-from .base import VerifiedToken, storable
+from ..parameters import storable
+from .base import VerifiedToken
 
 _BY_PK = PreparedLookup(lambda: get_user_model()._default_manager.all(), "pk")
 
