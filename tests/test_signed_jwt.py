@@ -306,9 +306,55 @@ def test_createclientkey_writes_a_private_file_once(portal, tmp_path):
     assert ClientKey.objects.get(kid="2026-11").expires_at is not None
     with pytest.raises(CommandError, match="already has a key"):
         call_command("createclientkey", "portal", "--kid", "2026-11", stdout=StringIO())
-    with pytest.raises(CommandError, match="Cannot create"):
+    with pytest.raises(CommandError, match="already exists"):
         call_command("createclientkey", "portal", "--output", str(path), stderr=StringIO())
-    assert ClientKey.objects.count() == 1  # the failed write stored no key
+    assert ClientKey.objects.count() == 1  # the refused write stored no key
+
+
+@pytest.mark.django_db
+def test_createclientkey_on_an_existing_file_says_what_to_do(portal, tmp_path):
+    """The file may hold another key's private key, which nobody can give back: kept, and told why."""
+    path = tmp_path / "portal.json"
+    path.write_text("the only copy of another key\n")
+    with pytest.raises(CommandError) as refused:
+        call_command("createclientkey", "portal", "--output", str(path), stderr=StringIO())
+    assert str(refused.value) == (
+        f"{path} already exists. It may hold another key's private key, which the server does not "
+        "keep and cannot give back. Choose another --output path, or add --force to replace the file."
+    )
+    assert path.read_text() == "the only copy of another key\n"
+    assert not ClientKey.objects.exists()
+
+    with pytest.raises(CommandError, match="is a directory: name the key file"):
+        call_command("createclientkey", "portal", "--output", str(tmp_path), stderr=StringIO())
+    with pytest.raises(CommandError, match=r"the directory .*missing does not exist"):
+        call_command("createclientkey", "portal", "--output", str(tmp_path / "missing" / "k.json"))
+    with pytest.raises(CommandError, match="--force replaces the file named by --output"):
+        call_command("createclientkey", "portal", "--force", stdout=StringIO())
+    assert not ClientKey.objects.exists()
+
+
+@pytest.mark.django_db
+def test_createclientkey_force_replaces_the_file_owner_readable_only(portal, tmp_path):
+    path = tmp_path / "portal.json"
+    path.write_text("an old key\n")
+    path.chmod(0o644)
+    call_command("createclientkey", "portal", "--output", str(path), "--force", stderr=StringIO())
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text())["keyId"] == ClientKey.objects.get(application=portal).kid
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["portal.json"]  # no temporary file left
+
+    # A symlink is replaced, not written through: the file it pointed at keeps its content.
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("not a key file\n")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("createclientkey", "portal", "--output", str(link), stderr=StringIO())
+    call_command("createclientkey", "portal", "--output", str(link), "--force", stderr=StringIO())
+    assert target.read_text() == "not a key file\n"
+    assert not link.is_symlink()
+    assert json.loads(link.read_text())["clientId"] == "portal"
 
 
 @pytest.mark.django_db

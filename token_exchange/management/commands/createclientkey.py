@@ -7,9 +7,11 @@ and you create a new key.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
+import tempfile
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -34,7 +36,13 @@ class Command(BaseCommand):
         parser.add_argument("--kid", help="key ID (default: the key's RFC 7638 JWK thumbprint)")
         parser.add_argument("--expires-in-days", type=int, help="the key stops verifying after this")
         parser.add_argument(
-            "--output", help="write the key file here (created with mode 0600, never overwritten)"
+            "--output",
+            help="write the key file here (mode 0600); an existing file is refused unless --force",
+        )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="with --output: replace an existing file (the private key it held is lost)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -47,6 +55,13 @@ class Command(BaseCommand):
         days = options["expires_in_days"]
         if days is not None and days <= 0:
             raise CommandError("--expires-in-days must be positive.")
+        output: str | None = options["output"]
+        force: bool = options["force"]
+        if force and not output:
+            raise CommandError("--force replaces the file named by --output; there is none.")
+        if output:
+            # Before a key is made: a refused path stores nothing and costs nothing.
+            _check_output(output, force=force)
 
         pair = generate_key_pair(options["algorithm"])
         kid = options["kid"] or pair.kid
@@ -73,15 +88,61 @@ class Command(BaseCommand):
             )
             key.full_clean()
             key.save()
-            output = options["output"]
             if output:
-                # O_EXCL: an existing file (perhaps another key) is never overwritten.
-                try:
-                    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                except OSError as exc:
-                    raise CommandError(f"Cannot create {output}: {exc.strerror}.") from exc
-                with os.fdopen(descriptor, "w") as handle:
-                    handle.write(key_file + "\n")
+                # Inside the transaction: a file that cannot be written stores no key.
+                _write_key_file(output, key_file + "\n", force=force)
                 self.stderr.write(f"Key {kid} for {application.client_id} written to {output}.")
             else:
                 self.stdout.write(key_file)
+
+
+def _exists_message(output: str) -> str:
+    return (
+        f"{output} already exists. It may hold another key's private key, which the server does "
+        "not keep and cannot give back. Choose another --output path, or add --force to replace "
+        "the file."
+    )
+
+
+def _check_output(output: str, *, force: bool) -> None:
+    """Refuse, with what to do instead, a path the key file cannot or should not be written to."""
+    if os.path.isdir(output):
+        raise CommandError(
+            f"{output} is a directory: name the key file, e.g. {os.path.join(output, 'key.json')}."
+        )
+    if os.path.lexists(output) and not force:
+        raise CommandError(_exists_message(output))
+    directory = os.path.dirname(output) or "."
+    if not os.path.isdir(directory):
+        raise CommandError(f"Cannot create {output}: the directory {directory} does not exist.")
+
+
+def _write_key_file(output: str, content: str, *, force: bool) -> None:
+    """Write the private key readable by its owner only (0600), never through a symlink.
+
+    Without ``force``, O_EXCL creates the file or fails, so a file that appeared since
+    ``_check_output`` is still not overwritten. With ``force``, a new 0600 file in the same
+    directory replaces the old one in one rename: never a moment with the key in a file that
+    others could read (the old file's mode), nor a half-written key file.
+    """
+    try:
+        if not force:
+            descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(content)
+            return
+        descriptor, temporary = tempfile.mkstemp(
+            dir=os.path.dirname(output) or ".", prefix=".key-", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(content)
+            os.replace(temporary, output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+    except FileExistsError as exc:
+        raise CommandError(_exists_message(output)) from exc
+    except OSError as exc:
+        raise CommandError(f"Cannot create {output}: {exc.strerror}.") from exc
