@@ -16,6 +16,7 @@ from oauth2_provider.settings import oauth2_settings
 
 from . import client_assertion
 from .conf import SETTINGS, invalid, token_exchange_settings
+from .resource_server.checks import resource_server_only
 
 E001 = Error(
     "The OAuth2 server class DOT uses does not register the token exchange grant.",
@@ -113,6 +114,8 @@ def _is_subclass(dotted_or_class: Any, base_path: str) -> bool:
 
 @register()
 def check_dot_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    if resource_server_only():  # it issues nothing: docs/resource-servers.md
+        return []
     user_settings = oauth2_settings.user_settings or {}
     defaults = oauth2_settings.defaults
     errors: list[CheckMessage] = []
@@ -144,6 +147,8 @@ def check_impersonation_guard(app_configs: Any = None, **kwargs: Any) -> list[Ch
 
 @register(Tags.urls)
 def check_token_view(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    if resource_server_only():  # it issues nothing: docs/resource-servers.md
+        return []
     from .views import TokenView
 
     try:
@@ -344,6 +349,8 @@ def _client_secret_hasher() -> Any:
 @register(Tags.security)
 def check_client_secret_hasher(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every request a client authenticates with its secret pays for this hasher once."""
+    if resource_server_only():  # no client authenticates here
+        return []
     try:
         hasher = _client_secret_hasher()
     except ValueError:
@@ -474,7 +481,9 @@ def check_token_tables_share_a_database(app_configs: Any = None, **kwargs: Any) 
     alias = router.db_for_write(access_token)
     messages: list[CheckMessage] = []
     for name in TOKEN_TRANSACTION_MODELS:
-        model = apps.get_model(getattr(settings, name) if name.isupper() else name)
+        # DOT's default when a site does not spell the setting out (a resource server seldom does).
+        dot_name = name.removeprefix("OAUTH2_PROVIDER_")
+        model = apps.get_model(getattr(oauth2_settings, dot_name) if name.isupper() else name)
         routed = router.db_for_write(model)
         if routed != alias:
             messages.append(

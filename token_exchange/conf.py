@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -96,6 +97,87 @@ def _model_label(value: Any) -> str | None:
         apps.get_model(app_label, model_name)
     except LookupError as error:
         return str(error)
+    return None
+
+
+class ResourceServerSettings(TypedDict):
+    """``TOKEN_EXCHANGE["RESOURCE_SERVER"]`` with its defaults filled in (docs/resource-servers.md)."""
+
+    ISSUER: str | None
+    RESOURCE_URI: str | None
+    JWKS_URI: str | None
+    ALGORITHMS: list[str]
+    LEEWAY_SECONDS: int
+    INTROSPECTION_CACHE_SECONDS: int
+    CACHE: str
+    TIMEOUT_SECONDS: int
+
+
+RESOURCE_SERVER_DEFAULTS = ResourceServerSettings(
+    ISSUER=None,
+    RESOURCE_URI=None,
+    JWKS_URI=None,
+    ALGORITHMS=["RS256"],
+    LEEWAY_SECONDS=30,
+    INTROSPECTION_CACHE_SECONDS=60,
+    CACHE="default",
+    TIMEOUT_SECONDS=5,
+)
+# Asymmetric algorithms only: a resource server holds the issuer's public keys, and an HMAC
+# "verified" with a public key is the classic algorithm confusion; "none" verifies nothing.
+RESOURCE_SERVER_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+def _http_url_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "not a string"
+    parts = urlsplit(value)
+    return None if parts.scheme in ("http", "https") and parts.netloc else "not an absolute http(s) URL"
+
+
+def _nonempty_string_or_none(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, str) and value) else ""
+
+
+def _algorithms(value: Any) -> str | None:
+    if not isinstance(value, (list, tuple)) or not value:
+        return ""
+    fine = all(isinstance(name, str) and name in RESOURCE_SERVER_ALGORITHMS for name in value)
+    return None if fine else ""
+
+
+def _resource_server(value: Any) -> str | None:
+    """Each key of the resource server's settings, by its own rule. The ceilings are defences:
+    a leeway of hours accepts long-expired tokens, and an introspection cache of hours keeps a
+    revoked token working that long (revocation is only seen when the cache asks again)."""
+    if not isinstance(value, dict):
+        return ""
+    rules: dict[str, tuple[str, Rule]] = {
+        "ISSUER": ("the issuer's absolute http(s) URL", _http_url_or_none),
+        "RESOURCE_URI": (
+            "a string or None",
+            lambda v: None if v is None or (isinstance(v, str) and v) else "",
+        ),
+        "JWKS_URI": ("an absolute http(s) URL or None", _http_url_or_none),
+        "ALGORITHMS": (f"a non-empty list of {', '.join(sorted(RESOURCE_SERVER_ALGORITHMS))}", _algorithms),
+        "LEEWAY_SECONDS": ("an integer of seconds from 0 to 300", _int_from(0, 300)),
+        "INTROSPECTION_CACHE_SECONDS": ("an integer of seconds from 0 to 300", _int_from(0, 300)),
+        "CACHE": ("a CACHES alias (a string)", _string),
+        "TIMEOUT_SECONDS": ("an integer of seconds from 1 to 60", _int_from(1, 60)),
+    }
+    for key, item in value.items():
+        if key not in rules:
+            return f"it has a key this package does not read: {key!r} (the keys are {', '.join(rules)})"
+        expected, rule = rules[key]
+        why = rule(item)
+        if why is not None:
+            return f"{key!r} must be {expected}, not {type(item).__name__} {_shown(item)}" + (
+                f" ({why})" if why else ""
+            )
     return None
 
 
@@ -269,6 +351,19 @@ class TokenExchangeSettings:
         all processes (Redis, Memcached), the limit holds for the site, else per process."""
         return str(self._checked("THROTTLE_CACHE", "default"))
 
+    @property
+    def RESOURCE_SERVER(self) -> ResourceServerSettings:
+        """A separate resource server's view of its authorization server (``token_exchange.resource_server``):
+        ``ISSUER`` (exact), ``RESOURCE_URI`` (this service's resource indicator, which must be in a
+        token's ``aud``), ``JWKS_URI`` (``None``: ``ISSUER + "/.well-known/jwks.json"``),
+        ``ALGORITHMS``, ``LEEWAY_SECONDS``, ``INTROSPECTION_CACHE_SECONDS``, ``CACHE`` and
+        ``TIMEOUT_SECONDS``; missing keys take their defaults. See docs/resource-servers.md.
+        """
+        value = self._checked("RESOURCE_SERVER", {})
+        merged: ResourceServerSettings = {**RESOURCE_SERVER_DEFAULTS, **value}
+        merged["ALGORITHMS"] = list(merged["ALGORITHMS"])
+        return merged
+
     def _callable(self, name: str, default: str) -> Callable[..., Any]:
         value = self._checked(name, default)
         return import_string(value) if isinstance(value, str) else value  # type: ignore[no-any-return]
@@ -303,6 +398,11 @@ SETTINGS: dict[str, Setting] = {
         "'token_exchange' or 'oauth2_provider'",
         "'token_exchange'",
         _one_of("token_exchange", "oauth2_provider"),
+    ),
+    "RESOURCE_SERVER": Setting(
+        "a dict of resource server settings (docs/resource-servers.md)",
+        "{'ISSUER': 'https://id.example.com/o', 'RESOURCE_URI': 'https://api.example.com/'}",
+        _resource_server,
     ),
 }
 """Every key of ``TOKEN_EXCHANGE``, one per property of ``TokenExchangeSettings``."""

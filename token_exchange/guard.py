@@ -27,6 +27,7 @@ from oauth2_provider.models import get_id_token_model
 from . import jose
 from .conf import token_exchange_settings
 from .models import ExchangedToken
+from .resource_server.tokens import VerifiedAccessToken
 from .tokens import access_token_claims, load_access_token
 
 REFUSAL = {
@@ -66,9 +67,12 @@ def _id_token_act(value: str) -> dict[str, Any] | None:
 
 
 def token_actor(token: Any) -> dict[str, Any] | None:
-    """The ``act`` of an access token row or an ID token row (what DOT authenticated), or ``None``."""
+    """The ``act`` of an access token row or an ID token row (what DOT authenticated), or of a
+    resource server's :class:`~token_exchange.resource_server.VerifiedAccessToken`; or ``None``."""
     if token is None:
         return None
+    if isinstance(token, VerifiedAccessToken):
+        return token.act
     if hasattr(token, "token_checksum"):
         act: dict[str, Any] | None = access_token_claims(token)["act"]
         return act
@@ -93,8 +97,17 @@ def get_actor(request: Any) -> dict[str, Any] | None:
 
     Looks at the token DOT or DRF already authenticated (``request.auth``,
     ``request.access_token``) and at every bearer token the request carries; the first ``act``
-    found wins.
+    found wins. A resource server's ``VerifiedAccessToken`` there is authoritative: its ``act``
+    is the answer. On a resource server only authentication finds it, so there the DRF permission
+    or the view decorator, after authentication, is what refuses; a middleware running before it
+    has only the resource server's own (empty) token tables to look in.
     """
+    # On a resource server the verified token is all there is to know (it has no token rows):
+    # its act decides, even when a middleware looked earlier, before authentication.
+    for attribute in ("auth", "access_token"):
+        verified = getattr(request, attribute, None)
+        if isinstance(verified, VerifiedAccessToken):
+            return verified.act
     if hasattr(request, "_token_exchange_actor"):
         return request._token_exchange_actor  # type: ignore[no-any-return]
     act = None

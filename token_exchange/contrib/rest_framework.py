@@ -1,4 +1,5 @@
-"""Django REST framework helpers: keep impersonated tokens out, and read who is acting.
+"""Django REST framework helpers: keep impersonated tokens out, read who is acting, and verify
+RFC 9068 JWT access tokens on a separate resource server.
 
     from oauth2_provider.contrib.rest_framework import OAuth2Authentication
     from token_exchange.contrib.rest_framework import NotImpersonated, get_actor
@@ -7,18 +8,30 @@
         authentication_classes = [OAuth2Authentication]
         permission_classes = [IsAuthenticated, NotImpersonated]
 
-Requires the ``rest_framework`` extra (``pip install django-token-exchange[rest_framework]``).
+On a resource server in another process, ``JWTAccessTokenAuthentication`` (offline, against
+the issuer's JWKS) or DOT's ``OAuth2Authentication`` with
+``token_exchange.resource_server.IntrospectionValidator`` (introspection): ``NotImpersonated``
+works on both (docs/resource-servers.md).
+
+Requires the ``rest_framework`` extra (``pip install django-token-exchange[rest_framework]``);
+``JWTAccessTokenAuthentication`` also the ``resource_server`` extra (PyJWT), imported only when
+it authenticates.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
 
 from ..guard import REFUSAL, get_actor
+from ..resource_server.decorators import REALM, bearer_token, challenge
+from ..resource_server.tokens import INVALID, InvalidToken, TokenUser, VerifiedAccessToken, token_user
 
-__all__ = ["NotImpersonated", "get_actor"]
+__all__ = ["JWTAccessTokenAuthentication", "NotImpersonated", "get_actor"]
 
 
 class NotImpersonated(BasePermission):  # type: ignore[misc]
@@ -29,3 +42,38 @@ class NotImpersonated(BasePermission):  # type: ignore[misc]
 
     def has_permission(self, request: Any, view: Any) -> bool:
         return get_actor(request) is None
+
+
+class JWTAccessTokenAuthentication(BaseAuthentication):  # type: ignore[misc]
+    """``Authorization: Bearer <RFC 9068 JWT access token>``, verified offline.
+
+    Authenticates as ``(TokenUser, VerifiedAccessToken)``: ``request.user.pk`` is ``sub``,
+    ``request.auth`` has ``scope``, ``client_id``, ``aud`` and ``act``, and DOT's
+    ``TokenHasScope`` works on it. No ``Authorization: Bearer`` header: ``None``, so the next
+    authentication class may try. A token refused for any reason: 401 with ``WWW-Authenticate:
+    Bearer error="invalid_token", error_description="..."`` (RFC 6750 §3), never a 500.
+    """
+
+    www_authenticate_realm = REALM
+
+    def authenticate(self, request: Any) -> tuple[TokenUser | None, VerifiedAccessToken] | None:
+        value = bearer_token(request)
+        if value is None:
+            return None
+        from ..resource_server.jwt_access_token import verify_jwt_access_token
+
+        try:
+            if not value:
+                raise InvalidToken(description=INVALID)
+            token = verify_jwt_access_token(value)
+        except InvalidToken as refusal:
+            # DOT's name: OAuth2Authentication.authenticate_header reads it too, should it come first.
+            request.oauth2_error = OrderedDict(
+                [("error", refusal.error), ("error_description", refusal.description)]
+            )
+            raise AuthenticationFailed(refusal.description, code=refusal.error) from None
+        return token_user(token), token
+
+    def authenticate_header(self, request: Any) -> str:
+        error = getattr(request, "oauth2_error", None) or {}
+        return challenge(error.get("error"), error.get("error_description"))
