@@ -29,15 +29,25 @@ chromium:
 		exit 1; \
 	fi
 
-# The example identity provider on an embedded SQLite database, with the guide's walkthrough.
+# The example identity provider on an embedded SQLite database, with the guide's walkthrough, at
+# http://$(HOST):$(PORT): `make demo PORT=9000` (or HOST=localhost). It becomes DEMO_ORIGIN, which
+# everything naming the server follows: the issuer, ALLOWED_HOSTS, the portal's redirect URIs
+# (seed_demo, demo_login), the walkthrough and jwt_profile.py. Taken from make's command line only:
+# a HOST or PORT in the environment (zsh sets HOST, hosting platforms set PORT) is not this one.
+HOST = 127.0.0.1
+PORT = 8000
+
+demo: export DEMO_ORIGIN = http://$(HOST):$(PORT)
 demo: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
 	@echo
-	@echo "== Walkthrough: paste these in a second terminal (or: bash example_project/walkthrough.sh) =="
-	@grep -v '^set -euo' example_project/walkthrough.sh
+	@echo "== Walkthrough: paste these in a second terminal at $(CURDIR)"
+	@echo "   (or: DEMO_ORIGIN=$(DEMO_ORIGIN) bash example_project/walkthrough.sh) =="
+	@grep -v -e '^set -euo' -e '^cd ' example_project/walkthrough.sh \
+		| sed 's|^export DEMO_ORIGIN=.*|export DEMO_ORIGIN=$(DEMO_ORIGIN)|'
 	@echo
-	$(PY) manage.py runserver 127.0.0.1:8000
+	$(PY) manage.py runserver $(HOST):$(PORT)
 
 # The whole suite on SQLite, then on PostgreSQL when it answers (REQUIRE_POSTGRES=1: must answer).
 test: install chromium lint test-sqlite test-postgres

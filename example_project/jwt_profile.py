@@ -2,7 +2,9 @@
 
     python example_project/jwt_profile.py KEY_FILE USER_ID [ISSUER]
 
-KEY_FILE is what `manage.py createclientkey CLIENT_ID` printed. Prints two shell variables:
+KEY_FILE is what `manage.py createclientkey CLIENT_ID` printed; ISSUER defaults to the demo's,
+$DEMO_ORIGIN/o (http://127.0.0.1:8000/o), or $OIDC_ISS_ENDPOINT when set, as the server reads
+them. Prints two shell variables:
 CLIENT_ASSERTION authenticates the client (RFC 7523 §2.2: iss = sub = client_id) and
 SUBJECT_JWT names the user to impersonate (iss = client_id, sub = the user). Both are aimed at
 the issuer, live five minutes and carry a fresh jti: each is accepted once.
@@ -11,6 +13,7 @@ the issuer, live five minutes and carry a fresh jti: each is accepted once.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -35,7 +38,8 @@ def signed_jwt(key_file: dict[str, str], sub: str, issuer: str) -> str:
 
 if __name__ == "__main__":
     path, user_id = sys.argv[1], sys.argv[2]
-    issuer = sys.argv[3] if len(sys.argv) > 3 else "http://127.0.0.1:8000/o"
+    demo_issuer = os.environ.get("DEMO_ORIGIN", "http://127.0.0.1:8000").strip().rstrip("/") + "/o"
+    issuer = sys.argv[3] if len(sys.argv) > 3 else os.environ.get("OIDC_ISS_ENDPOINT", demo_issuer)
     with open(path) as handle:
         key_file = json.load(handle)
     print(f"export CLIENT_ASSERTION={signed_jwt(key_file, key_file['clientId'], issuer)}")

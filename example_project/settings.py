@@ -7,15 +7,45 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.conf import global_settings
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-token-exchange-demo-only")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+
+
+def _demo_origin(value: str) -> str:
+    """``scheme://host:port`` without a trailing slash, or ImproperlyConfigured saying why.
+
+    The issuer is built from it, and an issuer must match byte for byte everywhere it is compared
+    (JWT ``iss`` and ``aud``, discovery): a path, query or credentials here would leak into it.
+    """
+    origin = value.strip().rstrip("/")
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DEMO_ORIGIN {value!r}: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImproperlyConfigured(f"DEMO_ORIGIN {value!r} is not http(s)://host[:port].")
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        raise ImproperlyConfigured(f"DEMO_ORIGIN {value!r} has more than a scheme, host and port.")
+    return origin
+
+
+# Where the demo serves. `make demo HOST=… PORT=…` sets it, and everything that names the server
+# follows: the issuer below, ALLOWED_HOSTS, the portal's redirect and launch URLs (demo/data.py,
+# stored by seed_demo, used by demo_login), example_project/walkthrough.sh and jwt_profile.py.
+# The test suite runs on the default.
+DEMO_ORIGIN = _demo_origin(os.environ.get("DEMO_ORIGIN", "http://127.0.0.1:8000"))
+ALLOWED_HOSTS = list(
+    dict.fromkeys(["127.0.0.1", "localhost", "testserver", urlsplit(DEMO_ORIGIN).hostname or ""])
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -107,8 +137,9 @@ def _development_rsa_key() -> str:
 
 OAUTH2_PROVIDER = {
     "OIDC_ENABLED": True,
-    # A fixed issuer, so tokens minted by `manage.py demo_login` match the running server.
-    "OIDC_ISS_ENDPOINT": os.environ.get("OIDC_ISS_ENDPOINT", "http://127.0.0.1:8000/o"),
+    # A fixed issuer, so tokens minted by `manage.py demo_login` (outside any request) match the
+    # running server's: DEMO_ORIGIN's, unless OIDC_ISS_ENDPOINT names another.
+    "OIDC_ISS_ENDPOINT": os.environ.get("OIDC_ISS_ENDPOINT", f"{DEMO_ORIGIN}/o"),
     "OIDC_RSA_PRIVATE_KEY": _development_rsa_key(),
     "SCOPES": {
         "openid": "OpenID Connect",

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# ZITADEL's token exchange examples against `make demo` (http://127.0.0.1:8000).
-# Paste the commands one by one in a second terminal, or run: bash example_project/walkthrough.sh
+# ZITADEL's token exchange examples against `make demo`, at DEMO_ORIGIN (http://127.0.0.1:8000
+# unless `make demo HOST=… PORT=…` said otherwise). Paste the commands one by one in a second
+# terminal (`make demo` prints them with its origin), or run: bash example_project/walkthrough.sh
+# (against `make demo PORT=9000`: DEMO_ORIGIN=http://127.0.0.1:9000 bash example_project/walkthrough.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Exported: demo_login mints tokens with this issuer and redirect URI, jwt_profile.py signs for it.
+export DEMO_ORIGIN=${DEMO_ORIGIN:-http://127.0.0.1:8000}
 PY=.venv/bin/python
-TOKEN=http://127.0.0.1:8000/o/token/
+TOKEN=$DEMO_ORIGIN/o/token/
 EXCHANGE=urn:ietf:params:oauth:grant-type:token-exchange
 AT=urn:ietf:params:oauth:token-type:access_token
 show() { "$PY" -m json.tool; }
@@ -20,10 +24,10 @@ curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
   -d scope=openid -d audience=https://aggregates.example.com/ | tee /tmp/narrowed.json | show
 NARROWED=$(field access_token < /tmp/narrowed.json)
 #    The aggregates API introspects it with its own credentials ...
-curl -s -u aggregates:aggregates-secret http://127.0.0.1:8000/o/introspect/ -d token="$NARROWED" | show
+curl -s -u aggregates:aggregates-secret "$DEMO_ORIGIN/o/introspect/" -d token="$NARROWED" | show
 #    ... accepts it, while the settings API refuses it (403).
-curl -s http://127.0.0.1:8000/api/aggregates/ -H "Authorization: Bearer $NARROWED" | show
-curl -s -o /dev/null -w "settings API: %{http_code}\n" http://127.0.0.1:8000/api/settings/ -H "Authorization: Bearer $NARROWED"
+curl -s "$DEMO_ORIGIN/api/aggregates/" -H "Authorization: Bearer $NARROWED" | show
+curl -s -o /dev/null -w "settings API: %{http_code}\n" "$DEMO_ORIGIN/api/settings/" -H "Authorization: Bearer $NARROWED"
 
 # 2. Change the token type: opaque -> JWT (RFC 9068, same scope and audience) ...
 curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
@@ -83,10 +87,10 @@ curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
   -d scope="openid email read" | tee /tmp/by-id-token.json | show
 OPAQUE=$(field access_token < /tmp/by-id-token.json)
 #     Introspection shows act; the aggregates API accepts the token and reports act ...
-curl -s -u aggregates:aggregates-secret http://127.0.0.1:8000/o/introspect/ -d token="$OPAQUE" | show
-curl -s http://127.0.0.1:8000/api/aggregates/ -H "Authorization: Bearer $OPAQUE" | show
+curl -s -u aggregates:aggregates-secret "$DEMO_ORIGIN/o/introspect/" -d token="$OPAQUE" | show
+curl -s "$DEMO_ORIGIN/api/aggregates/" -H "Authorization: Bearer $OPAQUE" | show
 #     ... and the privileged settings API refuses every impersonated token (403).
-curl -s -w "\nsettings API: %{http_code}\n" http://127.0.0.1:8000/api/settings/ -H "Authorization: Bearer $OPAQUE"
+curl -s -w "\nsettings API: %{http_code}\n" "$DEMO_ORIGIN/api/settings/" -H "Authorization: Bearer $OPAQUE"
 
 # 11. Refresh the impersonated token: the policy is checked again, the new tokens keep act.
 curl -s -u portal:portal-secret "$TOKEN" -d grant_type=refresh_token \
@@ -100,9 +104,9 @@ curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
   -d actor_token="$ACTOR_ACCESS_TOKEN" -d actor_token_type=$AT | show
 
 # --- Impersonation by JWT profile (the guide's last example): no client secret, the portal signs.
-# 13. A key pair for the portal: the public key is stored, the private key printed once, here.
-rm -f /tmp/portal-key.json
-"$PY" manage.py createclientkey portal --output /tmp/portal-key.json
+# 13. A key pair for the portal: the public key is stored, the private key written once, here
+#     (--force: replacing the key file of an earlier run of this walkthrough).
+"$PY" manage.py createclientkey portal --output /tmp/portal-key.json --force
 #     With PyJWT (example_project/jwt_profile.py, a dozen lines): a client assertion (iss = sub =
 #     portal) and a subject JWT (iss = portal, sub = the end user), both for aud = the issuer.
 eval "$("$PY" example_project/jwt_profile.py /tmp/portal-key.json "$USER_ID")"

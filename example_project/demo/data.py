@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
+
 PORTAL_CLIENT_ID = "portal"
 PORTAL_SECRET = "portal-secret"
-PORTAL_REDIRECT_URI = "http://127.0.0.1:8000/portal/callback/"
+# On the demo's own server (settings.DEMO_ORIGIN, `make demo PORT=…`): seed_demo stores these
+# and demo_login sends them, so both must run with the server's DEMO_ORIGIN.
+PORTAL_REDIRECT_URI = f"{settings.DEMO_ORIGIN}/portal/callback/"
 AGGREGATES_URI = "https://aggregates.example.com/"
 SETTINGS_URI = "https://settings.example.com/"
 # The portal's single-page app: a public client (PKCE, no secret) that support users impersonate
 # customers into from the admin. It cannot use token exchange; it never needs to.
 PORTAL_SPA_CLIENT_ID = "portal-spa"
-PORTAL_SPA_URL = "http://127.0.0.1:8000/portal/"
+PORTAL_SPA_URL = f"{settings.DEMO_ORIGIN}/portal/"
 LOGIN_SCOPE = "openid profile email offline_access read write"
 
 

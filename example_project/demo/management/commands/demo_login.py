@@ -27,7 +27,11 @@ class Command(BaseCommand):
         try:
             token = authorization_code_login(user)
         except RuntimeError as exc:
-            raise CommandError(str(exc)) from exc
+            # Most often the database was seeded for another origin than this process's.
+            raise CommandError(
+                f"{exc}. The portal's redirect URI here is {data.PORTAL_REDIRECT_URI}: run "
+                "`manage.py seed_demo` and this command with the server's DEMO_ORIGIN."
+            ) from exc
         # The user id is what the user_id subject token type carries (impersonation by user id).
         self.stdout.write(f"export {prefix}USER_ID={shlex.quote(str(user.pk))}")
         for name in ("access_token", "id_token", "refresh_token"):

@@ -7,6 +7,7 @@ from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand
 from django.db import router, transaction
 from oauth2_provider.models import get_application_model
+from oauth2_provider.settings import oauth2_settings
 
 from example_project.demo import data
 from token_exchange.constants import INTROSPECT_AUDIENCE
@@ -112,6 +113,7 @@ class Command(BaseCommand):
         security.save()
 
         self.stdout.write("Demo data ready.\n")
+        self.stdout.write(f"  issuer             {oauth2_settings.OIDC_ISS_ENDPOINT}")
         self.stdout.write(
             f"  client portal      {data.PORTAL_CLIENT_ID} / {data.PORTAL_SECRET} (token exchange on)"
         )
