@@ -4,6 +4,8 @@ from django.urls import include, path
 from example_project.demo import views
 
 urlpatterns = [
+    # RFC 8414 §3.1: the metadata of the issuer http://host/o at /.well-known/oauth-authorization-server/o.
+    path("", include("token_exchange.urls_well_known")),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("o/", include("token_exchange.urls")),

@@ -1,7 +1,9 @@
 """DOT's URLs with the token, introspection, userinfo and discovery views of this package.
 
-Use it instead of ``oauth2_provider.urls``::
+Use it instead of ``oauth2_provider.urls``, with ``token_exchange.urls_well_known`` at the root
+for RFC 8414's metadata location::
 
+    path("", include("token_exchange.urls_well_known")),
     path("o/", include("token_exchange.urls")),
 
 The namespace stays ``oauth2_provider`` and every URL name is DOT's, so nothing that reverses
@@ -22,7 +24,7 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, path
 from oauth2_provider import urls as oauth2_urls
 
-from . import client_registration, introspection, userinfo, views
+from . import client_registration, introspection, metadata, userinfo, views
 
 app_name = "oauth2_provider"
 
@@ -31,9 +33,12 @@ _REPLACEMENTS: dict[str, Any] = {
     "token": views.TokenView,
     "introspect": introspection.IntrospectTokenView,
     "revoke-token": views.RevokeTokenView,
-    "oauth-server-metadata": views.OAuthServerMetadataView,
-    "oauth-server-metadata-issuer": views.OAuthServerMetadataView,
-    "oidc-connect-discovery-info": views.ConnectDiscoveryInfoView,
+    "oauth-server-metadata": metadata.OAuthServerMetadataView,
+    # RFC 8414's form for an issuer with a path belongs at the site's root: under "o/" this
+    # pattern answers no path (token_exchange.urls_well_known serves the root).
+    "oauth-server-metadata-issuer": metadata.WellKnownOAuthServerMetadataView,
+    "oidc-connect-discovery-info": metadata.ConnectDiscoveryInfoView,
+    "jwks-info": metadata.JwksInfoView,
     "user-info": userinfo.UserInfoView,
 }
 # DOT's application-management pages: only through urls_with_management, for staff.

@@ -1,4 +1,4 @@
-"""DOT's token, introspection and discovery views, extended for token exchange.
+"""DOT's token, authorization and revocation views, extended for token exchange.
 
 ``token_exchange.urls`` mounts them under DOT's own URL names, so everything that reverses
 ``oauth2_provider:token`` keeps working.
@@ -32,8 +32,8 @@ from oauth2_provider.settings import oauth2_settings
 from oauth2_provider.signals import app_authorized
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import audit, client_assertion, impersonation_sessions
-from .constants import CLIENT_KEY_ALGORITHMS, FORM_CONTENT_TYPE, GRANT_TYPE, PRIVATE_KEY_JWT
+from . import audit, impersonation_sessions
+from .constants import FORM_CONTENT_TYPE
 from .parameters import storable
 
 logger = logging.getLogger("token_exchange")
@@ -236,40 +236,3 @@ def stop_impersonation(request: HttpRequest) -> HttpResponse:
 @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS, "token"), name="dispatch")
 class RevokeTokenView(FormEndpoint, oauth2_views.RevokeTokenView):  # type: ignore[misc]
     """DOT's RFC 7009 revocation, with the token and client credentials hidden from error reports."""
-
-
-def _with_token_exchange(response: HttpResponse, grant_types: list[str]) -> HttpResponse:
-    """Add the token exchange grant, and our private_key_jwt unless DOT verifies assertions, to a
-    metadata document."""
-    data = json.loads(response.content)
-    data["grant_types_supported"] = list(
-        dict.fromkeys([*data.get("grant_types_supported", grant_types), GRANT_TYPE])
-    )
-    # TokenExchangeValidator accepts a client assertion wherever DOT authenticates a client, when
-    # this package verifies them; when DOT does, DOT's documents say what DOT accepts.
-    for endpoint in ("token_endpoint", "revocation_endpoint", "introspection_endpoint"):
-        methods = f"{endpoint}_auth_methods_supported"
-        if methods in data and client_assertion.ours():
-            data[methods] = list(dict.fromkeys([*data[methods], PRIVATE_KEY_JWT]))
-            data[f"{endpoint}_auth_signing_alg_values_supported"] = list(CLIENT_KEY_ALGORITHMS)
-    response.content = json.dumps(data).encode("utf-8")
-    return response
-
-
-class OAuthServerMetadataView(oauth2_views.OAuthServerMetadataView):  # type: ignore[misc]
-    """RFC 8414 metadata that lists the token exchange grant and private_key_jwt."""
-
-    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        return _with_token_exchange(super().get(request, *args, **kwargs), [])
-
-
-class ConnectDiscoveryInfoView(oauth2_views.ConnectDiscoveryInfoView):  # type: ignore[misc]
-    """OIDC discovery that lists the grant types, the token exchange grant among them, and
-    private_key_jwt."""
-
-    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        response: HttpResponse = super().get(request, *args, **kwargs)
-        if response.status_code != 200:
-            return response
-        # DOT's discovery omits grant_types_supported; its RFC 8414 setting is the best source.
-        return _with_token_exchange(response, list(oauth2_settings.OAUTH2_GRANT_TYPES_SUPPORTED))
