@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
 from django.conf import settings
-from django.test import override_settings
+from django.test import Client, override_settings
 from oauth2_provider.settings import oauth2_settings
 
 from token_exchange import checks
@@ -73,14 +75,56 @@ def test_e005_urls(settings):
     )
 
 
-def test_w001_no_rsa_key():
-    with dot(
-        OIDC_RSA_PRIVATE_KEY="",
-        OIDC_ENABLED=False,
-        OIDC_SERVER_CLASS="oauthlib.openid.Server",
-        OAUTH2_SERVER_CLASS="token_exchange.server.Server",
-    ):
+WITHOUT_OIDC: dict[str, Any] = {
+    "OIDC_ENABLED": False,
+    "OIDC_SERVER_CLASS": "oauthlib.openid.Server",
+    "OAUTH2_SERVER_CLASS": "token_exchange.server.Server",
+}
+JWT_ACCESS_TOKENS_HINT = (
+    "JWT access tokens need an RSA private key to sign them and OpenID Connect on to publish its "
+    "public key at jwks_uri. Make a key with 'openssl genpkey -algorithm RSA -pkeyopt "
+    "rsa_keygen_bits:2048 -out oidc.key', keep the file out of version control, and set "
+    "OAUTH2_PROVIDER['OIDC_RSA_PRIVATE_KEY'] to its PEM text (read from the file or an environment "
+    "variable), 'OIDC_ENABLED': True and 'OIDC_SERVER_CLASS': 'token_exchange.server.OIDCServer'. "
+    "If no client asks for JWT access tokens, add 'token_exchange.W001' to SILENCED_SYSTEM_CHECKS."
+)
+
+
+@pytest.mark.parametrize("oidc", [{}, WITHOUT_OIDC], ids=["with OIDC", "without OIDC"])
+def test_w001_no_rsa_key(oidc):
+    with dot(OIDC_RSA_PRIVATE_KEY="", **oidc):
         assert run() == ["token_exchange.W001"]
+    assert checks.W001.msg == (
+        "OAUTH2_PROVIDER['OIDC_RSA_PRIVATE_KEY'] is not set: JWT access tokens cannot be issued."
+    )
+    assert checks.W001.hint == JWT_ACCESS_TOKENS_HINT
+
+
+def test_w001_a_key_without_oidc_publishes_no_jwks():
+    with dot(**WITHOUT_OIDC):
+        assert [message.msg for message in checks.check_dot_settings()] == [
+            "OAUTH2_PROVIDER['OIDC_ENABLED'] is off: JWT access tokens are signed with "
+            "OIDC_RSA_PRIVATE_KEY, but no jwks_uri publishes its public key, so no resource server "
+            "can verify them."
+        ]
+        assert run() == ["token_exchange.W001"]
+    assert checks.W001_WITHOUT_OIDC.hint == JWT_ACCESS_TOKENS_HINT
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_w001_the_hint_makes_a_key_dot_reads(tmp_path):
+    """The hint's command makes a PEM key that DOT publishes in its JWKS."""
+    command = checks.W001.hint.split("'openssl ")[1].split("'")[0]
+    key_file = tmp_path / "oidc.key"
+    subprocess.run(
+        ["openssl", *command.replace("-out oidc.key", f"-out {key_file}").split()],
+        check=True,
+        capture_output=True,
+    )
+    with dot(OIDC_RSA_PRIVATE_KEY=key_file.read_text()):
+        assert run() == []
+        keys = Client().get("/o/.well-known/jwks.json").json()["keys"]
+    assert [(key["kty"], key["alg"]) for key in keys] == [("RSA", "RS256")]
 
 
 def test_w002_bearer_login_without_the_guard():

@@ -59,9 +59,25 @@ E005 = Error(
     ),
     id="token_exchange.E005",
 )
+# What RFC 9068 JWT access tokens need: a key that signs them (minting) and OpenID Connect on,
+# since only DOT's OIDC views publish its public half at jwks_uri, where resource servers fetch it.
+_JWT_ACCESS_TOKENS_HINT = (
+    "JWT access tokens need an RSA private key to sign them and OpenID Connect on to publish its "
+    "public key at jwks_uri. Make a key with 'openssl genpkey -algorithm RSA -pkeyopt "
+    "rsa_keygen_bits:2048 -out oidc.key', keep the file out of version control, and set "
+    "OAUTH2_PROVIDER['OIDC_RSA_PRIVATE_KEY'] to its PEM text (read from the file or an environment "
+    "variable), 'OIDC_ENABLED': True and 'OIDC_SERVER_CLASS': 'token_exchange.server.OIDCServer'. "
+    "If no client asks for JWT access tokens, add 'token_exchange.W001' to SILENCED_SYSTEM_CHECKS."
+)
 W001 = Warning(
     "OAUTH2_PROVIDER['OIDC_RSA_PRIVATE_KEY'] is not set: JWT access tokens cannot be issued.",
-    hint="Set OIDC_RSA_PRIVATE_KEY to an RSA private key in PEM form and OIDC_ENABLED to True.",
+    hint=_JWT_ACCESS_TOKENS_HINT,
+    id="token_exchange.W001",
+)
+W001_WITHOUT_OIDC = Warning(
+    "OAUTH2_PROVIDER['OIDC_ENABLED'] is off: JWT access tokens are signed with OIDC_RSA_PRIVATE_KEY, "
+    "but no jwks_uri publishes its public key, so no resource server can verify them.",
+    hint=_JWT_ACCESS_TOKENS_HINT,
     id="token_exchange.W001",
 )
 
@@ -134,6 +150,8 @@ def check_dot_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
             errors.append(message)
     if not user_settings.get("OIDC_RSA_PRIVATE_KEY"):
         errors.append(W001)
+    elif not oauth2_settings.OIDC_ENABLED:
+        errors.append(W001_WITHOUT_OIDC)
     return errors
 
 
