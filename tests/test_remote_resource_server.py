@@ -25,7 +25,13 @@ from oauth2_provider.settings import oauth2_settings
 
 from example_project.demo import data
 from token_exchange import jose
-from token_exchange.constants import ACCESS_TOKEN_TYPE, GRANT_TYPE, INTROSPECT_AUDIENCE, JWT_TYPE, USER_ID_TYPE
+from token_exchange.constants import (
+    ACCESS_TOKEN_TYPE,
+    GRANT_TYPE,
+    INTROSPECT_AUDIENCE,
+    JWT_TYPE,
+    USER_ID_TYPE,
+)
 from token_exchange.models import ClientPolicy
 
 from .conftest import CRM
@@ -133,10 +139,6 @@ def exchange(live_server: Any, portal: Any) -> Any:
     return post
 
 
-def _token(body: dict[str, Any], mode: str) -> str:
-    return str(body["access_token"])
-
-
 def _for_aggregates(exchange: Any, subject_token: str, mode: str) -> str:
     """An exchanged token for the aggregates API: opaque for introspection, a JWT for offline."""
     params = {"requested_token_type": JWT_TYPE} if mode == "jwt" else {}
@@ -147,7 +149,7 @@ def _for_aggregates(exchange: Any, subject_token: str, mode: str) -> str:
         scope="openid read",
         **params,
     )
-    return _token(body, mode)
+    return str(body["access_token"])
 
 
 def test_the_example_resource_server_defaults_are_the_demos():
