@@ -9,7 +9,8 @@ impersonated tokens (``NotImpersonated``).
 
 Everything comes from the environment, defaults matching ``make demo`` and ``seed_demo``:
 
-- ``AUTHORIZATION_SERVER``: where the identity provider listens (http://127.0.0.1:8000);
+- ``AUTHORIZATION_SERVER``: where the identity provider listens (else ``DEMO_ORIGIN``, else
+  http://127.0.0.1:8000);
 - ``ISSUER``: its issuer, exactly as in its tokens (``AUTHORIZATION_SERVER`` + "/o");
 - ``JWKS_URI``, ``INTROSPECTION_URL``: default below ``AUTHORIZATION_SERVER``;
 - ``RESOURCE_URI``: this service's resource indicator (the demo's aggregates API);
@@ -53,7 +54,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
 
-AUTHORIZATION_SERVER = os.environ.get("AUTHORIZATION_SERVER", "http://127.0.0.1:8000").rstrip("/")
+# DEMO_ORIGIN: what `make demo` and the walkthrough export (`make demo PORT=9000`).
+AUTHORIZATION_SERVER = (
+    os.environ.get("AUTHORIZATION_SERVER") or os.environ.get("DEMO_ORIGIN") or "http://127.0.0.1:8000"
+).rstrip("/")
 # example_project.demo.data.AGGREGATES_URI and the aggregates client seed_demo creates; written
 # out, as that module reads the identity provider's settings (tests/test_remote_resource_server.py
 # checks they agree).
