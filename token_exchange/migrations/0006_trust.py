@@ -4,6 +4,7 @@ import django.db.models.deletion
 import django.utils.timezone
 from django.conf import settings
 from django.db import migrations, models
+from oauth2_provider.settings import oauth2_settings
 
 
 class Migration(migrations.Migration):
@@ -11,8 +12,8 @@ class Migration(migrations.Migration):
     dependencies = [
         ('token_exchange', '0005_plain_help_texts'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
-        migrations.swappable_dependency(settings.OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL),
-        migrations.swappable_dependency(settings.OAUTH2_PROVIDER_APPLICATION_MODEL),
+        migrations.swappable_dependency(oauth2_settings.ACCESS_TOKEN_MODEL),
+        migrations.swappable_dependency(oauth2_settings.APPLICATION_MODEL),
     ]
 
     operations = [
@@ -52,7 +53,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='exchangedtoken',
             name='actor_access_token',
-            field=models.ForeignKey(blank=True, db_constraint=False, editable=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=settings.OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL, verbose_name="actor's access token"),
+            field=models.ForeignKey(blank=True, db_constraint=False, editable=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=oauth2_settings.ACCESS_TOKEN_MODEL, verbose_name="actor's access token"),
         ),
         migrations.AddField(
             model_name='exchangedtoken',
@@ -96,6 +97,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='actorauthorization',
             name='actor_access_token',
-            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=settings.OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL, verbose_name="actor's access token"),
+            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=oauth2_settings.ACCESS_TOKEN_MODEL, verbose_name="actor's access token"),
         ),
     ]
