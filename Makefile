@@ -52,12 +52,15 @@ demo: install
 # The whole suite on SQLite, then on PostgreSQL when it answers (REQUIRE_POSTGRES=1: must answer).
 test: install chromium lint test-sqlite test-postgres
 
+# The suite expects the example's default origin: a shell may have exported another for the demo.
+SUITE_ENV := env -u DEMO_ORIGIN -u OIDC_ISS_ENDPOINT
+
 test-sqlite: install chromium
-	$(PY) -m pytest
+	$(SUITE_ENV) $(PY) -m pytest
 
 test-postgres: install chromium
 	@if $(PY) -c "import psycopg; psycopg.connect('$(POSTGRES_URL)', connect_timeout=3).close()" 2>/dev/null; then \
-		DATABASE_URL=$(POSTGRES_URL) $(PY) -m pytest; \
+		$(SUITE_ENV) DATABASE_URL=$(POSTGRES_URL) $(PY) -m pytest; \
 	elif [ "$${REQUIRE_POSTGRES:-0}" = "1" ]; then \
 		echo "PostgreSQL at $(POSTGRES_URL) does not answer, and REQUIRE_POSTGRES=1"; exit 1; \
 	else \
@@ -99,9 +102,9 @@ tox: matrix
 # "default": the whole suite under each (SQLite).
 test-swapped: install chromium
 	DJANGO_SETTINGS_MODULE=tests.settings_swapped $(PY) manage.py makemigrations --check --dry-run
-	DJANGO_SETTINGS_MODULE=tests.settings_swapped $(PY) -m pytest -p no:cacheprovider -q
+	$(SUITE_ENV) DJANGO_SETTINGS_MODULE=tests.settings_swapped $(PY) -m pytest -p no:cacheprovider -q
 test-multidb: install chromium
-	DJANGO_SETTINGS_MODULE=tests.settings_multidb $(PY) -m pytest -p no:cacheprovider -q
+	$(SUITE_ENV) DJANGO_SETTINGS_MODULE=tests.settings_multidb $(PY) -m pytest -p no:cacheprovider -q
 
 # Build the sdist and the wheel, check them, install the wheel alone into a clean virtual
 # environment and run the example project on it over HTTP (.ci/installed-package).
