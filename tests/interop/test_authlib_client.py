@@ -25,7 +25,7 @@ from .conftest import (
     private_key_jwt_session,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.interop]
 
 
 def test_exchange_refresh_introspect_and_revoke(

@@ -13,7 +13,7 @@ from authlib.oidc.discovery import OpenIDProviderMetadata
 
 from .conftest import TIMEOUT, TOKEN_EXCHANGE, discover_by_oidc, discover_by_rfc8414
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.interop]
 
 # What a client needs in order to exchange, refresh, introspect and revoke.
 ENDPOINTS = ("token_endpoint", "introspection_endpoint", "revocation_endpoint", "jwks_uri")

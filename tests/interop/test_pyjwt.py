@@ -15,7 +15,7 @@ from example_project.demo import data
 
 from .conftest import ACCESS_TOKEN, ID_TOKEN, JWT, TOKEN_EXCHANGE, USER_ID, secret_session
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.interop]
 
 REQUIRED = ["exp", "iat", "iss", "aud", "sub"]
 
