@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: install chromium demo test test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale matrix tox package-check screenshots clean
+.PHONY: install chromium demo resource-server test test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale matrix tox package-check screenshots clean
 
 # pip 25.1+ reads PEP 735 dependency groups (pyproject.toml [dependency-groups]).
 $(VENV)/.installed: pyproject.toml
@@ -48,6 +48,18 @@ demo: install
 		| sed 's|^export DEMO_ORIGIN=.*|export DEMO_ORIGIN=$(DEMO_ORIGIN)|'
 	@echo
 	$(PY) manage.py runserver $(HOST):$(PORT)
+
+# The example resource server (example_resource_server/): the demo's aggregates API as a separate
+# service with its own SQLite database, verifying the demo's tokens by introspection
+# (/introspected/...) and offline as RFC 9068 JWTs (/jwt/...). Start `make demo` first, with the
+# same HOST and PORT; the walkthrough's last steps call it (RS_ORIGIN, default port 8001).
+RS_PORT = 8001
+
+resource-server: export DJANGO_SETTINGS_MODULE = example_resource_server.settings
+resource-server: export AUTHORIZATION_SERVER = http://$(HOST):$(PORT)
+resource-server: install
+	$(PY) -m django migrate --noinput
+	$(PY) -m django runserver $(HOST):$(RS_PORT)
 
 # The whole suite on SQLite, then on PostgreSQL when it answers (REQUIRE_POSTGRES=1: must answer).
 test: install chromium lint test-sqlite test-postgres

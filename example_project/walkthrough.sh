@@ -121,3 +121,38 @@ curl -s "$TOKEN" -d grant_type=$EXCHANGE \
 # 14. The same assertion again: refused with 401 invalid_client, its jti is spent.
 curl -s -w "\nstatus: %{http_code}\n" "$TOKEN" -d grant_type=client_credentials \
   -d client_assertion_type=$JWT_BEARER -d client_assertion="$CLIENT_ASSERTION"
+
+# --- A resource server in another process (`make resource-server` in a third terminal, port
+#     8001): the aggregates API verifying tokens by introspection (/introspected/...) and offline
+#     as RFC 9068 JWTs (/jwt/...). Skipped when it is not running.
+RS=${RS_ORIGIN:-http://127.0.0.1:8001}
+JWT_TYPE=urn:ietf:params:oauth:token-type:jwt
+if curl -s -o /dev/null --max-time 3 "$RS/jwt/aggregates/"; then
+# 15. An exchanged JWT for the aggregates API is accepted in both modes (act null); the settings
+#     endpoint takes it too, since no one is acting.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$ACCESS_TOKEN" -d subject_token_type=$AT -d requested_token_type=$JWT_TYPE \
+  -d audience=https://aggregates.example.com/ -d scope="openid read" | tee /tmp/for-aggregates.json | show
+FOR_AGGREGATES=$(field access_token < /tmp/for-aggregates.json)
+curl -s "$RS/introspected/aggregates/" -H "Authorization: Bearer $FOR_AGGREGATES" | show
+curl -s "$RS/jwt/settings/" -H "Authorization: Bearer $FOR_AGGREGATES" | show
+# 16. An impersonated token: the aggregates API shows act; the settings endpoint refuses it (403),
+#     whether it introspects or verifies offline.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$USER_ID" -d subject_token_type=$UID_TYPE \
+  -d actor_token="$ACTOR_ACCESS_TOKEN" -d actor_token_type=$AT -d requested_token_type=$JWT_TYPE \
+  -d audience=https://aggregates.example.com/ -d scope="openid read" | tee /tmp/rs-impersonated.json | show
+IMPERSONATED=$(field access_token < /tmp/rs-impersonated.json)
+curl -s "$RS/jwt/aggregates/" -H "Authorization: Bearer $IMPERSONATED" | show
+curl -s -w "\nintrospected settings: %{http_code}\n" "$RS/introspected/settings/" -H "Authorization: Bearer $IMPERSONATED"
+curl -s -w "\njwt settings: %{http_code}\n" "$RS/jwt/settings/" -H "Authorization: Bearer $IMPERSONATED"
+# 17. A token for another audience (the settings API's) is refused in both modes: 401 invalid_token.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$ACCESS_TOKEN" -d subject_token_type=$AT -d requested_token_type=$JWT_TYPE \
+  -d audience=https://settings.example.com/ -d scope="openid read" | tee /tmp/for-settings.json | show
+FOR_SETTINGS=$(field access_token < /tmp/for-settings.json)
+curl -s -D - -o /dev/null "$RS/jwt/aggregates/" -H "Authorization: Bearer $FOR_SETTINGS" | grep -i -e '^HTTP' -e '^www-authenticate'
+curl -s -D - -o /dev/null "$RS/introspected/aggregates/" -H "Authorization: Bearer $FOR_SETTINGS" | grep -i -e '^HTTP' -e '^www-authenticate'
+else
+  echo "(steps 15-17: start the resource server with 'make resource-server' and run them again)"
+fi

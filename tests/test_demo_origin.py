@@ -198,5 +198,7 @@ def test_the_walkthrough_names_the_server_only_through_demo_origin():
     local_urls = [
         url for line in commands for url in re.findall(r"https?://(?:127\.0\.0\.1|localhost)\S*", line)
     ]
-    assert local_urls == ["http://127.0.0.1:8000}"]  # the default, in export DEMO_ORIGIN=${…:-…}
+    # The defaults, in export DEMO_ORIGIN=${…:-…} and the resource server's RS=${RS_ORIGIN:-…}.
+    assert local_urls == ["http://127.0.0.1:8000}", "http://127.0.0.1:8001}"]
+    assert "RS=${RS_ORIGIN:-http://127.0.0.1:8001}" in commands
     assert "export DEMO_ORIGIN=${DEMO_ORIGIN:-http://127.0.0.1:8000}" in commands
