@@ -33,6 +33,7 @@ _REPLACEMENTS: dict[str, Any] = {
     "token": views.TokenView,
     "introspect": introspection.IntrospectTokenView,
     "revoke-token": views.RevokeTokenView,
+    "device-authorization": views.DeviceAuthorizationView,
     "oauth-server-metadata": metadata.OAuthServerMetadataView,
     # RFC 8414's form for an issuer with a path belongs at the site's root: under "o/" this
     # pattern answers no path (token_exchange.urls_well_known serves the root).

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from django.views.decorators.http import require_POST
 from oauth2_provider import views as oauth2_views
 from oauth2_provider.compat import login_not_required
 from oauth2_provider.exceptions import OAuthToolkitError
-from oauth2_provider.models import get_access_token_model
+from oauth2_provider.models import DeviceCodeResponse, get_access_token_model
 from oauth2_provider.settings import oauth2_settings
 from oauth2_provider.signals import app_authorized
 from oauthlib.oauth2.rfc6749 import errors
@@ -231,6 +232,25 @@ def stop_impersonation(request: HttpRequest) -> HttpResponse:
                 f"admin:{subject._meta.app_label}_{subject._meta.model_name}_change", args=[subject.pk]
             )
     return HttpResponseRedirect(target)
+
+
+class DeviceAuthorizationView(FormEndpoint, oauth2_views.DeviceAuthorizationView):  # type: ignore[misc]
+    """DOT's RFC 8628 device authorization endpoint, answering the fields RFC 8628 §3.2 defines.
+
+    oauthlib 4 adds ``scope`` to the device authorization response; DOT 3.4.1 builds its
+    ``DeviceCodeResponse`` from every field of it, which takes no ``scope``: a 500 for every
+    valid request. The response keeps the fields ``DeviceCodeResponse`` declares (RFC 8628 §3.2
+    defines no ``scope`` there; the device grant stores the requested scope itself). Checked
+    against DOT 3.4.1 and oauthlib 3.3 and 4.0; once DOT reads only the fields it knows, this
+    view is DOT's again.
+    """
+
+    def create_device_authorization_response(self, request: HttpRequest) -> tuple[Any, Any, int]:
+        headers, response, status = super().create_device_authorization_response(request)
+        if status == 200 and isinstance(response, dict):
+            known = {field.name for field in dataclasses.fields(DeviceCodeResponse)}
+            response = {key: value for key, value in response.items() if key in known}
+        return headers, response, status
 
 
 @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS, "token"), name="dispatch")
