@@ -25,7 +25,7 @@ from oauth2_provider.settings import oauth2_settings
 from token_exchange.constants import CLIENT_KEY_ALGORITHMS, GRANT_TYPE, PRIVATE_KEY_JWT
 
 from .client_jwt import assertion, assertion_form, register_key
-from .conftest import basic, form_post
+from .conftest import basic, form_post, make_app
 from .test_checks import _reload_dot_settings, dot  # noqa: F401 (an autouse fixture)
 
 ISSUER = settings.OAUTH2_PROVIDER["OIDC_ISS_ENDPOINT"]
@@ -184,13 +184,30 @@ def test_oidc_discovery_lists_introspection_and_revocation():
 
     assert metadata["introspection_endpoint"] == "http://127.0.0.1:8000/o/introspect/"
     assert metadata["revocation_endpoint"] == "http://127.0.0.1:8000/o/revoke_token/"
+    confidential = ["client_secret_post", "client_secret_basic", PRIVATE_KEY_JWT]
+    # Public clients use the token and revocation endpoints with their client_id alone ("none");
+    # introspection is for confidential clients only.
+    assert metadata["token_endpoint_auth_methods_supported"] == [*confidential, "none"]
+    assert metadata["revocation_endpoint_auth_methods_supported"] == [*confidential, "none"]
+    assert metadata["introspection_endpoint_auth_methods_supported"] == confidential
     for endpoint in ("token_endpoint", "introspection_endpoint", "revocation_endpoint"):
-        assert metadata[f"{endpoint}_auth_methods_supported"] == [
-            "client_secret_post",
-            "client_secret_basic",
-            PRIVATE_KEY_JWT,
-        ], endpoint
         assert metadata[f"{endpoint}_auth_signing_alg_values_supported"] == list(CLIENT_KEY_ALGORITHMS)
+
+
+def test_jwt_methods_only_with_their_algorithms():
+    """RFC 8414 §2: with DOT verifying assertions, DOT's algorithms, or no JWT method at all."""
+    jwt_methods = {"private_key_jwt", "client_secret_jwt"}
+    with (
+        dot(OIDC_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED=[*jwt_methods, "client_secret_basic"]),
+        client_authentication("oauth2_provider"),
+    ):
+        oauth2_settings.reload()
+        for path in (RFC8414, OIDC):
+            metadata = document(path)
+            for endpoint in ("token_endpoint", "introspection_endpoint", "revocation_endpoint"):
+                methods = set(metadata[f"{endpoint}_auth_methods_supported"])
+                algorithms = metadata.get(f"{endpoint}_auth_signing_alg_values_supported")
+                assert bool(methods & jwt_methods) == bool(algorithms), (path, endpoint, methods, algorithms)
 
 
 def test_end_session_endpoint_only_where_dot_serves_one():
@@ -262,6 +279,8 @@ def _authenticated(method: str, client: Any, key: Any) -> tuple[dict[str, str], 
         return {"client_id": client.client_id, "client_secret": client.plain_secret}, {}
     if method == PRIVATE_KEY_JWT:
         return {"client_id": client.client_id, **assertion_form(assertion(key))}, {}
+    if method == "none":
+        return {"client_id": client.client_id}, {}
     raise AssertionError(f"advertised but not tried: {method}")
 
 
@@ -273,12 +292,16 @@ def test_every_advertised_client_authentication_method_works(aggregates, endpoin
     metadata = document(OIDC)
     key = register_key(aggregates)
     path = urlsplit(metadata[endpoint]).path
+    public = make_app("spa", client_type="public", exchange=None)
     for method in metadata[f"{endpoint}_auth_methods_supported"]:
-        form, headers = _authenticated(method, aggregates, key)
+        client = public if method == "none" else aggregates
+        form, headers = _authenticated(method, client, key)
         response = form_post(Client(), path, {"token": "not-a-token", **form}, **headers)
         assert response.status_code == 200, (endpoint, method, response.content)
         if answer is not None:
             assert response.json() == answer
+        if method == "none":
+            continue
         # The same request without the credentials is refused: the method did the work.
         refused = form_post(Client(), path, {"token": "not-a-token", "client_id": aggregates.client_id})
         assert refused.status_code == 401, (endpoint, method)
@@ -359,3 +382,67 @@ def test_the_documents_never_read_the_database():
     (No ``db`` fixture: pytest-django turns any query into an error, here a 500.)"""
     for path in (RFC8414, OIDC, OIDC_AT_ROOT, RFC8414_UNDER_ISSUER):
         assert get(path).status_code == 200, path
+
+
+# Caching, encoded issuers, the device endpoint ---------------------------------------------------
+
+
+def test_a_document_derived_from_the_request_is_never_stored():
+    """Without OIDC_ISS_ENDPOINT the issuer follows the request (Host, X-Forwarded-Host): a shared
+    cache keyed without those headers must not hand one request's document to every client."""
+    assert get(RFC8414)["Cache-Control"] == "public, max-age=3600"  # a configured issuer
+    with (
+        dot(OIDC_ISS_ENDPOINT=None),
+        override_settings(
+            USE_X_FORWARDED_HOST=True, ALLOWED_HOSTS=[*settings.ALLOWED_HOSTS, "elsewhere.example"]
+        ),
+    ):
+        oauth2_settings.reload()
+        for path in (RFC8414, OIDC, OIDC_AT_ROOT, RFC8414_UNDER_ISSUER):
+            response = Client().get(path, HTTP_X_FORWARDED_HOST="elsewhere.example")
+            assert response.status_code == 200, path
+            assert response.json()["issuer"] == "http://elsewhere.example/o"
+            assert response["Cache-Control"] == "no-store", path
+
+
+@pytest.mark.parametrize(
+    ("issuer", "location"),
+    [
+        ("http://127.0.0.1:8000/t%C3%A9/o", "/.well-known/oauth-authorization-server/t%C3%A9/o"),
+        ("http://127.0.0.1:8000/a%20b", "/.well-known/oauth-authorization-server/a%20b"),
+    ],
+)
+def test_an_issuer_with_an_encoded_path_is_served_at_its_location(issuer, location):
+    with dot(OIDC_ISS_ENDPOINT=issuer):
+        oauth2_settings.reload()
+        assert document(location)["issuer"] == issuer
+
+
+def test_the_advertised_device_authorization_endpoint_works(db):
+    """RFC 8628: the endpoint discovery names issues a device code, which the token endpoint then
+    knows (authorization_pending until the user approves)."""
+    make_app(
+        "tv",
+        client_type="public",
+        exchange=None,
+        authorization_grant_type="urn:ietf:params:oauth:grant-type:device_code",
+    )
+    metadata = document(RFC8414)
+    assert "urn:ietf:params:oauth:grant-type:device_code" in metadata["grant_types_supported"]
+    response = form_post(
+        Client(), urlsplit(metadata["device_authorization_endpoint"]).path, {"client_id": "tv"}
+    )
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert {"device_code", "user_code", "verification_uri", "expires_in", "interval"} <= set(answer)
+    polled = form_post(
+        Client(),
+        urlsplit(metadata["token_endpoint"]).path,
+        {
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "device_code": answer["device_code"],
+            "client_id": "tv",
+        },
+    )
+    assert polled.status_code == 400, polled.content
+    assert polled.json()["error"] == "authorization_pending"

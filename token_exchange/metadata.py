@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
 from django.urls import NoReverseMatch, reverse
@@ -49,9 +49,16 @@ DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 # The endpoints where a client authenticates (RFC 8414 §2: <endpoint>_auth_methods_supported).
 CLIENT_AUTHENTICATING_ENDPOINTS = ("token_endpoint", "revocation_endpoint", "introspection_endpoint")
 # The documents change with a deployment, not between requests: an hour bounds how long a
-# change takes to reach a client that caches them. Endpoint URLs follow the request's host only
-# without OIDC_ISS_ENDPOINT, and a cache keys on the host too.
+# change takes to reach a client that caches them. Without OIDC_ISS_ENDPOINT the issuer and every
+# URL follow the request (Host, and X-Forwarded-Host or the proxy's scheme header when Django
+# reads them), which a shared cache's key need not include: such a document is never stored, or
+# one request could hand every client another host's endpoints for an hour (token_exchange.W014).
 CACHE_CONTROL = "public, max-age=3600"
+CACHE_CONTROL_REQUEST_DERIVED = "no-store"
+# Public clients (PKCE) use the token and revocation endpoints with their client_id alone
+# (RFC 6749 §2.1, RFC 7009 §2.1, RFC 7591's "none"); introspection is for confidential clients.
+PUBLIC_CLIENT_ENDPOINTS = ("token_endpoint", "revocation_endpoint")
+NO_CLIENT_AUTHENTICATION = "none"
 
 _dot_authorization_server_metadata = oauth2_views.OAuthServerMetadataView.as_view()
 
@@ -83,13 +90,25 @@ def authorization_server_metadata(request: HttpRequest) -> dict[str, Any]:
     else:
         document.pop("jwks_uri", None)  # DOT's JWKS view answers 404 without OIDC
     methods = client_authentication_methods()
+    # RFC 8414 §2: a JWT method comes with its algorithms. Ours when this package verifies
+    # client assertions; else DOT's, for its token endpoint; with none known, no JWT method.
+    algorithms = (
+        list(CLIENT_KEY_ALGORITHMS)
+        if client_assertion.ours()
+        else document.get("token_endpoint_auth_signing_alg_values_supported")
+    )
+    if not algorithms:
+        methods = [method for method in methods if method not in client_assertion.DOT_JWT_METHODS]
     for endpoint in CLIENT_AUTHENTICATING_ENDPOINTS:
         if endpoint not in document:
             continue
         # The same validator (authenticate_client) authenticates the client at all three.
-        document[f"{endpoint}_auth_methods_supported"] = methods
-        if client_assertion.ours():
-            document[f"{endpoint}_auth_signing_alg_values_supported"] = list(CLIENT_KEY_ALGORITHMS)
+        public = [NO_CLIENT_AUTHENTICATION] if endpoint in PUBLIC_CLIENT_ENDPOINTS else []
+        document[f"{endpoint}_auth_methods_supported"] = [*methods, *public]
+        if algorithms:
+            document[f"{endpoint}_auth_signing_alg_values_supported"] = list(algorithms)
+        else:
+            document.pop(f"{endpoint}_auth_signing_alg_values_supported", None)
     return document
 
 
@@ -135,7 +154,9 @@ def well_known_path(issuer: str, suffix: str) -> str:
 def _metadata_response(document: dict[str, Any]) -> HttpResponse:
     response = JsonResponse(document)
     response["Access-Control-Allow-Origin"] = "*"  # as DOT: public, read by browser clients
-    response["Cache-Control"] = CACHE_CONTROL
+    response["Cache-Control"] = (
+        CACHE_CONTROL if oauth2_settings.OIDC_ISS_ENDPOINT else CACHE_CONTROL_REQUEST_DERIVED
+    )
     return response
 
 
@@ -190,7 +211,9 @@ class AtIssuerLocation:
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         issuer = oauth2_settings.oidc_issuer(request)
-        if request.path != well_known_path(issuer, self.suffix):
+        # request.path is decoded; so is the issuer's path here (an issuer /t%C3%A9/o is served
+        # at /.well-known/<suffix>/t%C3%A9/o, which Django hands over as /t\u00e9/o).
+        if request.path != unquote(well_known_path(issuer, self.suffix)):
             logger.debug("%s: not the %s location of issuer %s", request.path, self.suffix, issuer)
             return _not_found(f"No metadata here: this server's issuer is {issuer}.")
         return super().get(request, *args, **kwargs)  # type: ignore[misc,no-any-return]
