@@ -251,6 +251,7 @@ OTHER = Key(kid=_KEY.kid)  # another key under the published kid: a forged signa
         ("another audience", lambda: sign(claims(aud=["https://crm.example.com/"])), NOT_FOR_US),
         ("the audience as a prefix", lambda: sign(claims(aud=[RESOURCE + "admin/"])), NOT_FOR_US),
         ("act not an object", lambda: sign(claims(act="7")), INVALID),
+        ("exp past any date", lambda: sign(claims(exp=10**400)), INVALID),
         ("empty sub", lambda: sign(claims(sub="")), INVALID),
         ("not a JWT", lambda: "garbage", INVALID),
         ("three dots of nothing", lambda: "a.b.c", INVALID),
@@ -573,7 +574,7 @@ def active(**changes: Any) -> dict[str, Any]:
 
 
 def validate(token: str = "opaque-token-value", scopes: list[str] | None = None) -> OAuthRequest:
-    request = OAuthRequest("https://aggregates.example.com/x")
+    request = OAuthRequest("https://aggregates.example.com/x", headers={"Authorization": f"Bearer {token}"})
     request.valid = IntrospectionValidator().validate_bearer_token(token, scopes or [], request)
     return request
 
@@ -619,6 +620,7 @@ def test_a_bearer_credential_for_introspection(introspection, settings):
         ("no issuer", 200, lambda: active(iss=_DROP), NOT_FOR_US),
         ("expired", 200, lambda: active(exp=int(time.time()) - 60), EXPIRED),
         ("no exp", 200, lambda: active(exp=_DROP), INVALID),
+        ("exp past any date", 200, lambda: active(exp=10**400), INVALID),  # not an OverflowError
         ("act not an object", 200, lambda: active(act=["7"]), INVALID),
         ("the server refuses our credentials", 401, lambda: {"error": "invalid_client"}, UNVERIFIABLE),
         ("the server fails", 500, lambda: b"<html>oops</html>", UNVERIFIABLE),
@@ -647,6 +649,14 @@ def test_insufficient_scope(introspection):
     request = validate(scopes=["write"])
     assert request.valid is False
     assert request.oauth2_error["error"] == "insufficient_scope"
+
+
+def test_token_user_has_no_groups_and_no_permissions_as_anonymous_user_has_none():
+    """Code written for Django users (``user.groups.filter(...)``) answers "none", not a 500."""
+    user = TokenUser("42")
+    assert not user.groups.filter(name="staff").exists()
+    assert list(user.user_permissions.all()) == []
+    assert user.groups.model.__name__ == "Group"
 
 
 def test_an_active_answer_is_cached_under_a_hash_of_the_token(introspection):
@@ -768,6 +778,14 @@ def test_the_guard_middleware_does_not_crash_on_a_resource_server(jwks):
             "a key this package does not read: 'AUDIENCE'",
         ),
         ({"TIMEOUT_SECONDS": 0}, "'TIMEOUT_SECONDS' must be an integer of seconds from 1 to 60"),
+        # A client_id is in aud of native tokens: a bare name would accept tokens for that client.
+        (
+            {"RESOURCE_URI": "portal"},
+            "'RESOURCE_URI' must be an absolute URI without a fragment (RFC 8707 §2) or None, not str "
+            "'portal' (not an absolute URI with a host and no fragment)",
+        ),
+        ({"RESOURCE_URI": "https://aggregates.example.com/#x"}, "(not an absolute URI with a host"),
+        ({"RESOURCE_URI": 42}, "(not a string)"),
     ],
 )
 def test_e008_resource_server_values(value, why):

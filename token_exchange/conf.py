@@ -150,6 +150,22 @@ def _algorithms(value: Any) -> str | None:
     return None if fine else ""
 
 
+def _resource_uri_or_none(value: Any) -> str | None:
+    """RFC 8707 §2: a resource indicator is an absolute URI. A bare name would also match
+    audiences that are no resource indicators at all, such as the client_ids the authorization
+    server puts in ``aud`` of native tokens: a token for client "portal" is no token for a
+    service that calls itself "portal". The rule is DOT's, the one ``ClientPolicy.resource_uris``
+    uses at the authorization server, so both sides accept the same URIs."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "not a string"
+    # Imported here: DOT's validators module reads the application model at import.
+    from oauth2_provider.oauth2_validators import is_valid_resource_uri
+
+    return None if is_valid_resource_uri(value) else "not an absolute URI with a host and no fragment"
+
+
 def _resource_server(value: Any) -> str | None:
     """Each key of the resource server's settings, by its own rule. The ceilings are defences:
     a leeway of hours accepts long-expired tokens, and an introspection cache of hours keeps a
@@ -158,10 +174,7 @@ def _resource_server(value: Any) -> str | None:
         return ""
     rules: dict[str, tuple[str, Rule]] = {
         "ISSUER": ("the issuer's absolute http(s) URL", _http_url_or_none),
-        "RESOURCE_URI": (
-            "a string or None",
-            lambda v: None if v is None or (isinstance(v, str) and v) else "",
-        ),
+        "RESOURCE_URI": ("an absolute URI without a fragment (RFC 8707 §2) or None", _resource_uri_or_none),
         "JWKS_URI": ("an absolute http(s) URL or None", _http_url_or_none),
         "ALGORITHMS": (f"a non-empty list of {', '.join(sorted(RESOURCE_SERVER_ALGORITHMS))}", _algorithms),
         "LEEWAY_SECONDS": ("an integer of seconds from 0 to 300", _int_from(0, 300)),

@@ -25,6 +25,10 @@ EXPIRED = "The access token has expired."
 NOT_FOR_US = "The access token is not meant for this resource server."
 UNVERIFIABLE = "The access token cannot be verified now."
 
+# 9999-12-31T23:59:59Z, the last second a datetime holds: an exp beyond it is no expiry time,
+# and integer arithmetic on it (cache timeouts) must stay within what floats and datetimes hold.
+MAX_EXP = 253_402_300_799
+
 
 class InvalidToken(errors.InvalidTokenError):  # type: ignore[misc]
     """RFC 6750 §3.1 ``invalid_token`` (401): expired, revoked, malformed, foreign or unverifiable.
@@ -96,6 +100,22 @@ class TokenUser:
         self.pk = self.id = sub
         self.username = username or sub
 
+    @property
+    def groups(self) -> Any:
+        """No groups, as Django's ``AnonymousUser``: ``user.groups.filter(...)`` is empty, not a 500."""
+        from django.contrib.auth.models import Group  # models: only once the apps are loaded
+        from django.db.models.manager import EmptyManager
+
+        return EmptyManager(Group)
+
+    @property
+    def user_permissions(self) -> Any:
+        """No permissions, as Django's ``AnonymousUser``."""
+        from django.contrib.auth.models import Permission
+        from django.db.models.manager import EmptyManager
+
+        return EmptyManager(Permission)
+
     def get_username(self) -> str:
         return self.username
 
@@ -142,6 +162,7 @@ def from_claims(claims: dict[str, Any], *, leeway: int) -> VerifiedAccessToken:
     aud = claims.get("aud", [])
     audience = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else None
     act = claims.get("act")
+    exp = claims.get("exp")
     checks = {
         "aud": audience is not None and all(isinstance(entry, str) for entry in audience),
         "act": act is None or isinstance(act, dict),
@@ -149,7 +170,7 @@ def from_claims(claims: dict[str, Any], *, leeway: int) -> VerifiedAccessToken:
         "client_id": isinstance(claims.get("client_id", ""), str),
         "scope": isinstance(claims.get("scope", ""), str),
         "jti": isinstance(claims.get("jti", ""), str),
-        "exp": isinstance(claims.get("exp"), int) and not isinstance(claims.get("exp"), bool),
+        "exp": isinstance(exp, int) and not isinstance(exp, bool) and 0 < exp <= MAX_EXP,
     }
     wrong = [name for name, fine in checks.items() if not fine]
     if wrong:
@@ -162,7 +183,7 @@ def from_claims(claims: dict[str, Any], *, leeway: int) -> VerifiedAccessToken:
         scope=str(claims.get("scope", "")),
         aud=audience or (),
         act=act,
-        exp=int(claims["exp"]),
+        exp=int(exp),
         jti=str(claims.get("jti", "")),
         claims=dict(claims),
         leeway=leeway,
