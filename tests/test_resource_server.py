@@ -722,6 +722,52 @@ def test_drf_with_dot_oauth2_authentication_and_our_validator(introspection, set
     assert 'error="invalid_token"' in refused["WWW-Authenticate"]
 
 
+VALIDATOR = "token_exchange.resource_server.IntrospectionValidator"
+
+
+def test_introspection_mode_takes_the_token_from_the_authorization_header_only(introspection, settings):
+    """RFC 6750 §2.2/§2.3 parameters, which oauthlib falls back to, are refused unasked: a
+    token in a URL ends up in logs, and a form body is what a cross-site form posts."""
+    settings.OAUTH2_PROVIDER = {**settings.OAUTH2_PROVIDER, "OAUTH2_VALIDATOR_CLASS": VALIDATOR}
+    introspection.answer(active(act=_DROP))
+
+    class Posting(rs_views.IntrospectedAggregates):
+        def post(self, request: Any) -> Response:
+            return Response({})
+
+    in_query = rs_views.IntrospectedAggregates.as_view()(api.get("/?access_token=in-the-url"))
+    in_body = Posting.as_view()(api.post("/", {"access_token": "in-the-body"}, format="multipart"))
+    for response in (in_query, in_body):
+        response.render()
+        assert response.status_code == 401
+        assert response["WWW-Authenticate"] == (
+            'Bearer realm="api",error="invalid_request",'
+            'error_description="The access token must be sent in the Authorization header."'
+        )
+    assert introspection.posts == []  # refused before anyone is asked
+    assert drf(rs_views.IntrospectedAggregates.as_view(), "in-the-header").status_code == 200
+
+
+@pytest.mark.django_db
+def test_with_oidc_enabled_jwt_shaped_tokens_are_introspected_too(introspection, settings):
+    """oauthlib's OIDC ``JWTToken`` routes ``ey…`` tokens to ``validate_jwt_bearer_token``: they
+    are introspected like any other, not looked up as ID tokens in this site's tables."""
+    settings.OAUTH2_PROVIDER = {
+        **settings.OAUTH2_PROVIDER,
+        "OAUTH2_VALIDATOR_CLASS": VALIDATOR,
+        "OIDC_ENABLED": True,
+    }
+    introspection.answer(active(act=_DROP))
+    accepted = drf(rs_views.IntrospectedAggregates.as_view(), sign(claims()))
+    assert (accepted.status_code, accepted.data["sub"]) == (200, "42")
+    assert len(introspection.posts) == 1
+
+    introspection.answer({"active": False})
+    garbage = drf(rs_views.IntrospectedAggregates.as_view(), "eyJhbGciOi.e30.x")  # was a 500
+    assert garbage.status_code == 401
+    assert 'error="invalid_token"' in garbage["WWW-Authenticate"]
+
+
 def test_the_introspected_decorator_for_plain_views(introspection):
     @introspected_access_token_required
     @refuse_impersonated

@@ -114,7 +114,7 @@ def verified(answer: Any, config: ResourceServerSettings) -> VerifiedAccessToken
         # Without exp nothing bounds how long the answer holds.
         logger.info("Access token refused: introspection answer without exp")
         raise InvalidToken(description=INVALID)
-    if time.time() >= exp + config["LEEWAY_SECONDS"]:
+    if int(time.time()) >= exp + config["LEEWAY_SECONDS"]:  # integers: an exp of 10**400 is no float
         raise InvalidToken(description=EXPIRED)
     return from_claims(answer, leeway=config["LEEWAY_SECONDS"])
 
@@ -143,13 +143,26 @@ def introspect(token: str) -> VerifiedAccessToken:
     token_value = verified(answer, config)
     # Active answers only, never past the token's exp: an inactive one is asked again (it costs
     # the attacker of a token flood a request each, as it costs us).
-    timeout = min(seconds, int(token_value.exp - time.time()))
+    timeout = min(seconds, token_value.exp - int(time.time()))  # from_claims bounds exp
     if timeout > 0:
         try:
             _cache(config).set(key, answer, timeout)
         except Exception:
             logger.warning("Introspection cache %r could not be written", config["CACHE"], exc_info=True)
     return token_value
+
+
+HEADER_ONLY = "The access token must be sent in the Authorization header."
+
+
+def authorization_header_token(request: Any) -> str | None:
+    """The token of oauthlib's request's ``Authorization: Bearer`` header, or ``None``: read as
+    oauthlib's ``get_token_from_header`` reads it, without its parameter fallback."""
+    headers = getattr(request, "headers", None) or {}
+    parts = str(headers.get("Authorization", "")).split()
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return parts[1]
+    return None
 
 
 class IntrospectionValidator(OAuth2Validator):  # type: ignore[misc]
@@ -164,6 +177,16 @@ class IntrospectionValidator(OAuth2Validator):  # type: ignore[misc]
 
     def validate_bearer_token(self, token: str | None, scopes: Any, request: Any) -> bool:
         if not token:
+            return False
+        if token != authorization_header_token(request):
+            # oauthlib falls back to an access_token query or form parameter (RFC 6750 §2.2,
+            # §2.3) when the header has none: a token in a URL ends up in logs and histories,
+            # and a form body is what a cross-site form posts. Only the header, as the offline
+            # mode and the decorators read it.
+            logger.info("Access token refused: not in the Authorization header")
+            request.oauth2_error = OrderedDict(
+                [("error", "invalid_request"), ("error_description", HEADER_ONLY)]
+            )
             return False
         try:
             access_token = introspect(token)
@@ -187,3 +210,9 @@ class IntrospectionValidator(OAuth2Validator):  # type: ignore[misc]
         request.scopes = list(access_token.scopes)
         request.access_token = access_token
         return True
+
+    def validate_jwt_bearer_token(self, token: str | None, scopes: Any, request: Any) -> bool:
+        """With ``OIDC_ENABLED``, oauthlib hands every JWT-shaped bearer token here instead of to
+        ``validate_bearer_token``; DOT's own would look for an ID token in this site's (empty)
+        tables. A resource server asks the authorization server about it all the same."""
+        return self.validate_bearer_token(token, scopes, request)
