@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+from collections.abc import Iterator
 from io import StringIO
 from types import SimpleNamespace
 from typing import Any
@@ -367,3 +370,92 @@ def test_createclientkey_refuses_public_and_unknown_clients(db):
     make_app("service", exchange=None)
     with pytest.raises(CommandError, match="positive"):
         call_command("createclientkey", "service", "--expires-in-days", "0", stdout=StringIO())
+
+
+@contextlib.contextmanager
+def limited_file_size() -> Iterator[None]:
+    """Files this process writes stop at 200 bytes (RLIMIT_FSIZE), as on a full disk: a key file
+    fails with EFBIG after part of it is on disk."""
+    resource = pytest.importorskip("resource")
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("force", [False, True], ids=["new file", "--force"])
+def test_createclientkey_a_key_file_written_in_part_is_removed(portal, tmp_path, force):
+    """A truncated private key is no key: it is removed, the old file (--force) is kept, no key is
+    stored, and the next run is not refused because of what the failed one left."""
+    path = tmp_path / "portal.json"
+    if force:
+        path.write_text("an old key\n")
+    arguments = ["portal", "--output", str(path), *(["--force"] if force else [])]
+    with pytest.raises(CommandError) as refused, limited_file_size():
+        call_command("createclientkey", *arguments, stderr=StringIO())
+    assert str(refused.value) == f"Cannot create {path}: File too large."
+    assert not ClientKey.objects.exists()
+    if force:
+        assert path.read_text() == "an old key\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["portal.json"]  # no temporary file
+    else:
+        assert not path.exists()
+
+    call_command("createclientkey", *arguments, stderr=StringIO())
+    assert json.loads(path.read_text())["keyId"] == ClientKey.objects.get(application=portal).kid
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("force", [False, True], ids=["new file", "--force"])
+def test_createclientkey_a_key_that_is_not_committed_leaves_the_files_as_they_were(
+    portal, tmp_path, monkeypatch, force
+):
+    """The file is written before the key's transaction commits and, with --force, renamed over
+    the old one only after: a commit that fails leaves no key file for a key that is not stored,
+    and the old file (which may hold the only copy of another key) in place."""
+    from django.db import DatabaseError, connections
+
+    path = tmp_path / "portal.json"
+    if force:
+        path.write_text("an old key\n")
+
+    def commit_fails() -> None:
+        raise DatabaseError("could not commit")
+
+    arguments = ["portal", "--output", str(path), *(["--force"] if force else [])]
+    with monkeypatch.context() as patch:
+        patch.setattr(connections["default"], "commit", commit_fails)
+        with pytest.raises(DatabaseError, match="could not commit"):
+            call_command("createclientkey", *arguments, stderr=StringIO())
+    assert not ClientKey.objects.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["portal.json"] if force else [])
+    if force:
+        assert path.read_text() == "an old key\n"
+
+    call_command("createclientkey", *arguments, stderr=StringIO())
+    assert json.loads(path.read_text())["keyId"] == ClientKey.objects.get(application=portal).kid
+
+
+@pytest.mark.django_db
+def test_createclientkey_force_that_cannot_rename_stores_no_key(portal, tmp_path, monkeypatch):
+    """The rename comes after the commit; when it fails, the stored key whose private half no
+    file holds is taken back, and the temporary file removed."""
+    path = tmp_path / "portal.json"
+    path.write_text("an old key\n")
+
+    def rename_fails(source: str, destination: str) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", rename_fails)
+        with pytest.raises(CommandError) as refused:
+            call_command("createclientkey", "portal", "--output", str(path), "--force", stderr=StringIO())
+    assert str(refused.value) == f"Cannot create {path}: Permission denied."
+    assert not ClientKey.objects.exists()
+    assert path.read_text() == "an old key\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["portal.json"]

@@ -78,22 +78,44 @@ class Command(BaseCommand):
             indent=2,
         )
         # The key's database, which a router may have made another than "default".
-        with transaction.atomic(using=router.db_for_write(ClientKey)):
-            key = ClientKey(
-                application=application,
-                kid=kid,
-                public_key=pair.public_pem,
-                algorithm=options["algorithm"],
-                expires_at=timezone.now() + datetime.timedelta(days=days) if days else None,
-            )
-            key.full_clean()
-            key.save()
-            if output:
-                # Inside the transaction: a file that cannot be written stores no key.
-                _write_key_file(output, key_file + "\n", force=force)
-                self.stderr.write(f"Key {kid} for {application.client_id} written to {output}.")
-            else:
-                self.stdout.write(key_file)
+        using = router.db_for_write(ClientKey)
+        # A file this run wrote that holds the private key of a key not yet committed.
+        written: str | None = None
+        try:
+            with transaction.atomic(using=using):
+                key = ClientKey(
+                    application=application,
+                    kid=kid,
+                    public_key=pair.public_pem,
+                    algorithm=options["algorithm"],
+                    expires_at=timezone.now() + datetime.timedelta(days=days) if days else None,
+                )
+                key.full_clean()
+                key.save()
+                if not output:
+                    self.stdout.write(key_file)
+                    return
+                # Written and synced inside the transaction: a file that cannot be written
+                # stores no key. With --force it is a temporary file, renamed below.
+                written = _write_key_file(output, key_file + "\n", force=force)
+        except BaseException:
+            # Not committed (a failed write, or a failed commit): a key file for no stored key
+            # would be refused as "already exists" next time, and the file --force would have
+            # replaced is still in place.
+            if written is not None:
+                _discard(written)
+            raise
+        if force:
+            # Only now that the key is stored may the old file go: a commit that failed above
+            # left it in place.
+            try:
+                _replace(written, output)
+            except CommandError:
+                # No file holds the private key of the stored key: take the key back, so a
+                # refused write still stores no key.
+                key.delete()
+                raise
+        self.stderr.write(f"Key {kid} for {application.client_id} written to {output}.")
 
 
 def _exists_message(output: str) -> str:
@@ -117,32 +139,59 @@ def _check_output(output: str, *, force: bool) -> None:
         raise CommandError(f"Cannot create {output}: the directory {directory} does not exist.")
 
 
-def _write_key_file(output: str, content: str, *, force: bool) -> None:
-    """Write the private key readable by its owner only (0600), never through a symlink.
+def _write_key_file(output: str, content: str, *, force: bool) -> str:
+    """Write the private key readable by its owner only (0600), never through a symlink, and
+    return the file written: ``output``, or with ``force`` a temporary file for ``_replace``.
 
     Without ``force``, O_EXCL creates the file or fails, so a file that appeared since
     ``_check_output`` is still not overwritten. With ``force``, a new 0600 file in the same
-    directory replaces the old one in one rename: never a moment with the key in a file that
-    others could read (the old file's mode), nor a half-written key file.
+    directory replaces the old one in one rename once the key is stored: never a moment with the
+    key in a file that others could read (the old file's mode), nor a half-written key file. The
+    content is synced before the rename, so a crash cannot leave the new name on an empty file.
+    A file that could not be written whole is removed: a truncated private key is no key.
     """
     try:
-        if not force:
+        if force:
+            descriptor, path = tempfile.mkstemp(
+                dir=os.path.dirname(output) or ".", prefix=".key-", suffix=".tmp"
+            )
+        else:
+            path = output
             descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(content)
-            return
-        descriptor, temporary = tempfile.mkstemp(
-            dir=os.path.dirname(output) or ".", prefix=".key-", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(content)
-            os.replace(temporary, output)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
     except FileExistsError as exc:
         raise CommandError(_exists_message(output)) from exc
     except OSError as exc:
         raise CommandError(f"Cannot create {output}: {exc.strerror}.") from exc
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException as exc:
+        _discard(path)
+        if isinstance(exc, OSError):
+            raise CommandError(f"Cannot create {output}: {exc.strerror}.") from exc
+        raise
+    return path
+
+
+def _replace(temporary: str, output: str) -> None:
+    """Put the synced temporary key file in ``output``'s place, or remove it and say why."""
+    try:
+        os.replace(temporary, output)
+    except OSError as exc:
+        _discard(temporary)
+        raise CommandError(f"Cannot create {output}: {exc.strerror}.") from exc
+    # The rename itself lasts once the directory is synced; where a directory cannot be opened
+    # or synced (some platforms and file systems), the rename is done all the same.
+    with contextlib.suppress(OSError):
+        directory = os.open(os.path.dirname(output) or ".", os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _discard(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
