@@ -5,7 +5,9 @@ Not for production: DEBUG defaults on, and a development RSA key is generated on
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,23 +21,70 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-token-exchange
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 
 
+# One label of a DNS name as a Host header and ALLOWED_HOSTS carry it: ASCII letters, digits and
+# inner hyphens (a name in another script in its IDNA "xn--" form). Django's own host check
+# accepts no more (no "_", no "*").
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
 def _demo_origin(value: str) -> str:
     """``scheme://host:port`` without a trailing slash, or ImproperlyConfigured saying why.
 
     The issuer is built from it, and an issuer must match byte for byte everywhere it is compared
     (JWT ``iss`` and ``aud``, discovery): a path, query or credentials here would leak into it.
+    The origin returned is rebuilt from the parts that were checked, and must read as given:
+    urlsplit drops tabs and line breaks, an empty query or fragment and an empty port without a
+    word, and jwt_profile.py and the walkthrough use the variable as it is written.
     """
     origin = value.strip().rstrip("/")
+    if any(not character.isprintable() for character in origin):
+        raise ImproperlyConfigured(
+            f"DEMO_ORIGIN {value!r} contains a tab, line break or other unprintable character."
+        )
+    if "?" in origin or "#" in origin:
+        raise ImproperlyConfigured(f"DEMO_ORIGIN {value!r} has more than a scheme, host and port.")
     try:
         parts = urlsplit(origin)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        port = parts.port  # raises ValueError for a port that is not a number
     except ValueError as exc:
         raise ImproperlyConfigured(f"DEMO_ORIGIN {value!r}: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ImproperlyConfigured(f"DEMO_ORIGIN {value!r} is not http(s)://host[:port].")
     if parts.path or parts.query or parts.fragment or parts.username is not None:
         raise ImproperlyConfigured(f"DEMO_ORIGIN {value!r} has more than a scheme, host and port.")
-    return origin
+    host = _origin_host(value, parts.hostname)
+    rebuilt = f"{parts.scheme}://{host}" + ("" if port is None else f":{port}")
+    if rebuilt != origin:
+        raise ImproperlyConfigured(f"DEMO_ORIGIN {value!r}: write it as {rebuilt!r}.")
+    return rebuilt
+
+
+def _origin_host(value: str, hostname: str) -> str:
+    """The host of an origin as a Host header names it: a DNS name, an IPv4 address, or an IPv6
+    address in brackets; never a pattern, since ALLOWED_HOSTS reads "*" and a leading "." as
+    wildcards that would let any Host header through."""
+    if "*" in hostname or hostname.startswith("."):
+        raise ImproperlyConfigured(
+            f"DEMO_ORIGIN {value!r} names no single host: ALLOWED_HOSTS would read "
+            f"{hostname!r} as a wildcard."
+        )
+    try:
+        address = ipaddress.ip_address(hostname)
+    except ValueError:
+        labels = hostname.split(".")
+        # A last label of digits alone (127.1, 300.1.1.1) is neither a name nor an address.
+        if len(hostname) > 253 or labels[-1].isdigit() or not all(map(_DNS_LABEL.fullmatch, labels)):
+            raise ImproperlyConfigured(
+                f"DEMO_ORIGIN {value!r}: {hostname!r} is not a DNS name or an IP address."
+            ) from None
+        return hostname
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id:
+            raise ImproperlyConfigured(
+                f"DEMO_ORIGIN {value!r}: an IPv6 address with a zone is no host a browser names."
+            )
+        return f"[{address.compressed}]"
+    return address.compressed
 
 
 # Where the demo serves. `make demo HOST=… PORT=…` sets it, and everything that names the server
@@ -43,8 +92,17 @@ def _demo_origin(value: str) -> str:
 # stored by seed_demo, used by demo_login), example_project/walkthrough.sh and jwt_profile.py.
 # The test suite runs on the default.
 DEMO_ORIGIN = _demo_origin(os.environ.get("DEMO_ORIGIN", "http://127.0.0.1:8000"))
+_demo_hostname = urlsplit(DEMO_ORIGIN).hostname or ""
 ALLOWED_HOSTS = list(
-    dict.fromkeys(["127.0.0.1", "localhost", "testserver", urlsplit(DEMO_ORIGIN).hostname or ""])
+    dict.fromkeys(
+        [
+            "127.0.0.1",
+            "localhost",
+            "testserver",
+            # As Django reads it from the Host header: an IPv6 address in its brackets.
+            f"[{_demo_hostname}]" if ":" in _demo_hostname else _demo_hostname,
+        ]
+    )
 )
 
 INSTALLED_APPS = [

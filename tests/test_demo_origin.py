@@ -151,6 +151,22 @@ def test_the_default_origin_is_port_8000_and_an_explicit_issuer_wins():
         ("http://127.0.0.1:9000/o", "has more than a scheme, host and port"),
         ("http://admin@127.0.0.1:9000", "has more than a scheme, host and port"),
         ("http://127.0.0.1:port", "Port could not be cast"),
+        # urlsplit drops these without a word; the issuer would keep them.
+        ("http://127.0.0.1:80\n00", "contains a tab, line break or other unprintable character"),
+        ("http://127.0.0.1\t:9000", "contains a tab, line break or other unprintable character"),
+        ("http://127.0.0.1:9000?", "has more than a scheme, host and port"),
+        ("http://127.0.0.1:9000#", "has more than a scheme, host and port"),
+        ("http://127.0.0.1:", "write it as 'http://127.0.0.1'"),
+        # ALLOWED_HOSTS reads these as wildcards: any Host header would pass.
+        ("http://*.example.com:9000", "names no single host: ALLOWED_HOSTS would read '*.example.com'"),
+        ("http://*:9000", "names no single host: ALLOWED_HOSTS would read '*' as a wildcard"),
+        ("http://.example.com:9000", "names no single host: ALLOWED_HOSTS would read '.example.com'"),
+        ("http://demo_host:9000", "'demo_host' is not a DNS name or an IP address"),
+        ("http://127.1:9000", "'127.1' is not a DNS name or an IP address"),
+        ("http://[fe80::1%25eth0]:9000", "an IPv6 address with a zone"),
+        # Compared byte for byte, and jwt_profile.py and the walkthrough use it as written.
+        ("http://Demo.test:9000", "write it as 'http://demo.test:9000'"),
+        ("http://[0:0::1]:9000", "write it as 'http://[::1]:9000'"),
     ],
 )
 def test_a_demo_origin_that_is_not_an_origin_is_refused(origin, message):
@@ -159,6 +175,46 @@ def test_a_demo_origin_that_is_not_an_origin_is_refused(origin, message):
     assert "ImproperlyConfigured" in result.stderr
     assert f"DEMO_ORIGIN {origin!r}" in result.stderr
     assert message in result.stderr
+
+
+# Asks for the JWKS with the origin's own Host header, and with another one.
+HOST_HEADERS = """
+import json
+
+import django
+
+django.setup()
+from django.conf import settings
+from django.test import Client
+from oauth2_provider.settings import oauth2_settings
+
+client = Client(raise_request_exception=False)
+host = settings.DEMO_ORIGIN.split("://", 1)[1]
+print(json.dumps({
+    "issuer": oauth2_settings.OIDC_ISS_ENDPOINT,
+    "allowed_hosts": settings.ALLOWED_HOSTS,
+    "at_the_origin": client.get("/o/.well-known/jwks.json", HTTP_HOST=host).status_code,
+    "elsewhere": client.get("/o/.well-known/jwks.json", HTTP_HOST="attacker.example").status_code,
+}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed_host"),
+    [
+        ("http://demo.test:9000", "demo.test"),
+        ("http://192.0.2.7:9000", "192.0.2.7"),
+        # Django compares an IPv6 Host header with its brackets.
+        ("http://[::1]:9000", "[::1]"),
+        ("https://[2001:db8::7]", "[2001:db8::7]"),
+    ],
+)
+def test_the_server_answers_at_its_origin_and_nowhere_else(origin, allowed_host):
+    seen = printed_json(run(HOST_HEADERS, DEMO_ORIGIN=origin))
+    assert seen["issuer"] == f"{origin}/o"
+    assert seen["allowed_hosts"] == ["127.0.0.1", "localhost", "testserver", allowed_host]
+    assert seen["at_the_origin"] == 200
+    assert seen["elsewhere"] == 400  # DisallowedHost
 
 
 @pytest.fixture(scope="module")
