@@ -70,6 +70,8 @@ class Issuer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.jwks: dict[str, Any] = {}  # path -> JSON body
+        # path -> (status, headers, body, seconds to wait first): answers no JWKS endpoint should give
+        self.raw: dict[str, tuple[int, dict[str, str], bytes, float]] = {}
         self.answers: dict[str, tuple[int, bytes]] = {}  # path -> (status, body)
         self.hits: Counter[str] = Counter()
         self.posts: list[tuple[str, dict[str, str], str]] = []
@@ -84,6 +86,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.hits[self.path] += 1
+        if self.path in self.server.raw:
+            status, headers, raw, delay = self.server.raw[self.path]
+            time.sleep(delay)
+            try:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(raw)  # HTTP/1.0: without Content-Length, the body ends at close
+            except OSError:
+                pass  # the client gave up first
+            return
         body = self.server.jwks.get(self.path)
         self._answer(200 if body is not None else 404, json.dumps(body or {}).encode())
 
@@ -361,6 +375,143 @@ def test_jwks_uri_defaults_below_the_issuer(issuer, settings):
     issuer.jwks[f"{path}/.well-known/jwks.json"] = {"keys": [_KEY.jwk]}
     settings.TOKEN_EXCHANGE = {"RESOURCE_SERVER": {"ISSUER": issuer.url + path, "RESOURCE_URI": RESOURCE}}
     assert verify_jwt_access_token(sign(claims(iss=issuer.url + path))).sub == "42"
+
+
+def raw_jwks(
+    issuer: Issuer,
+    settings: Any,
+    status: int,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    delay: float = 0.0,
+    timeout: int = 5,
+) -> str:
+    """A JWKS URI of this test alone that answers exactly this; returns its path."""
+    path = f"/{uuid.uuid4().hex}/jwks.json"
+    headers = headers if headers is not None else {"Content-Length": str(len(body))}
+    issuer.raw[path] = (status, headers, body, delay)
+    settings.TOKEN_EXCHANGE = {
+        "RESOURCE_SERVER": {
+            "ISSUER": ISSUER,
+            "RESOURCE_URI": RESOURCE,
+            "JWKS_URI": issuer.url + path,
+            "TIMEOUT_SECONDS": timeout,
+        }
+    }
+    return path
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>maintenance</html>", b"", b"\xff\xfe", b"[" * 100_000, b'{"keys": "none"}'],
+    ids=["html", "empty", "not UTF-8", "nested beyond reason", "keys not a list"],
+)
+def test_a_jwks_that_is_no_json_jwk_set_is_a_refusal_not_a_500(issuer, settings, body):
+    raw_jwks(issuer, settings, 200, body)
+    assert refusal(sign(claims())) == UNVERIFIABLE
+    response = drf(rs_views.JWTAggregates.as_view(), sign(claims()))  # within the backoff: no fetch
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == _challenge("invalid_token", UNVERIFIABLE)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["Content-Length", "read until closed"])
+def test_a_jwks_of_megabytes_is_not_read(issuer, settings, declared):
+    """5 MB, under a key set that would verify the token: refused, read up to MAX_JWKS_BYTES only."""
+    padding = " " * 5_000_000
+    body = json.dumps({"keys": [_KEY.jwk], "padding": padding}).encode()
+    raw_jwks(issuer, settings, 200, body, headers={"Content-Length": str(len(body))} if declared else {})
+    assert refusal(sign(claims())) == UNVERIFIABLE
+
+
+def test_a_redirecting_jwks_endpoint_is_not_followed(issuer, settings):
+    """The keys come from JWKS_URI itself: a redirect (an open redirect at the issuer, a
+    hijacked path) must not hand the resource server someone else's keys."""
+    elsewhere = f"/{uuid.uuid4().hex}/attacker-keys.json"
+    issuer.jwks[elsewhere] = {"keys": [_KEY.jwk]}
+    raw_jwks(issuer, settings, 302, b"", headers={"Location": issuer.url + elsewhere, "Content-Length": "0"})
+    assert refusal(sign(claims())) == UNVERIFIABLE
+    assert issuer.hits[elsewhere] == 0
+
+
+def test_a_failing_jwks_endpoint_is_asked_once_per_backoff_whatever_the_tokens(issuer, settings, monkeypatch):
+    path = raw_jwks(issuer, settings, 503, b"busy")
+    for n in range(50):  # tokens of the known kid and forged ones, each of which would fetch
+        kid = _KEY.kid if n % 2 else uuid.uuid4().hex
+        assert refusal(sign(claims(), kid=kid)) == UNVERIFIABLE
+    assert issuer.hits[path] == 1
+
+    monkeypatch.setattr(jwt_access_token, "FAILURE_BACKOFF_SECONDS", 0.2)
+    time.sleep(0.25)
+    issuer.raw[path] = (200, {}, json.dumps({"keys": [_KEY.jwk]}).encode(), 0.0)  # the issuer is back
+    assert verify_jwt_access_token(sign(claims())).sub == "42"
+    assert verify_jwt_access_token(sign(claims())).sub == "42"
+    assert issuer.hits[path] == 2
+
+
+def test_a_failed_refetch_keeps_the_cached_keys(jwks, issuer, settings):
+    """PyJWT 2.8's own fetch wipes its cache when it fails: then every genuine token would fetch."""
+    verify_jwt_access_token(sign(claims()))
+    path = settings.TOKEN_EXCHANGE["RESOURCE_SERVER"]["JWKS_URI"].removeprefix(issuer.url)
+    issuer.raw[path] = (503, {}, b"", 0.0)  # the issuer blips
+    assert refusal(sign(claims(), kid=uuid.uuid4().hex)) == UNVERIFIABLE  # its refetch fails
+    for _ in range(5):
+        assert verify_jwt_access_token(sign(claims())).sub == "42"
+    assert jwks.fetches == 2
+
+
+def test_the_jwks_is_fetched_again_once_per_lifespan(jwks, monkeypatch):
+    monkeypatch.setattr(jwt_access_token, "JWKS_LIFESPAN_SECONDS", 0.2)  # for the KeySet made now
+    for _ in range(10):
+        verify_jwt_access_token(sign(claims()))
+    assert jwks.fetches == 1
+    time.sleep(0.25)
+    for _ in range(10):
+        verify_jwt_access_token(sign(claims()))
+    assert jwks.fetches == 2
+
+
+def test_a_hanging_jwks_endpoint_costs_one_timeout_not_one_per_request(issuer, settings):
+    """Requests arriving during a fetch wait for it and share its failure: six concurrent
+    requests against an endpoint slower than TIMEOUT_SECONDS=1 make one fetch and all finish
+    after about one second (one after the other, as before, they took six)."""
+    path = raw_jwks(issuer, settings, 200, b'{"keys": []}', delay=3.0, timeout=1)
+    done: list[float] = []
+    started = time.monotonic()
+
+    def one() -> None:
+        with pytest.raises(InvalidToken):
+            verify_jwt_access_token(sign(claims(), kid=uuid.uuid4().hex))
+        done.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(done) == 6
+    assert max(done) < 2.5
+    assert issuer.hits[path] == 1
+
+
+@pytest.mark.parametrize(
+    ("published", "alg", "accepted"),
+    [
+        ("RS256", "PS256", False),  # RFC 8725 §3.1: the JWK names its algorithm; others are refused
+        ("PS256", "RS256", False),
+        ("PS256", "PS256", True),
+        (None, "PS256", True),  # a JWK naming none may serve any allowed alg of its key type
+    ],
+)
+def test_the_algorithm_a_jwk_names_is_enforced(jwks, settings, issuer, published, alg, accepted):
+    settings.TOKEN_EXCHANGE["RESOURCE_SERVER"]["ALGORITHMS"] = ["RS256", "PS256"]
+    path = settings.TOKEN_EXCHANGE["RESOURCE_SERVER"]["JWKS_URI"].removeprefix(issuer.url)
+    jwk = {**_KEY.jwk, "alg": published} if published else _KEY.jwk
+    issuer.jwks[path] = {"keys": [jwk]}
+    token = sign(claims(), alg=alg)
+    if accepted:
+        assert verify_jwt_access_token(token).sub == "42"
+    else:
+        assert refusal(token) == INVALID
 
 
 class socket_closed:
@@ -748,10 +899,10 @@ def test_introspection_mode_takes_the_token_from_the_authorization_header_only(i
     assert drf(rs_views.IntrospectedAggregates.as_view(), "in-the-header").status_code == 200
 
 
-@pytest.mark.django_db
 def test_with_oidc_enabled_jwt_shaped_tokens_are_introspected_too(introspection, settings):
     """oauthlib's OIDC ``JWTToken`` routes ``ey…`` tokens to ``validate_jwt_bearer_token``: they
-    are introspected like any other, not looked up as ID tokens in this site's tables."""
+    are introspected like any other, not looked up as ID tokens in this site's tables (no
+    database access here: the test would fail on one)."""
     settings.OAUTH2_PROVIDER = {
         **settings.OAUTH2_PROVIDER,
         "OAUTH2_VALIDATOR_CLASS": VALIDATOR,

@@ -7,23 +7,31 @@ name this service's ``RESOURCE_URI``), ``exp``/``nbf``/``iat`` within ``LEEWAY_S
 the claims RFC 9068 §2.2 requires. Any failure, a JWKS endpoint that does not answer included,
 is :class:`InvalidToken`: a 401 for the client, never a 500.
 
-Keys come from PyJWT's ``PyJWKClient`` (its public ``get_signing_keys`` and ``match_kid``): it
-fetches the JWKS and caches it for :data:`JWKS_LIFESPAN_SECONDS`. A token naming a ``kid`` the
-cached set lacks (the issuer rotated its key) makes one forced refetch, and then no other for
-:data:`UNKNOWN_KID_REFETCH_SECONDS`: otherwise every forged token with a random ``kid`` would be
-a request to the issuer (PyJWT 2.8's ``get_signing_key`` refetches on every unknown ``kid``;
-later releases add a cooldown we do not depend on).
+Keys come from PyJWT's ``PyJWKClient`` (its public ``get_signing_keys``, ``match_kid`` and
+``fetch_data``), which parses the JWKS and caches it for :data:`JWKS_LIFESPAN_SECONDS`.
+:class:`JWKSClient` replaces only the fetch, the one place a request leaves this process: with
+``requests``, no redirects followed, ``TIMEOUT_SECONDS`` for the whole answer, at most
+:data:`MAX_JWKS_BYTES`, and nothing cached that is not a JSON object with usable signing keys.
+:class:`KeySet` decides when to fetch: a token naming a ``kid`` the cached set lacks (the
+issuer rotated its key) makes one forced refetch, and then no other for
+:data:`UNKNOWN_KID_REFETCH_SECONDS`; after a fetch that failed, no fetch at all for
+:data:`FAILURE_BACKOFF_SECONDS`. So whatever the tokens and whatever the endpoint answers, the
+issuer is asked at most once per interval (PyJWT 2.8 refetches on every unknown ``kid`` and wipes
+its cache when a fetch fails; later releases differ, and we depend on neither).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from typing import Any
 
 import jwt
-from jwt import PyJWKClient
+import requests
+from jwt import PyJWKClient, PyJWKSet
+from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError
 
 from ..conf import ResourceServerSettings, token_exchange_settings
 from .tokens import EXPIRED, INVALID, NOT_FOR_US, UNVERIFIABLE, InvalidToken, VerifiedAccessToken, from_claims
@@ -41,31 +49,130 @@ REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
 JWKS_LIFESPAN_SECONDS = 300
 # At most one refetch per this interval for tokens whose kid is not in the cached JWKS.
 UNKNOWN_KID_REFETCH_SECONDS = 30
+# After a fetch that failed (no answer, not 200, not a JWKS), no fetch for this long: tokens
+# whose key is not in a fresh cached JWKS are refused as unverifiable meanwhile.
+FAILURE_BACKOFF_SECONDS = 30
+# A JWKS of a few keys is a few kilobytes; more is no JWKS, and is not read into memory.
+MAX_JWKS_BYTES = 1_000_000
+
+
+class JWKSClient(PyJWKClient):
+    """PyJWT's client with a fetch this package can vouch for on every PyJWT release it supports.
+
+    ``fetch_data`` is PyJWKClient's public hook for getting the JWKS, called for every fetch
+    (the first, after the cache expired, and forced); everything else (parsing, the cache of
+    :data:`JWKS_LIFESPAN_SECONDS`, ``match_kid``) stays PyJWT's. Any failure is a
+    ``PyJWKClientError`` (a ``PyJWTError``), so the caller refuses the token and never answers
+    500; the cache keeps what it had (PyJWT 2.8's own fetch wipes it on failure); and for
+    :data:`FAILURE_BACKOFF_SECONDS` after a failure no request is made at all.
+    """
+
+    def __init__(self, uri: str, *, timeout: int) -> None:
+        super().__init__(uri, cache_jwk_set=True, lifespan=JWKS_LIFESPAN_SECONDS, timeout=timeout)
+        # kid -> the "alg" values its JWKs name (None: names none); replaced by every good fetch,
+        # so it describes the key set the cache holds.
+        self.published_algorithms: dict[str, set[str | None]] = {}
+        self.failed_at: float | None = None
+
+    def fetch_data(self) -> Any:
+        if self.failed_at is not None and time.monotonic() - self.failed_at < FAILURE_BACKOFF_SECONDS:
+            raise PyJWKClientConnectionError("Not fetched: the last fetch failed moments ago")
+        try:
+            data = self._jwk_set()
+        except Exception as error:
+            self.failed_at = time.monotonic()
+            if isinstance(error, jwt.PyJWTError):
+                raise
+            raise PyJWKClientError(f"The JWKS could not be read: {type(error).__name__}") from None
+        self.failed_at = None
+        algorithms: dict[str, set[str | None]] = {}
+        for jwk in data["keys"]:
+            if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str):
+                alg = jwk.get("alg")
+                algorithms.setdefault(jwk["kid"], set()).add(alg if isinstance(alg, str) else None)
+        self.published_algorithms = algorithms
+        if self.jwk_set_cache is not None:
+            # PyJWT 2.8 caches only what fetch_data puts there; later releases also cache the
+            # set they parse from it. Either way the cache holds this answer, and only this one.
+            self.jwk_set_cache.put(data)
+        return data
+
+    def _jwk_set(self) -> dict[str, Any]:
+        """The JWK Set at ``uri``, checked: JSON, an object with ``keys``, a usable signing key."""
+        try:
+            data = json.loads(self._download())
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested beyond reason
+            raise PyJWKClientError("The JWKS endpoint did not answer JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+            raise PyJWKClientError("The JWKS endpoint did not answer a JWK Set")
+        # Parsed here too, so a set without usable signing keys is a failed fetch, not an answer
+        # cached for minutes that refuses every token (PyJWKSetError when none is usable).
+        keys = PyJWKSet.from_dict(data).keys
+        if not any(key.public_key_use in ("sig", None) and key.key_id for key in keys):
+            raise PyJWKClientError("The JWKS endpoint did not contain any signing keys")
+        return data
+
+    def _download(self) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        too_big = PyJWKClientError(f"The JWKS endpoint's answer exceeds {MAX_JWKS_BYTES} bytes")
+        try:
+            with requests.get(
+                self.uri,
+                headers={**self.headers, "Accept": "application/json"},
+                timeout=self.timeout,
+                allow_redirects=False,  # the keys come from the configured URI, or from nowhere
+                stream=True,
+            ) as response:
+                if response.status_code != 200:
+                    raise PyJWKClientConnectionError(f"The JWKS endpoint answered {response.status_code}")
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > MAX_JWKS_BYTES:
+                    raise too_big
+                body = bytearray()
+                for chunk in response.iter_content(chunk_size=65536):
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise too_big
+                    if time.monotonic() > deadline:  # the timeout bounds each read, this the whole
+                        raise PyJWKClientConnectionError("The JWKS endpoint answered too slowly")
+                return bytes(body)
+        except requests.RequestException as error:
+            raise PyJWKClientConnectionError(f"The JWKS endpoint failed: {type(error).__name__}") from None
 
 
 class KeySet:
-    """The issuer's signing keys at one JWKS URI, shared by the threads of a process."""
+    """The issuer's signing keys at one JWKS URI, shared by the threads of a process.
+
+    One lock covers every use of the client: at most one fetch runs at a time, and requests that
+    need the keys while it runs wait for it (at most ``TIMEOUT_SECONDS``), then use its result
+    or its failure without fetching again. A fresh cache answers without any fetch.
+    """
 
     def __init__(self, uri: str, *, timeout: int) -> None:
         self.uri = uri
-        self.client = PyJWKClient(uri, cache_jwk_set=True, lifespan=JWKS_LIFESPAN_SECONDS, timeout=timeout)
+        self.client = JWKSClient(uri, timeout=timeout)
         self._lock = threading.Lock()
         self._refetched_at: float | None = None
 
-    def signing_key(self, kid: str) -> Any:
-        """The public key of ``kid``, or :class:`InvalidToken`."""
-        with self._lock:  # one fetch at a time, and one decision about refetching
+    def signing_key(self, kid: str, alg: str) -> Any:
+        """The public key of ``kid`` for a token signed with ``alg``, or :class:`InvalidToken`."""
+        with self._lock:
             try:
                 key = self.client.match_kid(self.client.get_signing_keys(), kid)
                 if key is None and self._may_refetch():
                     # Counted before the fetch: an endpoint that fails is not asked again sooner.
                     self._refetched_at = time.monotonic()
                     key = self.client.match_kid(self.client.get_signing_keys(refresh=True), kid)
-            except jwt.PyJWTError as error:  # PyJWKClientConnectionError, PyJWKClientError, PyJWKSetError
+            except Exception as error:  # whatever a fetch met is a refusal, never a 500
                 logger.warning("JWKS at %s could not be read: %s", self.uri, error)
                 raise InvalidToken(description=UNVERIFIABLE) from None
+            published = self.client.published_algorithms.get(kid, set())
         if key is None:
             logger.info("Access token refused: kid %.64r is not in the JWKS at %s", kid, self.uri)
+            raise InvalidToken(description=INVALID)
+        if published - {None, alg}:
+            # RFC 8725 §3.1: a key is used only with the algorithm its JWK names, where it names one.
+            logger.info("Access token refused: alg %.32r, the JWK of kid %.64r: %s", alg, kid, published)
             raise InvalidToken(description=INVALID)
         return key.key
 
@@ -119,7 +226,7 @@ def verify_jwt_access_token(value: str) -> VerifiedAccessToken:
     if not isinstance(kid, str) or not kid:
         logger.info("JWT access token refused: no kid")
         raise InvalidToken(description=INVALID)
-    key = key_set(jwks_uri(config), timeout=config["TIMEOUT_SECONDS"]).signing_key(kid)
+    key = key_set(jwks_uri(config), timeout=config["TIMEOUT_SECONDS"]).signing_key(kid, alg)
     leeway = config["LEEWAY_SECONDS"]
     try:
         claims: dict[str, Any] = jwt.decode(

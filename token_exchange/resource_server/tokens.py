@@ -183,7 +183,7 @@ def from_claims(claims: dict[str, Any], *, leeway: int) -> VerifiedAccessToken:
         scope=str(claims.get("scope", "")),
         aud=audience or (),
         act=act,
-        exp=int(exp),
+        exp=int(claims["exp"]),
         jti=str(claims.get("jti", "")),
         claims=dict(claims),
         leeway=leeway,
