@@ -85,8 +85,10 @@ JWT_ACCESS_TOKENS_HINT = (
     "public key at jwks_uri. Make a key with 'openssl genpkey -algorithm RSA -pkeyopt "
     "rsa_keygen_bits:2048 -out oidc.key', keep the file out of version control, and set "
     "OAUTH2_PROVIDER['OIDC_RSA_PRIVATE_KEY'] to its PEM text (read from the file or an environment "
-    "variable), 'OIDC_ENABLED': True and 'OIDC_SERVER_CLASS': 'token_exchange.server.OIDCServer'. "
-    "If no client asks for JWT access tokens, add 'token_exchange.W001' to SILENCED_SYSTEM_CHECKS."
+    "variable), 'OIDC_ENABLED': True and 'OIDC_SERVER_CLASS': 'token_exchange.server.OIDCServer', and "
+    "remove OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] (DOT uses OIDC_SERVER_CLASS only while it is "
+    "unset). If no client asks for JWT access tokens, add 'token_exchange.W001' to "
+    "SILENCED_SYSTEM_CHECKS."
 )
 
 
@@ -109,6 +111,20 @@ def test_w001_a_key_without_oidc_publishes_no_jwks():
         ]
         assert run() == ["token_exchange.W001"]
     assert checks.W001_WITHOUT_OIDC.hint == JWT_ACCESS_TOKENS_HINT
+
+
+def test_w001_following_the_hint_on_a_site_without_oidc_passes():
+    """DOT uses OIDC_SERVER_CLASS only while OAUTH2_SERVER_CLASS is unset: turning OpenID Connect
+    on without removing it is E002, so the hint says to remove it."""
+    turned_on = {"OIDC_ENABLED": True, "OIDC_SERVER_CLASS": "token_exchange.server.OIDCServer"}
+    with dot(**{**WITHOUT_OIDC, **turned_on}):
+        assert run() == ["token_exchange.E002"]
+    assert "remove OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS']" in checks.W001_WITHOUT_OIDC.hint
+    followed = {**settings.OAUTH2_PROVIDER, **WITHOUT_OIDC, **turned_on}
+    del followed["OAUTH2_SERVER_CLASS"]
+    with override_settings(OAUTH2_PROVIDER=followed):
+        assert run() == []
+        assert oauth2_settings.OAUTH2_SERVER_CLASS.__name__ == "OIDCServer"
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

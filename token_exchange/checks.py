@@ -61,13 +61,17 @@ E005 = Error(
 )
 # What RFC 9068 JWT access tokens need: a key that signs them (minting) and OpenID Connect on,
 # since only DOT's OIDC views publish its public half at jwks_uri, where resource servers fetch it.
+# A site without OIDC usually sets OAUTH2_SERVER_CLASS, which wins over OIDC_SERVER_CLASS: left in
+# place, it turns the advice into E002.
 _JWT_ACCESS_TOKENS_HINT = (
     "JWT access tokens need an RSA private key to sign them and OpenID Connect on to publish its "
     "public key at jwks_uri. Make a key with 'openssl genpkey -algorithm RSA -pkeyopt "
     "rsa_keygen_bits:2048 -out oidc.key', keep the file out of version control, and set "
     "OAUTH2_PROVIDER['OIDC_RSA_PRIVATE_KEY'] to its PEM text (read from the file or an environment "
-    "variable), 'OIDC_ENABLED': True and 'OIDC_SERVER_CLASS': 'token_exchange.server.OIDCServer'. "
-    "If no client asks for JWT access tokens, add 'token_exchange.W001' to SILENCED_SYSTEM_CHECKS."
+    "variable), 'OIDC_ENABLED': True and 'OIDC_SERVER_CLASS': 'token_exchange.server.OIDCServer', and "
+    "remove OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] (DOT uses OIDC_SERVER_CLASS only while it is "
+    "unset). If no client asks for JWT access tokens, add 'token_exchange.W001' to "
+    "SILENCED_SYSTEM_CHECKS."
 )
 W001 = Warning(
     "OAUTH2_PROVIDER['OIDC_RSA_PRIVATE_KEY'] is not set: JWT access tokens cannot be issued.",
