@@ -59,6 +59,7 @@ EXPIRED = "The access token has expired."
 INVALID = "The access token is invalid."
 NOT_FOR_US = "The access token is not meant for this resource server."
 UNVERIFIABLE = "The access token cannot be verified now."
+VALIDATOR = "token_exchange.resource_server.IntrospectionValidator"
 
 
 # The issuer: a JWKS and an introspection endpoint that count their requests -----------------
@@ -175,6 +176,8 @@ def jwks(issuer: Issuer, key: Key, settings: Any) -> Any:
         @property
         def fetches(self) -> int:
             return issuer.hits[path]
+
+        uri = issuer.url + path
 
     return Published()
 
@@ -632,6 +635,65 @@ def test_dot_scope_permissions_work_on_the_verified_token(jwks):
     assert drf(ReadWrite.as_view(), sign(claims(scope="write"))).status_code == 403
 
 
+def test_dot_is_authenticated_or_token_has_scope_checks_the_scope_of_a_jwt(jwks):
+    """DOT's permission checks scopes only for an ``OAuth2Authentication``: a read-only token
+    must not pass a view that requires "write" just by being authenticated."""
+    from oauth2_provider.contrib.rest_framework import IsAuthenticatedOrTokenHasScope
+
+    from token_exchange.contrib.rest_framework import JWTAccessTokenAuthentication
+
+    class Writes(APIView):
+        authentication_classes = [JWTAccessTokenAuthentication]
+        permission_classes = [IsAuthenticatedOrTokenHasScope]
+        required_scopes = ["write"]
+
+        def post(self, request: Any) -> Response:
+            return Response({"wrote": True})
+
+    def post(token: str) -> Any:
+        response = Writes.as_view()(api.post("/", HTTP_AUTHORIZATION=f"Bearer {token}"))
+        response.render()
+        return response
+
+    assert post(sign(claims(scope="openid read"))).status_code == 403
+    assert post(sign(claims(scope="openid write"))).status_code == 200
+
+
+def test_a_view_with_both_modes_honours_introspection_saying_not_active(jwks, introspection, settings):
+    """A JWT the authorization server calls not active (revoked, an ended impersonation) is
+    refused, although its signature still verifies offline."""
+    from oauth2_provider.contrib.rest_framework import OAuth2Authentication
+    from rest_framework.permissions import IsAuthenticated
+
+    from token_exchange.contrib.rest_framework import JWTAccessTokenAuthentication
+
+    settings.OAUTH2_PROVIDER = {**settings.OAUTH2_PROVIDER, "OAUTH2_VALIDATOR_CLASS": VALIDATOR}
+    # The introspection fixture wrote its own RESOURCE_SERVER: give it the JWKS of this test back.
+    settings.TOKEN_EXCHANGE["RESOURCE_SERVER"]["JWKS_URI"] = jwks.uri
+
+    class Both(APIView):
+        authentication_classes = [OAuth2Authentication, JWTAccessTokenAuthentication]
+        permission_classes = [IsAuthenticated]
+
+        def get(self, request: Any) -> Response:
+            return Response({"by": type(request.successful_authenticator).__name__})
+
+    token = sign(claims(act=ACT))
+    introspection.answer({"active": False})
+    refused = drf(Both.as_view(), token)
+    assert refused.status_code == 401
+    # DRF's challenge is the first class's: DOT's, without spaces.
+    assert refused["WWW-Authenticate"] == (
+        'Bearer realm="api",error="invalid_token",error_description="The access token is invalid."'
+    )
+    assert refused.data == {"detail": INVALID}
+    assert jwks.fetches == 0  # not even looked at offline
+
+    introspection.answer(active())
+    accepted = drf(Both.as_view(), token)
+    assert (accepted.status_code, accepted.data) == (200, {"by": "OAuth2Authentication"})
+
+
 # The plain Django decorators --------------------------------------------------------------
 
 
@@ -871,9 +933,6 @@ def test_drf_with_dot_oauth2_authentication_and_our_validator(introspection, set
     refused = drf(rs_views.IntrospectedAggregates.as_view(), "other")
     assert refused.status_code == 401
     assert 'error="invalid_token"' in refused["WWW-Authenticate"]
-
-
-VALIDATOR = "token_exchange.resource_server.IntrospectionValidator"
 
 
 def test_introspection_mode_takes_the_token_from_the_authorization_header_only(introspection, settings):

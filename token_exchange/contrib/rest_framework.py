@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from rest_framework.authentication import BaseAuthentication
+from oauth2_provider.contrib.rest_framework import OAuth2Authentication
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
 
@@ -44,14 +44,22 @@ class NotImpersonated(BasePermission):  # type: ignore[misc]
         return get_actor(request) is None
 
 
-class JWTAccessTokenAuthentication(BaseAuthentication):  # type: ignore[misc]
+class JWTAccessTokenAuthentication(OAuth2Authentication):  # type: ignore[misc]
     """``Authorization: Bearer <RFC 9068 JWT access token>``, verified offline.
 
     Authenticates as ``(TokenUser, VerifiedAccessToken)``: ``request.user.pk`` is ``sub``,
-    ``request.auth`` has ``scope``, ``client_id``, ``aud`` and ``act``, and DOT's
-    ``TokenHasScope`` works on it. No ``Authorization: Bearer`` header: ``None``, so the next
-    authentication class may try. A token refused for any reason: 401 with ``WWW-Authenticate:
-    Bearer error="invalid_token", error_description="..."`` (RFC 6750 §3), never a 500.
+    ``request.auth`` has ``scope``, ``client_id``, ``aud`` and ``act``. It is an
+    ``OAuth2Authentication`` (with its own ``authenticate``), because that is how DOT's
+    permissions tell an OAuth2 request: ``IsAuthenticatedOrTokenHasScope`` checks the token's
+    scope only for those, and would let any other authenticated request through unchecked.
+    DOT's ``TokenHasScope`` and ``TokenHasReadWriteScope`` work on it too.
+
+    No ``Authorization: Bearer`` header: ``None``, so the next authentication class may try. A
+    token refused for any reason: 401 with ``WWW-Authenticate: Bearer error="invalid_token",
+    error_description="..."`` (RFC 6750 §3), never a 500. A token an authentication class before
+    this one already refused (DOT's ``OAuth2Authentication`` with the ``IntrospectionValidator``
+    leaves its refusal in ``request.oauth2_error``): refused here as well, since the
+    authorization server's "not active" (revoked, ended) outranks a signature that still verifies.
     """
 
     www_authenticate_realm = REALM
@@ -60,6 +68,10 @@ class JWTAccessTokenAuthentication(BaseAuthentication):  # type: ignore[misc]
         value = bearer_token(request)
         if value is None:
             return None
+        earlier = getattr(request, "oauth2_error", None)
+        if isinstance(earlier, dict) and earlier.get("error"):
+            # Fail closed: no second opinion on a token the authorization server turned down.
+            raise AuthenticationFailed(earlier.get("error_description") or INVALID, code=earlier["error"])
         from ..resource_server.jwt_access_token import verify_jwt_access_token
 
         try:
