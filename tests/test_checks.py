@@ -281,6 +281,65 @@ def test_w011_throttle_cache_per_process(backend, expected):
     assert checks.W011.msg.startswith("TOKEN_EXCHANGE['THROTTLE_CACHE'] is a per-process cache")
 
 
+def security_checks(*, deploy: bool) -> list[str]:
+    """The ids of token_exchange's security checks that ``manage.py check`` reports, with or
+    without ``--deploy``, as registered."""
+    from django.core.checks import Tags, registry
+
+    oauth2_settings.reload()
+    ids = [m.id for m in registry.run_checks(tags=[Tags.security], include_deployment_checks=deploy)]
+    return [i for i in ids if i and i.startswith("token_exchange.")]
+
+
+@pytest.mark.parametrize("issuer", [None, ""], ids=["unset", "empty"])
+def test_w014_an_issuer_that_follows_the_request(issuer):
+    assert security_checks(deploy=True) == []  # the example project names its issuer
+    without_issuer = {k: v for k, v in settings.OAUTH2_PROVIDER.items() if k != "OIDC_ISS_ENDPOINT"}
+    if issuer is not None:
+        without_issuer["OIDC_ISS_ENDPOINT"] = issuer
+    with override_settings(OAUTH2_PROVIDER=without_issuer):
+        # Not without --deploy: runserver at one address names itself right.
+        assert security_checks(deploy=False) == []
+        assert security_checks(deploy=True) == ["token_exchange.W014"]
+        # What it warns of: the issuer, and every token's iss, follow the Host header.
+        client = Client()
+        for host in ("127.0.0.1:8000", "localhost:8000"):
+            issuer_seen = client.get("/o/.well-known/openid-configuration", HTTP_HOST=host).json()["issuer"]
+            assert issuer_seen == f"http://{host}/o"
+    assert checks.W014.msg == (
+        "OAUTH2_PROVIDER['OIDC_ISS_ENDPOINT'] is not set: the issuer, the iss claim of every token and "
+        "the discovery documents follow each request's Host header (and X-Forwarded-Host with "
+        "USE_X_FORWARDED_HOST), which a proxy or a second name in ALLOWED_HOSTS can change."
+    )
+    assert checks.W014.hint == (
+        "Set OAUTH2_PROVIDER['OIDC_ISS_ENDPOINT'] to the public issuer URL: where clients reach "
+        "token_exchange.urls, e.g. 'https://id.example.com/o', without a trailing slash."
+    )
+
+
+def test_w014_not_on_a_resource_server_that_issues_nothing():
+    """A resource server has no issuer of its own: it names the authorization server's."""
+    resource_server = {
+        "OAUTH2_VALIDATOR_CLASS": "token_exchange.resource_server.IntrospectionValidator",
+        "RESOURCE_SERVER_INTROSPECTION_URL": "https://id.example.com/o/introspect/",
+        "RESOURCE_SERVER_INTROSPECTION_CREDENTIALS": ("aggregates", "secret"),
+    }
+    with override_settings(
+        ROOT_URLCONF="example_resource_server.urls",
+        OAUTH2_PROVIDER=resource_server,
+        TOKEN_EXCHANGE={
+            "RESOURCE_SERVER": {
+                "ISSUER": "https://id.example.com/o",
+                "RESOURCE_URI": "https://api.example.com/",
+            }
+        },
+    ):
+        assert checks.check_issuer_is_fixed() == []
+        # The same settings with a token endpoint are an authorization server after all.
+        with override_settings(ROOT_URLCONF="example_project.urls"):
+            assert checks.check_issuer_is_fixed() == [checks.W014]
+
+
 DJANGO_DEFAULT_HASHERS = [
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",

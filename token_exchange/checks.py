@@ -159,6 +159,29 @@ def check_dot_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     return errors
 
 
+W014 = Warning(
+    "OAUTH2_PROVIDER['OIDC_ISS_ENDPOINT'] is not set: the issuer, the iss claim of every token and "
+    "the discovery documents follow each request's Host header (and X-Forwarded-Host with "
+    "USE_X_FORWARDED_HOST), which a proxy or a second name in ALLOWED_HOSTS can change.",
+    hint=(
+        "Set OAUTH2_PROVIDER['OIDC_ISS_ENDPOINT'] to the public issuer URL: where clients reach "
+        "token_exchange.urls, e.g. 'https://id.example.com/o', without a trailing slash."
+    ),
+    id="token_exchange.W014",
+)
+
+
+@register(Tags.security, deploy=True)
+def check_issuer_is_fixed(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W014, a deployment check (``manage.py check --deploy``): on one runserver at one address,
+    an issuer taken from the request is the right one. Behind a proxy, or under a second name, it
+    changes with the request: tokens name an issuer that resource servers, comparing ``iss`` byte
+    for byte, do not expect, and discovery hands clients another host's endpoints."""
+    if resource_server_only() or oauth2_settings.OIDC_ISS_ENDPOINT:
+        return []
+    return [W014]
+
+
 @register(Tags.security)
 def check_impersonation_guard(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
