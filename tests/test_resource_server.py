@@ -1000,14 +1000,130 @@ def test_get_actor_trusts_the_verified_token_over_an_earlier_look():
     assert get_actor(request) == ACT
 
 
-@pytest.mark.django_db
-@override_settings(TOKEN_EXCHANGE={"PRIVILEGED_URL_PREFIXES": ["/"]})
-def test_the_guard_middleware_does_not_crash_on_a_resource_server(jwks):
-    """It looks in this site's (empty) token tables: nothing to see, so the permission after
-    authentication is what refuses (docs/resource-servers.md)."""
+# Where no class of ours authenticated (DOT's middleware, backend and views, a guard placed
+# first), the guard verifies each bearer token itself; no test here may touch the database: a
+# resource server's tables are empty, and may not even exist.
+
+
+@pytest.fixture
+def resource_server_only(settings: Any) -> None:
+    """This site serves the example resource server's URLs: no token endpoint, no token rows."""
+    settings.ROOT_URLCONF = "example_resource_server.urls"
+
+
+def with_dot_oauth2_backend(monkeypatch: Any, settings: Any) -> None:
+    """DOT's ``OAuth2TokenMiddleware`` + ``OAuth2Backend`` on the IntrospectionValidator (the
+    backend module builds its oauthlib server at import: rebuilt here for these settings)."""
+    from oauth2_provider import backends
+    from oauth2_provider.oauth2_backends import get_oauthlib_core
+
+    settings.OAUTH2_PROVIDER = {**settings.OAUTH2_PROVIDER, "OAUTH2_VALIDATOR_CLASS": VALIDATOR}
+    settings.AUTHENTICATION_BACKENDS = ["oauth2_provider.backends.OAuth2Backend"]
+    monkeypatch.setattr(backends, "OAuthLibCore", get_oauthlib_core())
+
+
+def test_refuse_impersonated_behind_dot_oauth2_token_middleware(
+    resource_server_only, introspection, settings, monkeypatch
+):
+    from django.contrib.auth.decorators import login_required
+    from oauth2_provider.middleware import OAuth2TokenMiddleware
+
+    with_dot_oauth2_backend(monkeypatch, settings)
+
+    @login_required
+    @refuse_impersonated
+    def privileged(request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"sub": request.user.pk})
+
+    def call(token: str) -> Any:
+        request = RequestFactory().get("/settings/", HTTP_AUTHORIZATION=f"Bearer {token}")
+        return OAuth2TokenMiddleware(privileged)(request)
+
+    introspection.answer(active(act=ACT))
+    impersonated = call("impersonated")
+    assert (impersonated.status_code, json.loads(impersonated.content)["error"]) == (403, "access_denied")
+    assert len(introspection.posts) == 1  # the guard read the answer the authentication cached
+
+    introspection.answer(active(act=_DROP))
+    assert json.loads(call("their-own").content) == {"sub": "42"}
+
+
+def test_refuse_impersonated_around_dot_protected_resource_view(
+    resource_server_only, introspection, settings
+):
+    from oauth2_provider.views.generic import ProtectedResourceView
+
+    settings.OAUTH2_PROVIDER = {**settings.OAUTH2_PROVIDER, "OAUTH2_VALIDATOR_CLASS": VALIDATOR}
+
+    class Privileged(ProtectedResourceView):  # type: ignore[misc]
+        def get(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"act": get_actor(request)})
+
+    view = refuse_impersonated(Privileged.as_view())
+    introspection.answer(active(act=ACT))
+    assert plain_get(view, "impersonated").status_code == 403
+    introspection.answer(active(act=_DROP))
+    assert json.loads(plain_get(view, "their-own").content) == {"act": None}
+
+
+def test_refuse_impersonated_outside_the_jwt_decorator(resource_server_only, jwks):
+    @refuse_impersonated  # first: it verifies the token itself
+    @jwt_access_token_required
+    def privileged(request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"sub": request.user.pk})
+
+    assert plain_get(privileged, sign(claims(act=ACT))).status_code == 403
+    assert json.loads(plain_get(privileged, sign(claims())).content) == {"sub": "42"}
+
+
+def test_a_token_that_cannot_be_verified_now_counts_as_impersonated(
+    resource_server_only, introspection, settings
+):
+    """Fail closed: with the authorization server unreachable, nobody can say who is acting."""
+    settings.OAUTH2_PROVIDER = {**settings.OAUTH2_PROVIDER, "OAUTH2_VALIDATOR_CLASS": VALIDATOR}
+    view = refuse_impersonated(lambda request: JsonResponse({}))
+    introspection.answer({"active": False})
+    assert plain_get(view, "revoked-token").status_code == 200  # invalid: authentication refuses it
+    with socket_closed() as url:
+        settings.OAUTH2_PROVIDER = {**settings.OAUTH2_PROVIDER, "RESOURCE_SERVER_INTROSPECTION_URL": url}
+        assert plain_get(view, "any-token").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("make", "status"),
+    [
+        (lambda: sign(claims(act=ACT)), 403),
+        (lambda: sign(claims()), 200),
+        (lambda: sign(claims(act=ACT, exp=int(time.time()) - 60)), 200),  # expired: authenticates nobody
+        (lambda: "opaque-or-garbage", 200),
+    ],
+)
+def test_the_guard_middleware_on_a_resource_server(resource_server_only, jwks, settings, make, status):
+    """It verifies the tokens before any authentication, and reads no table."""
+    settings.TOKEN_EXCHANGE["PRIVILEGED_URL_PREFIXES"] = ["/settings/"]
     middleware = ImpersonationGuardMiddleware(lambda request: JsonResponse({}))
-    request = RequestFactory().get("/", HTTP_AUTHORIZATION=f"Bearer {sign(claims(act=ACT))}")
-    assert middleware(request).status_code == 200
+    request = RequestFactory().get("/settings/", HTTP_AUTHORIZATION=f"Bearer {make()}")
+    assert middleware(request).status_code == status
+
+
+def test_the_guard_middleware_fails_closed_when_the_jwks_is_unreachable(resource_server_only, settings):
+    with socket_closed() as url:
+        settings.TOKEN_EXCHANGE = {
+            "RESOURCE_SERVER": {
+                "ISSUER": ISSUER,
+                "RESOURCE_URI": RESOURCE,
+                "JWKS_URI": url,
+                "TIMEOUT_SECONDS": 1,
+            },
+            "PRIVILEGED_URL_PREFIXES": ["/settings/"],
+        }
+        middleware = ImpersonationGuardMiddleware(lambda request: JsonResponse({}))
+        request = RequestFactory().get("/settings/", HTTP_AUTHORIZATION=f"Bearer {sign(claims())}")
+        assert middleware(request).status_code == 403
+
+
+def plain_get(view: Any, token: str) -> Any:
+    return view(RequestFactory().get("/", HTTP_AUTHORIZATION=f"Bearer {token}"))
 
 
 # Settings and system checks --------------------------------------------------------------

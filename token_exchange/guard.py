@@ -10,7 +10,9 @@ acting.
 The guard looks wherever DOT and oauthlib look for a bearer token, and fails closed: the
 ``Authorization`` header (any whitespace after ``Bearer``), an ``access_token`` query or form
 parameter, and ID tokens as well as access tokens (DOT accepts ID tokens as bearer tokens
-when OpenID Connect is on). If any of them carries ``act``, the request is impersonated.
+when OpenID Connect is on). If any of them carries ``act``, the request is impersonated. On a
+separate resource server the tokens are verified as it verifies them (introspection or the
+issuer's JWKS): there a token that cannot be verified now counts as impersonated too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from oauth2_provider.models import get_id_token_model
 from . import jose
 from .conf import token_exchange_settings
 from .models import ExchangedToken
+from .resource_server.site import is_resource_server, resource_server_only
 from .resource_server.tokens import VerifiedAccessToken
 from .tokens import access_token_claims, load_access_token
 
@@ -98,12 +101,13 @@ def get_actor(request: Any) -> dict[str, Any] | None:
     Looks at the token DOT or DRF already authenticated (``request.auth``,
     ``request.access_token``) and at every bearer token the request carries; the first ``act``
     found wins. A resource server's ``VerifiedAccessToken`` there is authoritative: its ``act``
-    is the answer. On a resource server only authentication finds it, so there the DRF permission
-    or the view decorator, after authentication, is what refuses; a middleware running before it
-    has only the resource server's own (empty) token tables to look in.
+    is the answer. Otherwise, on an authorization server, each token is looked up in its token
+    tables; on a resource server (``resource_server.site.is_resource_server``), each is verified
+    as the resource server verifies tokens (``resource_server.actor``): a token that cannot be
+    verified now counts as impersonated. A site that is both does both.
     """
-    # On a resource server the verified token is all there is to know (it has no token rows):
-    # its act decides, even when a middleware looked earlier, before authentication.
+    # The verified token is all there is to know: its act decides, even when a middleware
+    # looked earlier, before authentication.
     for attribute in ("auth", "access_token"):
         verified = getattr(request, attribute, None)
         if isinstance(verified, VerifiedAccessToken):
@@ -111,10 +115,18 @@ def get_actor(request: Any) -> dict[str, Any] | None:
     if hasattr(request, "_token_exchange_actor"):
         return request._token_exchange_actor  # type: ignore[no-any-return]
     act = None
-    for attribute in ("auth", "access_token"):
-        act = act or token_actor(getattr(request, attribute, None))
-    for value in bearer_values(request):
-        act = act or value_actor(value)
+    values = bearer_values(request)
+    if is_resource_server():
+        from .resource_server.actor import bearer_actor
+
+        for value in values:
+            act = act or bearer_actor(value)
+    # A resource server only has no token rows (and may have no tables at all): nothing to ask.
+    if not resource_server_only():
+        for attribute in ("auth", "access_token"):
+            act = act or token_actor(getattr(request, attribute, None))
+        for value in values:
+            act = act or value_actor(value)
     request._token_exchange_actor = act
     return act
 
@@ -154,7 +166,9 @@ class ImpersonationGuardMiddleware:
 
     Matters wherever a bearer token can log a user in, e.g. with DOT's ``OAuth2TokenMiddleware``:
     without this guard an impersonator's token for a staff customer would open the admin. Place
-    it before the authentication middlewares, so it answers before they act on the token.
+    it before the authentication middlewares, so it answers before they act on the token. On a
+    resource server it verifies the tokens itself (``get_actor``); there name the prefixes in
+    ``PRIVILEGED_URL_PREFIXES``, as a resource server usually has no admin.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:

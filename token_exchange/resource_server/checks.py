@@ -1,8 +1,7 @@
 """System checks of a separate resource server (registered by ``token_exchange.apps``).
 
-A resource server is a site that verifies tokens with this package (``IntrospectionValidator``,
-``JWTAccessTokenAuthentication`` among DRF's defaults, or ``TOKEN_EXCHANGE["RESOURCE_SERVER"]``
-written at all). One that serves no token endpoint is a resource server only: the
+A resource server is a site that verifies tokens with this package (``site.is_resource_server``).
+One that serves no token endpoint is a resource server only: the
 authorization server's own checks (``token_exchange.checks``) do not apply to it.
 
 Imports nothing of PyJWT: an authorization server without the extra runs these too.
@@ -14,16 +13,14 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.urls import NoReverseMatch, reverse
-from django.utils.module_loading import import_string
 from oauth2_provider.settings import oauth2_settings
 
 from ..conf import token_exchange_settings
+from .site import introspection_validator_configured, is_resource_server, resource_server_only
 
-INTROSPECTION_VALIDATOR = "token_exchange.resource_server.introspection.IntrospectionValidator"
-JWT_AUTHENTICATION = "token_exchange.contrib.rest_framework.JWTAccessTokenAuthentication"
+__all__ = ["check_dot_introspection_mode", "check_resource_server", "resource_server_only"]
+
 
 E015 = Error(
     "TOKEN_EXCHANGE['RESOURCE_SERVER'] lacks ISSUER or RESOURCE_URI: every access token will be "
@@ -58,40 +55,6 @@ W013 = Warning(
 )
 
 
-def _is_subclass(dotted_or_class: Any, base_path: str) -> bool:
-    try:
-        candidate = import_string(dotted_or_class) if isinstance(dotted_or_class, str) else dotted_or_class
-        return isinstance(candidate, type) and issubclass(candidate, import_string(base_path))
-    except ImportError:
-        return False
-
-
-def _introspection_validator() -> bool:
-    return _is_subclass(oauth2_settings.OAUTH2_VALIDATOR_CLASS, INTROSPECTION_VALIDATOR)
-
-
-def _configured() -> bool:
-    """Does this site verify tokens as a resource server with this package?"""
-    user_settings = getattr(settings, "TOKEN_EXCHANGE", {})
-    if isinstance(user_settings, dict) and "RESOURCE_SERVER" in user_settings:
-        return True
-    if _introspection_validator():
-        return True
-    defaults = (getattr(settings, "REST_FRAMEWORK", None) or {}).get("DEFAULT_AUTHENTICATION_CLASSES", ())
-    return any(_is_subclass(path, JWT_AUTHENTICATION) for path in defaults)
-
-
-def resource_server_only() -> bool:
-    """A resource server that serves no token endpoint: no authorization server checks for it."""
-    if not _configured():
-        return False
-    try:
-        reverse("oauth2_provider:token")
-    except NoReverseMatch:
-        return True
-    return False
-
-
 def _loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -104,7 +67,7 @@ def _loopback(url: str) -> bool:
 
 @register(Tags.security)
 def check_resource_server(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    if not _configured():
+    if not is_resource_server():
         return []
     from django.core.exceptions import ImproperlyConfigured
 
@@ -116,7 +79,7 @@ def check_resource_server(app_configs: Any = None, **kwargs: Any) -> list[CheckM
     if not config["ISSUER"] or not config["RESOURCE_URI"]:
         messages.append(E015)
     introspection_url = oauth2_settings.RESOURCE_SERVER_INTROSPECTION_URL
-    if _introspection_validator() and not (
+    if introspection_validator_configured() and not (
         introspection_url
         and (
             oauth2_settings.RESOURCE_SERVER_INTROSPECTION_CREDENTIALS
@@ -145,6 +108,6 @@ def check_resource_server(app_configs: Any = None, **kwargs: Any) -> list[CheckM
 
 @register(Tags.security)
 def check_dot_introspection_mode(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    if oauth2_settings.RESOURCE_SERVER_INTROSPECTION_URL and not _introspection_validator():
+    if oauth2_settings.RESOURCE_SERVER_INTROSPECTION_URL and not introspection_validator_configured():
         return [W013]
     return []

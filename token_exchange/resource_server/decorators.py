@@ -10,9 +10,10 @@ reads the verified token's ``act``. Missing token: 401 with a bare ``Bearer`` ch
 scope: 403 ``insufficient_scope``. The challenge is also what DRF answers, so clients see one
 format.
 
-DOT's own ``protected_resource`` does not hand the view the verified token, so behind it
-``refuse_impersonated`` cannot see ``act`` on a resource server (it has no token rows to look
-in): use :func:`introspected_access_token_required` there instead.
+Behind DOT's own ``protected_resource`` (which does not hand the view the verified token), or
+placed outside these decorators, ``refuse_impersonated`` verifies the token itself
+(``resource_server.actor``): it refuses all the same, at the cost of a second verification
+(a cache hit for introspection, a signature check offline).
 """
 
 from __future__ import annotations
