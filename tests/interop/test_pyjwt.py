@@ -24,7 +24,7 @@ def verified(token: str, discovered: dict[str, Any], *, audience: str, issuer: s
     """PyJWT's documented way: the signing key by the token's ``kid`` from the discovered
     ``jwks_uri``, then ``decode`` with the verifier's own algorithm, audience and issuer."""
     signing_key = jwt.PyJWKClient(discovered["jwks_uri"]).get_signing_key_from_jwt(token)
-    return jwt.decode_complete(
+    return jwt.PyJWT().decode_complete(  # PyJWT 2.8 (the floor) exports it only on PyJWT
         token,
         signing_key.key,
         algorithms=["RS256"],
