@@ -61,8 +61,12 @@ resource-server: install
 	$(PY) -m django migrate --noinput
 	$(PY) -m django runserver $(HOST):$(RS_PORT)
 
-# The whole suite on SQLite, then on PostgreSQL when it answers (REQUIRE_POSTGRES=1: must answer).
-test: install chromium lint test-sqlite test-postgres
+# The whole suite on SQLite and on PostgreSQL when it answers (REQUIRE_POSTGRES=1: must answer),
+# side by side: the two runs share nothing (an in-memory SQLite database and PostgreSQL's test
+# database, live servers on free ports), and together they take the time of the longer one.
+# Each run's output is printed whole when it ends.
+test: install chromium lint
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite test-postgres
 
 # The suite expects the example's default origin: a shell may have exported another for the demo.
 SUITE_ENV := env -u DEMO_ORIGIN -u OIDC_ISS_ENDPOINT

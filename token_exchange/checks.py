@@ -11,12 +11,12 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.urls import NoReverseMatch, resolve, reverse
-from django.utils.module_loading import import_string
 from oauth2_provider.settings import oauth2_settings
 
 from . import client_assertion
 from .conf import SETTINGS, invalid, token_exchange_settings
 from .resource_server.checks import resource_server_only
+from .resource_server.site import is_subclass
 
 E001 = Error(
     "The OAuth2 server class DOT uses does not register the token exchange grant.",
@@ -124,14 +124,6 @@ _BEARER_LOGIN_MIDDLEWARE = "oauth2_provider.middleware.OAuth2TokenMiddleware"
 _GUARD_MIDDLEWARE = "token_exchange.guard.ImpersonationGuardMiddleware"
 
 
-def _is_subclass(dotted_or_class: Any, base_path: str) -> bool:
-    try:
-        candidate = import_string(dotted_or_class) if isinstance(dotted_or_class, str) else dotted_or_class
-        return isinstance(candidate, type) and issubclass(candidate, import_string(base_path))
-    except ImportError:
-        return False
-
-
 @register()
 def check_dot_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if resource_server_only():  # it issues nothing: docs/resource-servers.md
@@ -142,15 +134,15 @@ def check_dot_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     # DOT's effective server class: OIDC_SERVER_CLASS when OIDC is on, unless
     # OAUTH2_SERVER_CLASS is set, which then wins (and turns OpenID Connect off).
     server_class = oauth2_settings.OAUTH2_SERVER_CLASS
-    if not _is_subclass(server_class, "token_exchange.server._TokenExchangeMixin"):
+    if not is_subclass(server_class, "token_exchange.server._TokenExchangeMixin"):
         errors.append(E001)
-    if oauth2_settings.OIDC_ENABLED and not _is_subclass(server_class, "oauthlib.openid.Server"):
+    if oauth2_settings.OIDC_ENABLED and not is_subclass(server_class, "oauthlib.openid.Server"):
         errors.append(E002)
     for name, base, message in (
         ("OAUTH2_VALIDATOR_CLASS", "token_exchange.validator.TokenExchangeValidator", E003),
         ("OAUTH2_BACKEND_CLASS", "token_exchange.backend.TokenExchangeOAuthLibCore", E004),
     ):
-        if not _is_subclass(user_settings.get(name, defaults[name]), base):
+        if not is_subclass(user_settings.get(name, defaults[name]), base):
             errors.append(message)
     if not user_settings.get("OIDC_RSA_PRIVATE_KEY"):
         errors.append(W001)
@@ -185,8 +177,8 @@ def check_issuer_is_fixed(app_configs: Any = None, **kwargs: Any) -> list[CheckM
 @register(Tags.security)
 def check_impersonation_guard(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
-    bearer_login = any(_is_subclass(path, _BEARER_LOGIN_MIDDLEWARE) for path in middleware)
-    guarded = any(_is_subclass(path, _GUARD_MIDDLEWARE) for path in middleware)
+    bearer_login = any(is_subclass(path, _BEARER_LOGIN_MIDDLEWARE) for path in middleware)
+    guarded = any(is_subclass(path, _GUARD_MIDDLEWARE) for path in middleware)
     return [W002] if bearer_login and not guarded else []
 
 
@@ -234,7 +226,7 @@ def _replay_cache_backend() -> str | None:
 @register(Tags.caches)
 def check_replay_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     backend = _replay_cache_backend()
-    if backend is None or _is_subclass(backend, "django.core.cache.backends.dummy.DummyCache"):
+    if backend is None or is_subclass(backend, "django.core.cache.backends.dummy.DummyCache"):
         return [E006]
     return []
 
@@ -247,9 +239,9 @@ def check_replay_cache_is_shared(app_configs: Any = None, **kwargs: Any) -> list
         return []
     backend = str(config.get("BACKEND", ""))
     messages: list[CheckMessage] = []
-    if any(_is_subclass(backend, path) for path in _PER_PROCESS_CACHES):
+    if any(is_subclass(backend, path) for path in _PER_PROCESS_CACHES):
         messages.append(W003)
-    if any(_is_subclass(backend, path) for path in _CULLING_CACHES):
+    if any(is_subclass(backend, path) for path in _CULLING_CACHES):
         max_entries = (config.get("OPTIONS") or {}).get("MAX_ENTRIES", 300)
         if int(max_entries) < MIN_REPLAY_CACHE_ENTRIES:
             messages.append(W004)
@@ -302,10 +294,10 @@ def check_admin_screens(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     user_admin = admin.site._registry.get(get_user_model())
     if user_admin is not None and not getattr(user_admin, "token_exchange_impersonation", False):
         warnings.append(W005)
-    if not _is_subclass(oauth2_settings.APPLICATION_ADMIN_CLASS, "token_exchange.admin.ApplicationAdmin"):
+    if not is_subclass(oauth2_settings.APPLICATION_ADMIN_CLASS, "token_exchange.admin.ApplicationAdmin"):
         warnings.append(W006)
     middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
-    if not any(_is_subclass(path, _BANNER_MIDDLEWARE) for path in middleware):
+    if not any(is_subclass(path, _BANNER_MIDDLEWARE) for path in middleware):
         warnings.append(W007)
     if getattr(user_admin, "token_exchange_impersonation", False):
         from .impersonation_sessions import server_side_sessions
@@ -358,7 +350,7 @@ def _throttle_cache_backend() -> str | None:
 @register(Tags.caches)
 def check_throttle_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     backend = _throttle_cache_backend()
-    if backend is None or (backend and _is_subclass(backend, "django.core.cache.backends.dummy.DummyCache")):
+    if backend is None or (backend and is_subclass(backend, "django.core.cache.backends.dummy.DummyCache")):
         return [W010]
     return []
 
@@ -366,7 +358,7 @@ def check_throttle_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
 @register(Tags.caches, deploy=True)
 def check_throttle_cache_is_shared(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     backend = _throttle_cache_backend()
-    if backend and any(_is_subclass(backend, path) for path in _PER_PROCESS_CACHES):
+    if backend and any(is_subclass(backend, path) for path in _PER_PROCESS_CACHES):
         return [W011]
     return []
 
@@ -407,7 +399,7 @@ def check_client_secret_hasher(app_configs: Any = None, **kwargs: Any) -> list[C
                 id="token_exchange.E007",
             )
         ]
-    if any(_is_subclass(type(hasher), path) for path in _SLOW_HASHERS):
+    if any(is_subclass(type(hasher), path) for path in _SLOW_HASHERS):
         return [
             Warning(
                 f"Client secrets are hashed with {hasher.algorithm!r}, a hasher made slow for passwords: "

@@ -20,7 +20,9 @@ INTROSPECTION_VALIDATOR = "token_exchange.resource_server.introspection.Introspe
 JWT_AUTHENTICATION = "token_exchange.contrib.rest_framework.JWTAccessTokenAuthentication"
 
 
-def _is_subclass(dotted_or_class: Any, base_path: str) -> bool:
+def is_subclass(dotted_or_class: Any, base_path: str) -> bool:
+    """Is ``dotted_or_class`` (a class or its dotted path) ``base_path``'s class or a subclass?
+    A path that does not import is not (the system checks name such settings)."""
     try:
         candidate = import_string(dotted_or_class) if isinstance(dotted_or_class, str) else dotted_or_class
         return isinstance(candidate, type) and issubclass(candidate, import_string(base_path))
@@ -30,7 +32,7 @@ def _is_subclass(dotted_or_class: Any, base_path: str) -> bool:
 
 def introspection_validator_configured() -> bool:
     """Is DOT's validator the ``IntrospectionValidator`` (or a subclass)?"""
-    return _is_subclass(oauth2_settings.OAUTH2_VALIDATOR_CLASS, INTROSPECTION_VALIDATOR)
+    return is_subclass(oauth2_settings.OAUTH2_VALIDATOR_CLASS, INTROSPECTION_VALIDATOR)
 
 
 def is_resource_server() -> bool:
@@ -41,7 +43,7 @@ def is_resource_server() -> bool:
     if introspection_validator_configured():
         return True
     defaults = (getattr(settings, "REST_FRAMEWORK", None) or {}).get("DEFAULT_AUTHENTICATION_CLASSES", ())
-    return any(_is_subclass(path, JWT_AUTHENTICATION) for path in defaults)
+    return any(is_subclass(path, JWT_AUTHENTICATION) for path in defaults)
 
 
 def resource_server_only() -> bool:
