@@ -29,6 +29,7 @@ from oauth2_provider.models import get_id_token_model
 from . import jose
 from .conf import token_exchange_settings
 from .models import ExchangedToken
+from .resource_server.actor import bearer_actor, unverified_actor
 from .resource_server.site import is_resource_server, resource_server_only
 from .resource_server.tokens import VerifiedAccessToken
 from .tokens import access_token_claims, load_access_token
@@ -42,17 +43,32 @@ REFUSAL = {
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
-def bearer_values(request: Any) -> list[str]:
-    """Every place a bearer token can travel in, as oauthlib reads them (RFC 6750 §2)."""
-    values: list[str] = []
+# A request names one bearer token (RFC 6750 §2); the guard looks at no more than this many
+# different ones. One with more counts as impersonated, so a thousand query or form values cost
+# neither a thousand lookups here nor, on a resource server, a thousand introspection requests.
+MAX_BEARER_VALUES = 3
+
+
+def header_bearer(request: Any) -> str | None:
+    """The token of an ``Authorization: Bearer`` header (RFC 6750 §2.1), or None."""
     parts = request.headers.get("Authorization", "").split()
     if len(parts) == 2 and parts[0].lower() == "bearer":
-        values.append(parts[1])
+        return str(parts[1])
+    return None
+
+
+def bearer_values(request: Any) -> list[str]:
+    """Every place a bearer token can travel in, as oauthlib reads them (RFC 6750 §2), each
+    different value once."""
+    values: list[str] = []
+    header = header_bearer(request)
+    if header:
+        values.append(header)
     values.extend(request.GET.getlist("access_token"))
     # DOT reads the form body of any POST (urlencoded or multipart) for oauthlib.
     if request.method == "POST" and request.content_type in _FORM_TYPES:
         values.extend(request.POST.getlist("access_token"))
-    return [value for value in values if value]
+    return list(dict.fromkeys(value for value in values if value))
 
 
 def _id_token_act(value: str) -> dict[str, Any] | None:
@@ -116,15 +132,23 @@ def get_actor(request: Any) -> dict[str, Any] | None:
         return request._token_exchange_actor  # type: ignore[no-any-return]
     act = None
     values = bearer_values(request)
+    for attribute in ("auth", "access_token"):
+        # What DOT authenticated: a row already loaded (no query for anything else).
+        act = act or token_actor(getattr(request, attribute, None))
+    if len(values) > MAX_BEARER_VALUES:
+        act = act or unverified_actor()
+        values = []
     if is_resource_server():
-        from .resource_server.actor import bearer_actor
-
-        for value in values:
-            act = act or bearer_actor(value)
+        # A resource server authenticates the Authorization header only: a token anywhere else is
+        # one it never verifies, so it is not asked about (no request to the authorization
+        # server) and counts as impersonated.
+        header = header_bearer(request)
+        if any(value != header for value in values):
+            act = act or unverified_actor()
+        elif header:
+            act = act or bearer_actor(header)
     # A resource server only has no token rows (and may have no tables at all): nothing to ask.
     if not resource_server_only():
-        for attribute in ("auth", "access_token"):
-            act = act or token_actor(getattr(request, attribute, None))
         for value in values:
             act = act or value_actor(value)
     request._token_exchange_actor = act

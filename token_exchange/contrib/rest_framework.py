@@ -29,6 +29,7 @@ from rest_framework.permissions import BasePermission
 
 from ..guard import REFUSAL, get_actor
 from ..resource_server.decorators import REALM, bearer_token, challenge
+from ..resource_server.site import introspection_validator_configured
 from ..resource_server.tokens import INVALID, InvalidToken, TokenUser, VerifiedAccessToken, token_user
 
 __all__ = ["JWTAccessTokenAuthentication", "NotImpersonated", "get_actor"]
@@ -60,6 +61,8 @@ class JWTAccessTokenAuthentication(OAuth2Authentication):  # type: ignore[misc]
     this one already refused (DOT's ``OAuth2Authentication`` with the ``IntrospectionValidator``
     leaves its refusal in ``request.oauth2_error``): refused here as well, since the
     authorization server's "not active" (revoked, ended) outranks a signature that still verifies.
+    With DOT's own validator an earlier refusal only says DOT has no row for the token, and this
+    class verifies it as usual.
     """
 
     www_authenticate_realm = REALM
@@ -69,7 +72,9 @@ class JWTAccessTokenAuthentication(OAuth2Authentication):  # type: ignore[misc]
         if value is None:
             return None
         earlier = getattr(request, "oauth2_error", None)
-        if isinstance(earlier, dict) and earlier.get("error"):
+        # Only the IntrospectionValidator's refusal is the authorization server's word; DOT's own
+        # validator refuses every JWT it has no row for, which says nothing about this one.
+        if isinstance(earlier, dict) and earlier.get("error") and introspection_validator_configured():
             # Fail closed: no second opinion on a token the authorization server turned down.
             raise AuthenticationFailed(earlier.get("error_description") or INVALID, code=earlier["error"])
         from ..resource_server.jwt_access_token import verify_jwt_access_token

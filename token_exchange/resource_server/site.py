@@ -51,7 +51,9 @@ def resource_server_only() -> bool:
     if not is_resource_server():
         return False
     try:
-        reverse("oauth2_provider:token")
+        # The site's URLconf, not the request's: a host routed to an API-only URLconf is still
+        # the authorization server's, with its token tables.
+        reverse("oauth2_provider:token", urlconf=settings.ROOT_URLCONF)
     except NoReverseMatch:
         return True
     return False
