@@ -418,7 +418,7 @@ def test_createclientkey_a_key_that_is_not_committed_leaves_the_files_as_they_we
     """The file is written before the key's transaction commits and, with --force, renamed over
     the old one only after: a commit that fails leaves no key file for a key that is not stored,
     and the old file (which may hold the only copy of another key) in place."""
-    from django.db import DatabaseError, connections
+    from django.db import DatabaseError, connections, router
 
     path = tmp_path / "portal.json"
     if force:
@@ -429,7 +429,8 @@ def test_createclientkey_a_key_that_is_not_committed_leaves_the_files_as_they_we
 
     arguments = ["portal", "--output", str(path), *(["--force"] if force else [])]
     with monkeypatch.context() as patch:
-        patch.setattr(connections["default"], "commit", commit_fails)
+        # The connection the key is written through (not "default" when a router moves it).
+        patch.setattr(connections[router.db_for_write(ClientKey)], "commit", commit_fails)
         with pytest.raises(DatabaseError, match="could not commit"):
             call_command("createclientkey", *arguments, stderr=StringIO())
     assert not ClientKey.objects.exists()
