@@ -74,6 +74,9 @@ class Issuer(ThreadingHTTPServer):
         # path -> (status, headers, body, seconds to wait first): answers no JWKS endpoint should give
         self.raw: dict[str, tuple[int, dict[str, str], bytes, float]] = {}
         self.answers: dict[str, tuple[int, bytes]] = {}  # path -> (status, body)
+        # path -> (the whole HTTP answer, status line and headers included, seconds between its
+        # bytes): an endpoint trickling its answer, a byte at a time, each sooner than a timeout
+        self.trickled: dict[str, tuple[bytes, float]] = {}
         self.hits: Counter[str] = Counter()
         self.posts: list[tuple[str, dict[str, str], str]] = []
 
@@ -87,6 +90,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.hits[self.path] += 1
+        if self.path in self.server.trickled:
+            self._trickle()
+            return
         if self.path in self.server.raw:
             status, headers, raw, delay = self.server.raw[self.path]
             time.sleep(delay)
@@ -106,8 +112,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.hits[self.path] += 1
         length = int(self.headers.get("Content-Length", 0))
         self.server.posts.append((self.path, dict(self.headers), self.rfile.read(length).decode()))
+        if self.path in self.server.trickled:
+            self._trickle()
+            return
         status, body = self.server.answers.get(self.path, (404, b"{}"))
         self._answer(status, body)
+
+    def _trickle(self) -> None:
+        answer, interval = self.server.trickled[self.path]
+        try:
+            for byte in answer:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(interval)
+        except OSError:
+            pass  # the client gave up
 
     def _answer(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -496,6 +515,79 @@ def test_a_hanging_jwks_endpoint_costs_one_timeout_not_one_per_request(issuer, s
     assert issuer.hits[path] == 1
 
 
+_GOOD_JWKS = json.dumps({"keys": [_KEY.jwk]}).encode()
+# A JWKS that would verify the token, a byte every 0.1 s: each read answers well within
+# TIMEOUT_SECONDS=1, the whole takes minutes. In its body, and in its headers.
+TRICKLED_BODY = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(_GOOD_JWKS)
+    + _GOOD_JWKS
+)
+TRICKLED_HEADERS = b"HTTP/1.1 200 OK\r\n" + b"X-Padding: a\r\n" * 1000
+
+
+def trickle(issuer: Issuer, path: str, answer: bytes) -> None:
+    issuer.trickled[path] = (answer, 0.1)
+
+
+def within(seconds: float, call: Any) -> Any:
+    """What ``call()`` returns or raises, if it does within ``seconds``; else the test fails
+    (the call, left in its thread, does not hold the test up)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(("returned", call()))
+        except BaseException as error:
+            outcome.append(("raised", error))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still waiting after {seconds} s"
+    [(how, value)] = outcome
+    if how == "raised":
+        raise value
+    return value
+
+
+@pytest.mark.parametrize("answer", [TRICKLED_BODY, TRICKLED_HEADERS], ids=["body", "headers"])
+def test_a_trickling_jwks_endpoint_costs_timeout_seconds_in_all(issuer, settings, answer):
+    """requests' timeout bounds each read; TIMEOUT_SECONDS bounds the whole answer."""
+    path = raw_jwks(issuer, settings, 200, b"", timeout=1)
+    trickle(issuer, path, answer)
+    assert within(1.8, lambda: refusal(sign(claims()))) == UNVERIFIABLE
+
+
+def test_a_token_whose_key_is_cached_is_verified_while_a_fetch_hangs(jwks, issuer, settings):
+    """A forged kid makes a refetch from an endpoint that trickles; a genuine token, whose key
+    is cached, does not wait for it."""
+    settings.TOKEN_EXCHANGE["RESOURCE_SERVER"]["TIMEOUT_SECONDS"] = 3
+    verify_jwt_access_token(sign(claims()))  # the keys are cached
+    trickle(issuer, jwks.uri.removeprefix(issuer.url), TRICKLED_BODY)
+    refused: list[str] = []
+    fetching = threading.Thread(target=lambda: refused.append(refusal(sign(claims(), kid=uuid.uuid4().hex))))
+    fetching.start()
+    time.sleep(0.3)  # the refetch is under way
+    assert within(0.5, lambda: verify_jwt_access_token(sign(claims()))).sub == "42"
+    assert fetching.is_alive()
+    fetching.join()
+    assert refused == [UNVERIFIABLE]
+    assert jwks.fetches == 2
+
+
+def test_a_request_waits_for_a_fetch_under_way_at_most_timeout_seconds(jwks):
+    """Whatever holds up the fetch (a name lookup has no timeout), a token needing the keys is
+    refused after TIMEOUT_SECONDS rather than queued behind it."""
+    verify_jwt_access_token(sign(claims()))
+    keys = jwt_access_token.key_set(jwks.uri, timeout=5)
+    keys.timeout = 1  # this test's KeySet; 5 s is the default TIMEOUT_SECONDS it was made with
+    with keys._lock:  # as a fetch that does not end would
+        started = time.monotonic()
+        assert within(1.5, lambda: refusal(sign(claims(), kid=uuid.uuid4().hex))) == UNVERIFIABLE
+        assert time.monotonic() - started > 0.9
+        assert within(0.5, lambda: verify_jwt_access_token(sign(claims()))).sub == "42"  # cached key
+
+
 @pytest.mark.parametrize(
     ("published", "alg", "accepted"),
     [
@@ -838,6 +930,8 @@ def test_a_bearer_credential_for_introspection(introspection, settings):
         ("the server refuses our credentials", 401, lambda: {"error": "invalid_client"}, UNVERIFIABLE),
         ("the server fails", 500, lambda: b"<html>oops</html>", UNVERIFIABLE),
         ("not JSON", 200, lambda: b"<html>", UNVERIFIABLE),
+        ("nested beyond reason", 200, lambda: b"[" * 100_000 + b"]" * 100_000, UNVERIFIABLE),
+        ("over 1 MB", 200, lambda: active(padding=" " * 1_000_000), UNVERIFIABLE),
         ("a JSON list", 200, lambda: [True], INVALID),
     ],
 )
@@ -855,6 +949,31 @@ def test_the_authorization_server_down_is_a_refusal(introspection, settings):
         request = validate()
     assert request.valid is False
     assert request.oauth2_error["error_description"] == UNVERIFIABLE
+
+
+def test_an_introspection_endpoint_trickling_its_answer_costs_timeout_seconds_in_all(
+    introspection, issuer, settings
+):
+    settings.TOKEN_EXCHANGE["RESOURCE_SERVER"]["TIMEOUT_SECONDS"] = 1
+    body = json.dumps(active()).encode()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    path = settings.OAUTH2_PROVIDER["RESOURCE_SERVER_INTROSPECTION_URL"].removeprefix(issuer.url)
+    issuer.trickled[path] = (answer, 0.05)
+    request = within(1.8, validate)
+    assert request.valid is False
+    assert request.oauth2_error["error_description"] == UNVERIFIABLE
+
+
+def test_a_nested_introspection_answer_is_a_401_at_the_decorator(introspection):
+    introspection.answer(b"[" * 100_000 + b"]" * 100_000)
+
+    @introspected_access_token_required
+    def view(request: HttpRequest) -> JsonResponse:
+        return JsonResponse({})
+
+    response = view(RequestFactory().get("/", HTTP_AUTHORIZATION="Bearer opaque-token-value"))
+    assert response.status_code == 401
+    assert UNVERIFIABLE in response["WWW-Authenticate"]
 
 
 def test_insufficient_scope(introspection):

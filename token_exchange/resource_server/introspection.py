@@ -11,25 +11,27 @@ an impersonated token, and a token revoked at the authorization server works on 
 accepts only ``"active": true`` answers of our ``ISSUER`` naming our ``RESOURCE_URI`` in
 ``aud``, unexpired, and keeps them in Django's cache (never the database) for at most
 ``INTROSPECTION_CACHE_SECONDS``, under the SHA-256 of the token, never the token itself. That
-is also how long a revoked token can still pass here.
+is also how long a revoked token can still pass here. The POST is :mod:`.download`'s: no
+redirect followed, ``TIMEOUT_SECONDS`` for the whole answer, at most 1 MB of it read.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import time
 from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote_plus
 
-import requests
 from django.core.cache import caches
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauth2_provider.settings import oauth2_settings
 
 from ..conf import ResourceServerSettings, token_exchange_settings
+from . import download
 from .tokens import (
     EXPIRED,
     INVALID,
@@ -75,22 +77,19 @@ def _ask(token: str, config: ResourceServerSettings) -> Any:
         )
         raise InvalidToken(description=UNVERIFIABLE)
     try:
-        response = requests.post(
+        body = download.fetch(
+            "POST",
             url,
             data={"token": token},
             headers={**headers, "Accept": "application/json"},
             timeout=config["TIMEOUT_SECONDS"],
-            allow_redirects=False,  # the credentials go to the configured URL, nowhere else
         )
-    except requests.RequestException as error:
-        logger.warning("Introspection at %s failed: %s", url, type(error).__name__)
+    except download.DownloadError as error:
+        logger.warning("Introspection at %s %s", url, error)
         raise InvalidToken(description=UNVERIFIABLE) from None
-    if response.status_code != 200:
-        logger.warning("Introspection at %s answered %s", url, response.status_code)
-        raise InvalidToken(description=UNVERIFIABLE)
     try:
-        return response.json()
-    except ValueError:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested beyond reason
         logger.warning("Introspection at %s answered something that is not JSON", url)
         raise InvalidToken(description=UNVERIFIABLE) from None
 

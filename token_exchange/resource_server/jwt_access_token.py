@@ -26,14 +26,15 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
-import requests
-from jwt import PyJWKClient, PyJWKSet
+from jwt import PyJWK, PyJWKClient, PyJWKSet
 from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError
 
 from ..conf import ResourceServerSettings, token_exchange_settings
+from . import download
 from .tokens import EXPIRED, INVALID, NOT_FOR_US, UNVERIFIABLE, InvalidToken, VerifiedAccessToken, from_claims
 
 logger = logging.getLogger("token_exchange")
@@ -53,7 +54,17 @@ UNKNOWN_KID_REFETCH_SECONDS = 30
 # whose key is not in a fresh cached JWKS are refused as unverifiable meanwhile.
 FAILURE_BACKOFF_SECONDS = 30
 # A JWKS of a few keys is a few kilobytes; more is no JWKS, and is not read into memory.
-MAX_JWKS_BYTES = 1_000_000
+MAX_JWKS_BYTES = download.MAX_ANSWER_BYTES
+
+
+@dataclass(frozen=True)
+class FetchedKeys:
+    """One good fetch of the JWKS: its signing keys by ``kid``, the ``alg`` values each ``kid``'s
+    JWKs name (``None``: names none), and when it was made (``time.monotonic``)."""
+
+    keys: dict[str, PyJWK]
+    published: dict[str, set[str | None]]
+    at: float
 
 
 class JWKSClient(PyJWKClient):
@@ -68,17 +79,18 @@ class JWKSClient(PyJWKClient):
     """
 
     def __init__(self, uri: str, *, timeout: int) -> None:
-        super().__init__(uri, cache_jwk_set=True, lifespan=JWKS_LIFESPAN_SECONDS, timeout=timeout)
-        # kid -> the "alg" values its JWKs name (None: names none); replaced by every good fetch,
-        # so it describes the key set the cache holds.
-        self.published_algorithms: dict[str, set[str | None]] = {}
+        self.lifespan_seconds: float = JWKS_LIFESPAN_SECONDS
+        super().__init__(uri, cache_jwk_set=True, lifespan=self.lifespan_seconds, timeout=timeout)
+        # The last good fetch, replaced whole (one assignment) by the next: what KeySet reads
+        # without the lock.
+        self.fetched: FetchedKeys | None = None
         self.failed_at: float | None = None
 
     def fetch_data(self) -> Any:
         if self.failed_at is not None and time.monotonic() - self.failed_at < FAILURE_BACKOFF_SECONDS:
             raise PyJWKClientConnectionError("Not fetched: the last fetch failed moments ago")
         try:
-            data = self._jwk_set()
+            data, keys = self._jwk_set()
         except Exception as error:
             self.failed_at = time.monotonic()
             if isinstance(error, jwt.PyJWTError):
@@ -90,14 +102,18 @@ class JWKSClient(PyJWKClient):
             if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str):
                 alg = jwk.get("alg")
                 algorithms.setdefault(jwk["kid"], set()).add(alg if isinstance(alg, str) else None)
-        self.published_algorithms = algorithms
+        signing: dict[str, PyJWK] = {}
+        for key in keys:  # as PyJWKClient.get_signing_keys filters, the first of a kid as match_kid
+            if key.public_key_use in ("sig", None) and key.key_id:
+                signing.setdefault(key.key_id, key)
+        self.fetched = FetchedKeys(keys=signing, published=algorithms, at=time.monotonic())
         if self.jwk_set_cache is not None:
             # PyJWT 2.8 caches only what fetch_data puts there; later releases also cache the
             # set they parse from it. Either way the cache holds this answer, and only this one.
             self.jwk_set_cache.put(data)
         return data
 
-    def _jwk_set(self) -> dict[str, Any]:
+    def _jwk_set(self) -> tuple[dict[str, Any], list[PyJWK]]:
         """The JWK Set at ``uri``, checked: JSON, an object with ``keys``, a usable signing key."""
         try:
             data = json.loads(self._download())
@@ -110,63 +126,50 @@ class JWKSClient(PyJWKClient):
         keys = PyJWKSet.from_dict(data).keys
         if not any(key.public_key_use in ("sig", None) and key.key_id for key in keys):
             raise PyJWKClientError("The JWKS endpoint did not contain any signing keys")
-        return data
+        return data, keys
 
     def _download(self) -> bytes:
-        deadline = time.monotonic() + self.timeout
-        too_big = PyJWKClientError(f"The JWKS endpoint's answer exceeds {MAX_JWKS_BYTES} bytes")
         try:
-            with requests.get(
+            return download.fetch(
+                "GET",
                 self.uri,
                 headers={**self.headers, "Accept": "application/json"},
                 timeout=self.timeout,
-                allow_redirects=False,  # the keys come from the configured URI, or from nowhere
-                stream=True,
-            ) as response:
-                if response.status_code != 200:
-                    raise PyJWKClientConnectionError(f"The JWKS endpoint answered {response.status_code}")
-                declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > MAX_JWKS_BYTES:
-                    raise too_big
-                body = bytearray()
-                for chunk in response.iter_content(chunk_size=65536):
-                    body += chunk
-                    if len(body) > MAX_JWKS_BYTES:
-                        raise too_big
-                    if time.monotonic() > deadline:  # the timeout bounds each read, this the whole
-                        raise PyJWKClientConnectionError("The JWKS endpoint answered too slowly")
-                return bytes(body)
-        except requests.RequestException as error:
-            raise PyJWKClientConnectionError(f"The JWKS endpoint failed: {type(error).__name__}") from None
+                max_bytes=MAX_JWKS_BYTES,
+            )
+        except download.DownloadError as error:
+            raise PyJWKClientConnectionError(f"The JWKS endpoint {error}") from None
 
 
 class KeySet:
     """The issuer's signing keys at one JWKS URI, shared by the threads of a process.
 
-    One lock covers every use of the client: at most one fetch runs at a time, and requests that
-    need the keys while it runs wait for it (at most ``TIMEOUT_SECONDS``), then use its result
-    or its failure without fetching again. A fresh cache answers without any fetch.
+    A token whose ``kid`` is in the last good fetch, while that is younger than
+    :data:`JWKS_LIFESPAN_SECONDS`, gets its key without any lock: a fetch under way, however
+    slow, never holds up a token the cached keys verify. Every other token needs the lock, which
+    covers every use of the client: at most one fetch runs at a time (and it ends within
+    ``TIMEOUT_SECONDS``, see :mod:`.download`), and requests that need the keys while it runs
+    wait for it, then use its result or its failure without fetching again. None waits longer
+    than ``TIMEOUT_SECONDS`` in all: whoever cannot have the lock by then is refused as "cannot
+    be verified now" rather than queued.
     """
 
     def __init__(self, uri: str, *, timeout: int) -> None:
         self.uri = uri
+        self.timeout = timeout
         self.client = JWKSClient(uri, timeout=timeout)
         self._lock = threading.Lock()
         self._refetched_at: float | None = None
 
     def signing_key(self, kid: str, alg: str) -> Any:
         """The public key of ``kid`` for a token signed with ``alg``, or :class:`InvalidToken`."""
-        with self._lock:
-            try:
-                key = self.client.match_kid(self.client.get_signing_keys(), kid)
-                if key is None and self._may_refetch():
-                    # Counted before the fetch: an endpoint that fails is not asked again sooner.
-                    self._refetched_at = time.monotonic()
-                    key = self.client.match_kid(self.client.get_signing_keys(refresh=True), kid)
-            except Exception as error:  # whatever a fetch met is a refusal, never a 500
-                logger.warning("JWKS at %s could not be read: %s", self.uri, error)
-                raise InvalidToken(description=UNVERIFIABLE) from None
-            published = self.client.published_algorithms.get(kid, set())
+        fetched = self.client.fetched  # read once: a fetch replaces it whole
+        key = None
+        if fetched is not None and time.monotonic() - fetched.at < self.client.lifespan_seconds:
+            key = fetched.keys.get(kid)
+        if key is None:
+            key, fetched = self._fetched_key(kid)
+        published = fetched.published.get(kid, set()) if fetched is not None else set()
         if key is None:
             logger.info("Access token refused: kid %.64r is not in the JWKS at %s", kid, self.uri)
             raise InvalidToken(description=INVALID)
@@ -175,6 +178,24 @@ class KeySet:
             logger.info("Access token refused: alg %.32r, the JWK of kid %.64r: %s", alg, kid, published)
             raise InvalidToken(description=INVALID)
         return key.key
+
+    def _fetched_key(self, kid: str) -> tuple[Any, FetchedKeys | None]:
+        """The key of ``kid`` under the lock: from PyJWT's cache, else from a fetch if one is due."""
+        if not self._lock.acquire(timeout=self.timeout):
+            logger.warning("JWKS at %s: a fetch has been under way for %s s", self.uri, self.timeout)
+            raise InvalidToken(description=UNVERIFIABLE)
+        try:
+            key = self.client.match_kid(self.client.get_signing_keys(), kid)
+            if key is None and self._may_refetch():
+                # Counted before the fetch: an endpoint that fails is not asked again sooner.
+                self._refetched_at = time.monotonic()
+                key = self.client.match_kid(self.client.get_signing_keys(refresh=True), kid)
+            return key, self.client.fetched
+        except Exception as error:  # whatever a fetch met is a refusal, never a 500
+            logger.warning("JWKS at %s could not be read: %s", self.uri, error)
+            raise InvalidToken(description=UNVERIFIABLE) from None
+        finally:
+            self._lock.release()
 
     def _may_refetch(self) -> bool:
         return (
