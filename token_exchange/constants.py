@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Final
 
 GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+# RFC 8628 §3.4: the device authorization grant (DOT's), which this package serves and describes.
+DEVICE_CODE_GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:device_code"
 
 # RFC 8693 §3: token type identifiers.
 ACCESS_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"

@@ -38,14 +38,13 @@ from oauth2_provider.settings import oauth2_settings
 from oauth2_provider.views.metadata import bcp_filter_response_types
 
 from . import client_assertion
-from .constants import CLIENT_KEY_ALGORITHMS, GRANT_TYPE, PRIVATE_KEY_JWT
+from .constants import CLIENT_KEY_ALGORITHMS, DEVICE_CODE_GRANT_TYPE, GRANT_TYPE, PRIVATE_KEY_JWT
 
 logger = logging.getLogger("token_exchange")
 
 # The well-known URI suffixes (RFC 8414 §3, OIDC Discovery §4).
 OAUTH_AUTHORIZATION_SERVER = "oauth-authorization-server"
 OPENID_CONFIGURATION = "openid-configuration"
-DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 # The endpoints where a client authenticates (RFC 8414 §2: <endpoint>_auth_methods_supported).
 CLIENT_AUTHENTICATING_ENDPOINTS = ("token_endpoint", "revocation_endpoint", "introspection_endpoint")
 # The documents change with a deployment, not between requests: an hour bounds how long a

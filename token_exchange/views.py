@@ -34,7 +34,7 @@ from oauth2_provider.signals import app_authorized
 from oauthlib.oauth2.rfc6749 import errors
 
 from . import audit, impersonation_sessions
-from .constants import FORM_CONTENT_TYPE
+from .constants import DEVICE_CODE_GRANT_TYPE, FORM_CONTENT_TYPE
 from .parameters import storable
 
 logger = logging.getLogger("token_exchange")
@@ -52,7 +52,6 @@ SENSITIVE_POST_PARAMETERS = (
 )
 
 
-DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 # DOT reads both HTML form encodings; token exchange itself takes the first only (grant.py).
 FORMS = frozenset({FORM_CONTENT_TYPE, "multipart/form-data"})
 
