@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: install chromium demo resource-server test test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale matrix tox package-check screenshots clean
+.PHONY: install chromium demo resource-server serve test test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale matrix tox package-check screenshots clean
 
 # pip 25.1+ reads PEP 735 dependency groups (pyproject.toml [dependency-groups]).
 $(VENV)/.installed: pyproject.toml
@@ -61,6 +61,30 @@ resource-server: install
 	$(PY) -m django migrate --noinput
 	$(PY) -m django runserver $(HOST):$(RS_PORT)
 
+# The example served as a deployment is (docs/deployment.md): gunicorn with WORKERS processes
+# (example_project/gunicorn.conf.py), DEBUG off, a fixed issuer, persistent database connections,
+# and the replay store and throttle in Redis, shared by every process. On the demo's SQLite file
+# unless DATABASE_URL names a PostgreSQL database; REDIS_URL defaults to the local Redis'
+# database 1. DJANGO_SECRET_KEY, if not in the environment, is made up for this run (every
+# worker shares it; sessions end when the server does). `make serve WORKERS=8 PORT=9000`
+WORKERS = 3
+REDIS_URL ?= redis://127.0.0.1:6379/1
+
+serve: export DEMO_ORIGIN = http://$(HOST):$(PORT)
+serve: export DJANGO_DEBUG = 0
+serve: export REDIS_URL := $(REDIS_URL)
+serve: export DATABASE_CONN_MAX_AGE = 600
+serve: export BIND = $(HOST):$(PORT)
+serve: export WEB_CONCURRENCY = $(WORKERS)
+serve: install
+	@if [ -z "$${DJANGO_SECRET_KEY:-}" ]; then echo "DJANGO_SECRET_KEY is not set: a random one for this run"; fi
+	DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')}"; \
+	export DJANGO_SECRET_KEY; \
+	$(PY) manage.py migrate --noinput && \
+	$(PY) manage.py seed_demo && \
+	$(PY) manage.py check --deploy --fail-level ERROR && \
+	exec $(VENV)/bin/gunicorn --config example_project/gunicorn.conf.py example_project.wsgi
+
 # The whole suite on SQLite and on PostgreSQL when it answers (REQUIRE_POSTGRES=1: must answer),
 # side by side: the two runs share nothing (an in-memory SQLite database and PostgreSQL's test
 # database, live servers on free ports), and together they take the time of the longer one.
@@ -68,8 +92,9 @@ resource-server: install
 test: install chromium lint
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite test-postgres
 
-# The suite expects the example's default origin: a shell may have exported another for the demo.
-SUITE_ENV := env -u DEMO_ORIGIN -u OIDC_ISS_ENDPOINT
+# The suite expects the example's defaults: a shell may have exported another origin for the demo,
+# or the variables of `make serve`.
+SUITE_ENV := env -u DEMO_ORIGIN -u OIDC_ISS_ENDPOINT -u REDIS_URL -u DJANGO_DEBUG -u DJANGO_SECRET_KEY -u DATABASE_CONN_MAX_AGE
 
 test-sqlite: install chromium
 	$(SUITE_ENV) $(PY) -m pytest

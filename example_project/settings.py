@@ -17,8 +17,12 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-token-exchange-demo-only")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+# Every process of a site signs sessions and CSRF tokens with the same key: served with DEBUG off
+# (`make serve`), it must come from the environment, never from this file.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-token-exchange-demo-only" if DEBUG else "")
+if not SECRET_KEY:
+    raise ImproperlyConfigured("DJANGO_DEBUG=0 needs DJANGO_SECRET_KEY: the same value in every process.")
 
 
 # One label of a DNS name as a Host header and ALLOWED_HOSTS carry it: ASCII letters, digits and
@@ -151,10 +155,14 @@ TEMPLATES = [
     }
 ]
 
-# DATABASE_URL=postgres://postgres@127.0.0.1:5432/test works too.
+# DATABASE_URL=postgres://postgres@127.0.0.1:5432/test works too. DATABASE_CONN_MAX_AGE keeps each
+# worker's connection open for that many seconds between requests (`make serve`: 600), checked
+# before it is reused, so a connection the database dropped costs a reconnect, not an error.
 DATABASES = {
     "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'example_project' / 'db.sqlite3'}", conn_max_age=0
+        default=f"sqlite:///{BASE_DIR / 'example_project' / 'db.sqlite3'}",
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -221,17 +229,32 @@ OAUTH2_PROVIDER = {
     "APPLICATION_ADMIN_CLASS": "token_exchange.admin.ApplicationAdmin",
 }
 
-# Used jti values of client assertions and self-signed subject JWTs, in an alias of their own
-# with room for an hour of JWTs. runserver is one process, so local memory will do here; a
-# deployment with several processes uses Redis (`manage.py check --deploy` says so: W003).
-CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-    "token_exchange_replay": {
-        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-        "LOCATION": "token-exchange-replay",
-        "OPTIONS": {"MAX_ENTRIES": 100_000},
-    },
-}
+# Used jti values of client assertions and self-signed subject JWTs, in an alias of their own,
+# and the refusal throttle's counts (the default cache). Every process must see the same ones:
+# with REDIS_URL (`make serve`, docs/deployment.md) both live in Redis, which Django's own
+# backend reaches with short timeouts, so a Redis that stops answering fails a request closed in
+# about a second instead of holding the worker. Without it (`make demo`: runserver is one
+# process) local memory does, with room for an hour of JWTs (`check --deploy` says so: W003).
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    _redis = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+    CACHES = {
+        "default": {**_redis, "KEY_PREFIX": "example"},
+        "token_exchange_replay": {**_redis, "KEY_PREFIX": "replay"},
+    }
+else:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "token_exchange_replay": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "token-exchange-replay",
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
+        },
+    }
 TOKEN_EXCHANGE = {"REPLAY_CACHE": "token_exchange_replay"}
 
 LOGGING = {
@@ -240,6 +263,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"token_exchange": {"handlers": ["console"], "level": "INFO"}},
 }
+if not DEBUG:
+    # Django sends a failed request's traceback to the console only with DEBUG on; served,
+    # it goes to the server's log (gunicorn: stderr), not nowhere.
+    LOGGING["loggers"]["django.request"] = {"handlers": ["console"], "level": "ERROR"}
 
 # DOT's swappable token models, spelled out for `makemigrations` (DOT reads the same defaults).
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"

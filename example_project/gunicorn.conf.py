@@ -1,0 +1,43 @@
+"""gunicorn's settings for the example served as a deployment is (`make serve`, docs/deployment.md).
+
+Several worker processes, each serving one request at a time with its own persistent database
+connection (DATABASE_CONN_MAX_AGE in the environment), all sharing PostgreSQL and Redis. Every
+value can be overridden on gunicorn's command line or through GUNICORN_CMD_ARGS.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from typing import Any
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+# A worker per core and one more is gunicorn's own advice for sync workers; each holds one
+# database connection, so workers x machines must stay under PostgreSQL's max_connections.
+workers = int(os.environ.get("WEB_CONCURRENCY", "3"))
+worker_class = "sync"
+# A request that takes longer than this is killed with its worker: its transaction is rolled back.
+timeout = 30
+graceful_timeout = 10
+# No access log by default: a request line can carry what a client should never have put in a URL.
+accesslog = os.environ.get("ACCESS_LOG") or None
+errorlog = "-"
+# gunicorn's control socket is an administration interface this example does not use, at one
+# path per user: several servers on one machine would take it from each other.
+control_socket_disable = True
+
+# Django is imported once, in the master, and the workers fork with it loaded. The cyclic garbage
+# collector stays off while it loads (no holes in the pages the workers share), everything loaded
+# is frozen into the permanent generation before each fork, and each worker collects again from
+# its first request on: a full (generation 2) collection in a worker then walks only the objects
+# its requests made, not the tens of thousands every import left (docs/deployment.md measures it).
+preload_app = True
+gc.disable()
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    gc.freeze()
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    gc.enable()
