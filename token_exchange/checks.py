@@ -6,7 +6,11 @@ Each id is stable; message and hint stay together here.
 from __future__ import annotations
 
 import difflib
+import re
+import threading
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -245,6 +249,178 @@ def check_replay_cache_is_shared(app_configs: Any = None, **kwargs: Any) -> list
         max_entries = (config.get("OPTIONS") or {}).get("MAX_ENTRIES", 300)
         if int(max_entries) < MIN_REPLAY_CACHE_ENTRIES:
             messages.append(W004)
+    return messages
+
+
+# W015/W016: a Redis server evicts keys of its own accord once it holds maxmemory bytes, unless its
+# maxmemory-policy is noeviction. allkeys-* policies evict any key, volatile-* ones any key with a
+# TTL, and every jti key has one (replay.consume). Two ids, so that a site whose Redis cannot be
+# reached from where `check --deploy` runs (a build step) can silence W016, "not verified", and
+# still hear W015, "verified to evict", wherever the server does answer.
+_REDIS_CACHE = "django.core.cache.backends.redis.RedisCache"
+# Each step of asking (connecting, the handshake, INFO) waits at most this long...
+REDIS_TIMEOUT_SECONDS = 2
+# ...and each server at most this long in all: a name that takes long to resolve, several
+# addresses to try, or an answer trickling in a byte at a time, which no socket timeout ends.
+# The servers are asked side by side, so the check takes this long at worst, however many.
+REDIS_DEADLINE_SECONDS = 5.0
+# RedisCache's OPTIONS that are Django's and not the connection pool's (RedisCacheClient).
+_NOT_POOL_OPTIONS = ("serializer", "pool_class", "parser_class")
+
+
+def redis_may_evict(*, maxmemory: int, policy: str) -> bool:
+    """Can a Redis server with this ``maxmemory`` (bytes; 0 is no limit) and ``maxmemory-policy``
+    drop a replay key before its TTL ends? Only ``noeviction`` keeps every key: a write then fails
+    when memory is full, and the token endpoint refuses the JWT (fail closed). A policy this
+    function does not know is taken to evict."""
+    return maxmemory > 0 and policy.strip().lower() != "noeviction"
+
+
+def _redis_server_name(url: str, index: int) -> str:
+    """host:port (a socket's path for unix://): never the URL, which may hold a password."""
+    try:
+        parts = urlsplit(url.strip())
+        if parts.scheme == "unix":
+            if parts.path:
+                return parts.path
+        elif parts.scheme in ("redis", "rediss") and parts.hostname:
+            port = parts.port or 6379
+            return f"[{parts.hostname}]:{port}" if ":" in parts.hostname else f"{parts.hostname}:{port}"
+    except ValueError:  # a port that is not a number
+        pass
+    return f"number {index + 1} in LOCATION"
+
+
+def _redis_memory_policy(url: str, options: dict[str, Any]) -> tuple[int, str] | str:
+    """``(maxmemory, maxmemory_policy)`` from the server's ``INFO memory`` (which managed services
+    that disable CONFIG GET still answer), or why it could not be had. Never raises.
+
+    The reason names an error class, never the error's text: a URL that does not parse comes
+    back in it, password and all.
+    """
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        return "redis-py is not installed"
+    try:
+        pool = redis.ConnectionPool.from_url(url.strip(), **options)
+    except Exception:
+        return "LOCATION is not a Redis URL"
+    # from_url lets the URL's query string win over keyword arguments: the bounds are set after.
+    pool.connection_kwargs.update(
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+    )
+    client = redis.Redis(connection_pool=pool)
+    try:
+        memory = client.info("memory")
+    except redis.AuthenticationError:
+        return "authentication failed"
+    except redis.TimeoutError:
+        return f"no answer within {REDIS_TIMEOUT_SECONDS} seconds"
+    except redis.ConnectionError:
+        return "no connection"
+    except redis.ResponseError:
+        return "INFO memory was refused"
+    except Exception as exc:  # e.g. an OPTIONS key the connection does not take
+        return type(exc).__name__
+    finally:
+        try:
+            client.close()
+            pool.disconnect()
+        except Exception:  # noqa: S110 - closing what may never have opened
+            pass
+    try:
+        return int(memory["maxmemory"]), str(memory["maxmemory_policy"])
+    except (KeyError, TypeError, ValueError):  # a server that only looks like Redis
+        return "INFO memory gave no maxmemory and maxmemory_policy"
+
+
+def _ask_redis_servers(urls: list[str], options: dict[str, Any]) -> list[tuple[int, str] | str]:
+    """Each server's answer, asked side by side, within REDIS_DEADLINE_SECONDS in all. A server
+    still being asked then is given up; its daemon thread ends with its socket timeouts and does
+    not keep ``manage.py`` from exiting."""
+    late = f"no answer within {REDIS_DEADLINE_SECONDS:g} seconds"
+    answers: list[tuple[int, str] | str] = [late] * len(urls)
+
+    def ask(index: int, url: str) -> None:
+        try:
+            answers[index] = _redis_memory_policy(url, options)
+        except Exception as exc:  # it catches what it knows of; nothing may escape a thread
+            answers[index] = type(exc).__name__
+
+    threads = [
+        threading.Thread(target=ask, args=(index, url), name="token-exchange-redis-check", daemon=True)
+        for index, url in enumerate(urls)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + REDIS_DEADLINE_SECONDS
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return list(answers)  # a copy: an answer arriving later changes nothing
+
+
+def _w015(name: str, maxmemory: int, policy: str) -> Warning:
+    return Warning(
+        f"TOKEN_EXCHANGE['REPLAY_CACHE'] is kept by the Redis server {name}, which evicts keys once "
+        f"it holds maxmemory ({maxmemory} bytes) under maxmemory-policy {policy}: the jti of a JWT "
+        "that is still valid can be evicted (each has a TTL, so volatile-* policies evict them "
+        "too), and the JWT accepted again.",
+        hint="Set 'maxmemory-policy noeviction' on that server: when it is full, a write fails "
+        "instead of forgetting a key, and the token endpoint refuses client-signed JWTs until there "
+        "is room (it fails closed). Or give the replay store a Redis of its own, with noeviction or "
+        "maxmemory 0.",
+        id="token_exchange.W015",
+    )
+
+
+def _w016(name: str, reason: str) -> Warning:
+    return Warning(
+        f"The memory policy of the Redis server {name} behind TOKEN_EXCHANGE['REPLAY_CACHE'] could "
+        f"not be verified ({reason}): if it evicts keys once it holds maxmemory, the jti of a JWT "
+        "that is still valid can be evicted, and the JWT accepted again.",
+        hint="Make sure the server runs with 'maxmemory-policy noeviction' or 'maxmemory 0' "
+        "('redis-cli INFO memory' shows both), and that this site's credentials may run INFO. If it "
+        "does and cannot be reached from where 'check --deploy' runs, add 'token_exchange.W016' to "
+        "SILENCED_SYSTEM_CHECKS.",
+        id="token_exchange.W016",
+    )
+
+
+@register(Tags.caches, deploy=True)
+def check_replay_cache_eviction(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W015 and W016, deployment checks that ask each Redis server in the replay cache's LOCATION
+    for its memory policy (the first is written to; the others are read from, and one of them may
+    be the next to be written to). Other backends: W003 and W004. A resource server that serves
+    no token endpoint keeps no jti and is not asked."""
+    config = _replay_cache_config()
+    if config is None or not is_subclass(str(config.get("BACKEND", "")), _REDIS_CACHE):
+        return []
+    if resource_server_only():
+        return []
+    location = config.get("LOCATION", "")
+    # As RedisCache splits it: a string of URLs separated by ',' or ';', or a list of them.
+    if isinstance(location, str):
+        urls = re.split("[;,]", location)
+    elif isinstance(location, (list, tuple)):
+        urls = [str(url) for url in location]
+    else:
+        urls = [""]  # not a Redis URL: W016 says so
+    options = config.get("OPTIONS") or {}
+    pool_options = (
+        {k: v for k, v in options.items() if k not in _NOT_POOL_OPTIONS} if isinstance(options, dict) else {}
+    )
+    messages: list[CheckMessage] = []
+    for index, (url, answer) in enumerate(zip(urls, _ask_redis_servers(urls, pool_options), strict=True)):
+        name = _redis_server_name(url, index)
+        if isinstance(answer, str):
+            messages.append(_w016(name, answer))
+        elif redis_may_evict(maxmemory=answer[0], policy=answer[1]):
+            messages.append(_w015(name, *answer))
     return messages
 
 
