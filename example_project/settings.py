@@ -9,6 +9,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url
@@ -257,7 +258,7 @@ else:
     }
 TOKEN_EXCHANGE = {"REPLAY_CACHE": "token_exchange_replay"}
 
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
