@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: install chromium demo resource-server serve test test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale matrix tox package-check screenshots clean
+.PHONY: install chromium demo resource-server serve test test-sqlite-then-scale-out test-scale-out test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale matrix tox package-check screenshots clean
 
 # pip 25.1+ reads PEP 735 dependency groups (pyproject.toml [dependency-groups]).
 $(VENV)/.installed: pyproject.toml
@@ -86,26 +86,45 @@ serve: install
 	exec $(VENV)/bin/gunicorn --config example_project/gunicorn.conf.py example_project.wsgi
 
 # The whole suite on SQLite and on PostgreSQL when it answers (REQUIRE_POSTGRES=1: must answer),
-# side by side: the two runs share nothing (an in-memory SQLite database and PostgreSQL's test
-# database, live servers on free ports), and together they take the time of the longer one.
-# Each run's output is printed whole when it ends.
+# side by side, and the scale-out suite after the SQLite run: the runs share nothing (an
+# in-memory SQLite database, PostgreSQL test databases of their own, servers on free ports), and
+# together they take the time of the longest. Each run's output is printed whole when it ends.
 test: install chromium lint
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite test-postgres
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres test-sqlite-then-scale-out
+
+test-sqlite-then-scale-out:
+	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory test-scale-out
 
 # The suite expects the example's defaults: a shell may have exported another origin for the demo,
 # or the variables of `make serve`.
 SUITE_ENV := env -u DEMO_ORIGIN -u OIDC_ISS_ENDPOINT -u REDIS_URL -u DJANGO_DEBUG -u DJANGO_SECRET_KEY -u DATABASE_CONN_MAX_AGE
 
 test-sqlite: install chromium
-	$(SUITE_ENV) $(PY) -m pytest
+	$(SUITE_ENV) $(PY) -m pytest -m "not scale_out"
 
 test-postgres: install chromium
 	@if $(PY) -c "import psycopg; psycopg.connect('$(POSTGRES_URL)', connect_timeout=3).close()" 2>/dev/null; then \
-		$(SUITE_ENV) DATABASE_URL=$(POSTGRES_URL) $(PY) -m pytest; \
+		$(SUITE_ENV) DATABASE_URL=$(POSTGRES_URL) $(PY) -m pytest -m "not scale_out"; \
 	elif [ "$${REQUIRE_POSTGRES:-0}" = "1" ]; then \
 		echo "PostgreSQL at $(POSTGRES_URL) does not answer, and REQUIRE_POSTGRES=1"; exit 1; \
 	else \
 		echo "PostgreSQL at $(POSTGRES_URL) does not answer: PostgreSQL run skipped"; \
+	fi
+
+# Many processes, one truth (tests/test_scale_out*.py, docs/deployment.md): three gunicorn
+# servers of the example on PostgreSQL (test database test_scale_out, beside test-postgres's) and
+# the local Redis (database 13, flushed by the tests; SCALE_OUT_REDIS_URL), with faults. Needs
+# both; REQUIRE_POSTGRES=1 / REQUIRE_REDIS=1 (CI): fail when they do not answer, else skip.
+SCALE_OUT_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/scale_out
+
+test-scale-out: install
+	@if $(PY) -c "import psycopg; psycopg.connect('$(POSTGRES_URL)', connect_timeout=3).close()" 2>/dev/null; then \
+		$(SUITE_ENV) DATABASE_URL=$(SCALE_OUT_DATABASE_URL) $(PY) -m pytest -m scale_out -p no:cacheprovider; \
+	elif [ "$${REQUIRE_POSTGRES:-0}" = "1" ]; then \
+		echo "PostgreSQL at $(POSTGRES_URL) does not answer, and REQUIRE_POSTGRES=1"; exit 1; \
+	else \
+		echo "PostgreSQL at $(POSTGRES_URL) does not answer: scale-out suite skipped"; \
 	fi
 
 lint: install
