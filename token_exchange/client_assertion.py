@@ -7,7 +7,8 @@ URL; it is signed with one of the client's active ``ClientKey`` rows; its ``jti`
 
 Whatever fails, the client is not authenticated (``invalid_client``, 401) and learns nothing
 more; the reason code goes to the log. Unauthenticated requests write no audit rows, so nobody
-can fill the audit table without a key.
+can fill the audit table without a key. The one answer that is not 401: a replay store that does
+not answer about a correctly signed assertion, the server's trouble, is a 503 (``authenticate``).
 
 This is also the one seam between this package's ``private_key_jwt`` and django-oauth-toolkit's
 own (RFC 7523 client authentication, on DOT's main branch after 3.4.1): ``ours()`` alone reads
@@ -216,7 +217,17 @@ def verify(request: Request, *, issuer: str) -> Any:
 
 
 def authenticate(request: Request, *, issuer: str) -> bool:
-    """Authenticate the client by its assertion; on success ``request.client`` is set."""
+    """Authenticate the client by its assertion; on success ``request.client`` is set.
+
+    :class:`~token_exchange.exceptions.ReplayStoreUnavailable` is let through on purpose: the
+    assertion could not be checked for a replay, which says nothing against the client's
+    credentials, so it must not read as ``invalid_client``. oauthlib's grants and revocation
+    endpoint answer an ``OAuth2Error`` raised here as it says (503 ``temporarily_unavailable``);
+    the token exchange grant and the introspection view catch it themselves. Only an assertion
+    signed with one of the client's keys, and otherwise valid, gets that far
+    (``signed_jwt.verify`` asks the replay store last), so nobody else can tell from the answers
+    whether the store is up.
+    """
     try:
         application = verify(request, issuer=issuer)
     except AssertionRefusal as refusal:

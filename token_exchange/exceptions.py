@@ -91,3 +91,28 @@ class TooManyRefusals(errors.TemporarilyUnavailableError):  # type: ignore[misc]
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class ReplayStoreUnavailable(errors.TemporarilyUnavailableError):  # type: ignore[misc]
+    """503: the replay store (``REPLAY_CACHE``) could not say whether a ``jti`` was used before.
+
+    Raised by ``replay.consume`` when the cache does not answer (Redis down, a missing alias) or
+    cannot remember (``DummyCache``). One-time use cannot be promised, so the JWT is not accepted
+    (fail closed); but nothing is wrong with the client's credentials or its request, so the
+    answer is not ``invalid_client`` or ``invalid_request``: it is the server's trouble, and the
+    client may retry, with a fresh JWT. ``temporarily_unavailable`` with 503 and ``Retry-After``,
+    as for a database that failed a token request (``views._nothing_issued``).
+    """
+
+    status_code = 503
+    reason = "replay_store_unavailable"
+    """The audit reason of a token exchange refused for it (``grant.TokenExchangeGrant.exchange``)."""
+    RETRY_AFTER_SECONDS = 5
+    """A cache that is down is seldom back within a second; every retry costs a connection attempt."""
+
+    def __init__(self) -> None:
+        super().__init__(description="The request could not be checked now. Try again later.")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.RETRY_AFTER_SECONDS)}

@@ -39,7 +39,14 @@ from .constants import (
     REPEATABLE_PARAMETERS,
     REQUESTABLE_TOKEN_TYPES,
 )
-from .exceptions import InvalidActorToken, InvalidSubjectToken, InvalidTargetError, Refusal, ScopeRefusal
+from .exceptions import (
+    InvalidActorToken,
+    InvalidSubjectToken,
+    InvalidTargetError,
+    Refusal,
+    ReplayStoreUnavailable,
+    ScopeRefusal,
+)
 from .minting import Issuance, mint
 from .models import ClientPolicy, SecuritySettings
 from .tokens import VerifiedToken, read_token
@@ -236,6 +243,8 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         if not security.token_exchange_enabled:
             raise errors.UnsupportedGrantTypeError(description="Token exchange is disabled.")
         self.check_request_shape(request)
+        # A replay store that cannot check the client assertion's jti: 503 from here, with no
+        # audit row (the client is not authenticated, so there is nobody to attribute it to).
         client = self.authenticate_client(request)
         # From here on the client is known: every refusal is logged, audited and counted.
         context = audit.AuditContext(application=client, client_ip=audit.client_ip(request.headers))
@@ -255,20 +264,37 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         except Refusal as refusal:
             self.refuse(context, refusal.reason, refusal.error_class.error, parameter=refusal.parameter)
             raise refusal.as_oauth2_error() from refusal
+        except ReplayStoreUnavailable as unavailable:
+            # The replay store did not answer about a self-signed subject JWT: the only
+            # client-signed JWT read in here (the client assertion was checked above, an actor
+            # token is never one). The trail says so, not "replayed_jti", and it is not the
+            # client's misbehaviour: not counted toward the throttle. 503, the client may retry.
+            self.refuse(
+                context, unavailable.reason, unavailable.error, parameter="subject_token", counted=False
+            )
+            raise
         except errors.OAuth2Error as error:
             self.refuse(context, error.error, error.error)
             raise
 
     def refuse(
-        self, context: audit.AuditContext, reason: str, error: str, *, parameter: str | None = None
+        self,
+        context: audit.AuditContext,
+        reason: str,
+        error: str,
+        *,
+        parameter: str | None = None,
+        counted: bool = True,
     ) -> None:
-        """Log the precise reason (and which token it was about), audit it, count it."""
+        """Log the precise reason (and which token it was about), audit it, count it (unless the
+        refusal is the server's trouble, not the client's: ``counted=False``)."""
         where = f" ({parameter})" if parameter else ""
         logger.info(
             "Token exchange refused for client %s: %s%s", context.application.client_id, reason, where
         )
         audit.refused(context, reason=reason, error=error, parameter=parameter)
-        throttle.refused(context)
+        if counted:
+            throttle.refused(context)
 
     def check_request_shape(self, request: Request) -> None:
         content_type = str(request.headers.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
@@ -343,6 +369,8 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         subject: VerifiedToken | None = None
         waiting: InvalidSubjectToken | None = None
         try:
+            # A subject JWT whose jti the replay store cannot check raises ReplayStoreUnavailable
+            # (503) here, before its sub is read: the answer says nothing about whom it names.
             subject = self.read_subject(params, client, issuer, context)
         except InvalidSubjectToken as refusal:
             if not named:

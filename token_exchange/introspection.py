@@ -45,6 +45,7 @@ from oauthlib.oauth2.rfc6749 import errors
 from . import impersonation_sessions, lineage
 from .client_ids import is_confusable
 from .constants import ACT, BEARER, INTROSPECT_ANY, INTROSPECT_AUDIENCE
+from .exceptions import ReplayStoreUnavailable
 from .parameters import storable
 from .tokens import access_token_claims, load_access_token
 from .views import SENSITIVE_POST_PARAMETERS, FormEndpoint
@@ -154,7 +155,12 @@ class IntrospectTokenView(FormEndpoint, View):
                 description="Send the token and the client's credentials in the request body, not the URL."
             )
             return _json(error.json, error.status_code)
-        client = self.authenticated_client(request)
+        try:
+            client = self.authenticated_client(request)
+        except ReplayStoreUnavailable as unavailable:
+            # A correctly signed client assertion whose jti the replay store could not check:
+            # neither authenticated nor bad credentials. 503, the client may retry.
+            return _json(unavailable.json, unavailable.status_code, unavailable.headers)
         permission, resource_uris = _policy_of(client)
         if client is None or not may_introspect(
             confidential=client.client_type == client.CLIENT_CONFIDENTIAL, permission=permission
@@ -206,6 +212,9 @@ class IntrospectTokenView(FormEndpoint, View):
         backend (``get_oauthlib_core``), as DOT's own view does; a Bearer token to DOT's
         ``verify_request`` with the ``introspection`` scope. A client_id that reads as a
         resource indicator (``client_ids.is_confusable``) is nobody.
+
+        :class:`ReplayStoreUnavailable` goes through to ``post``: the client's assertion could not
+        be checked for a replay, which is neither a yes nor a no.
         """
         core = get_oauthlib_core()
         try:

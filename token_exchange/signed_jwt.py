@@ -10,7 +10,9 @@ Two kinds reach the token endpoint: the ``client_assertion`` that authenticates 
 3. the signature, under exactly the key's algorithm (RFC 8725 §3.1);
 4. the claims (``claims_refusal``, pure): ``iss``, ``aud``, ``exp``, ``iat``, ``nbf``, ``jti``;
 5. the ``jti``, usable once (``replay.consume``), last, so that only a JWT that passed
-   everything else can use up its ``jti``.
+   everything else can use up its ``jti``. Being last also means only a JWT signed with one of
+   the client's keys ever reaches the replay store: a stranger cannot learn from the answers
+   whether the store is up (``ReplayStoreUnavailable``, 503) or down.
 
 What each kind requires of ``sub`` is the caller's business.
 """
@@ -169,6 +171,10 @@ def verify(
     """The claims of ``token``, a JWT ``application`` signed, or :class:`JWTRefusal`.
 
     ``keys``: the application's usable keys, if already read (``keys_of``).
+
+    :class:`~token_exchange.exceptions.ReplayStoreUnavailable` goes through as it is: a JWT whose
+    ``jti`` could not be checked is not accepted, but it is no refusal of the JWT either, and the
+    callers answer it as the server's trouble (503), never as bad credentials.
     """
     try:
         header, _unverified = jose.peek(token)
@@ -199,6 +205,7 @@ def verify(
     if reason is not None:
         raise JWTRefusal(reason)
     expires_at = math.ceil(claims["exp"])
+    # Last, after the signature and every claim (see the module docstring).
     if not replay.consume(client_id=application.client_id, jti=claims["jti"], expires_at=expires_at):
         raise JWTRefusal("replayed_jti")
     return claims

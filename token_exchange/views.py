@@ -113,6 +113,9 @@ class FormEndpoint:
 class TokenView(FormEndpoint, oauth2_views.TokenView):  # type: ignore[misc]
     """DOT's token endpoint; hides token parameters from error reports, knows N_A responses."""
 
+    # The headers of oauthlib's answer to this request (a view instance serves one request).
+    oauthlib_headers: dict[str, str]
+
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.POST.get("grant_type") == DEVICE_CODE_GRANT_TYPE:
             # DOT reads device_code with [] (a 500 when it is missing) and looks it up as is.
@@ -121,15 +124,28 @@ class TokenView(FormEndpoint, oauth2_views.TokenView):  # type: ignore[misc]
                 return _invalid_request("Missing or malformed device_code parameter.")
         return super().post(request, *args, **kwargs)  # type: ignore[no-any-return]
 
+    def create_token_response(self, request: HttpRequest) -> tuple[Any, dict[str, str], str, int]:
+        url, headers, body, status = super().create_token_response(request)
+        self.oauthlib_headers = dict(headers)
+        return url, headers, body, status
+
     def device_flow_token_response(self, request: HttpRequest, device_code: str) -> HttpResponse:
+        self.oauthlib_headers = {}
         try:
-            return super().device_flow_token_response(request, device_code)  # type: ignore[no-any-return]
+            response: HttpResponse = super().device_flow_token_response(request, device_code)
         except DatabaseError as exc:
             body, status, headers = _nothing_issued(exc)
             response = HttpResponse(body, status=status, content_type="application/json")
             for key, value in headers.items():
                 response[key] = value
             return response
+        if response.status_code != 200:
+            # DOT 3.4.1 answers oauthlib's errors without oauthlib's headers: a 503 would lose
+            # its Retry-After (a replay store that did not answer about a client assertion).
+            for key, value in self.oauthlib_headers.items():
+                response.setdefault(key, value)
+        response["Cache-Control"] = "no-store"
+        return response
 
     @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS))
     def authorization_flow_token_response(
@@ -250,6 +266,13 @@ class DeviceAuthorizationView(FormEndpoint, oauth2_views.DeviceAuthorizationView
             known = {field.name for field in dataclasses.fields(DeviceCodeResponse)}
             response = {key: value for key, value in response.items() if key in known}
         return headers, response, status
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response: HttpResponse = super().post(request, *args, **kwargs)
+        # RFC 8628 §3.2 and RFC 6749 §5.1: the answer carries a device_code, or an error (a 503
+        # when the replay store cannot check a client assertion); neither is to be cached.
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS, "token"), name="dispatch")
