@@ -771,6 +771,16 @@ def test_the_switch_off_refuses_before_reading_the_subject_jwt(
 # The replay store -----------------------------------------------------------------------------
 
 
+def assert_store_unavailable(response: Any, before: tuple[int, int, int]) -> None:
+    """503 temporarily_unavailable (the server's trouble, not the client's credentials): nothing
+    issued, nothing audited. tests/test_replay_store_outage.py covers every endpoint."""
+    assert response.status_code == 503, response.content
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert response["Retry-After"]
+    assert token_rows() == before
+    assert not token_events().exists()
+
+
 @pytest.mark.parametrize(
     "replay_cache",
     [{"BACKEND": "django.core.cache.backends.dummy.DummyCache"}, None],
@@ -783,7 +793,7 @@ def test_a_cache_that_cannot_remember_refuses_every_assertion(backend, settings,
     settings.CACHES = caches_setting
     key = register_key(backend)
     before = token_rows()
-    assert_unauthenticated(
+    assert_store_unavailable(
         post({"grant_type": "client_credentials", **assertion_form(assertion(key))}), before
     )
 
@@ -797,7 +807,7 @@ def test_a_cache_that_fails_refuses(backend, monkeypatch):
     monkeypatch.setattr(LocMemCache, "add", down)
     key = register_key(backend)
     before = token_rows()
-    assert_unauthenticated(
+    assert_store_unavailable(
         post({"grant_type": "client_credentials", **assertion_form(assertion(key))}), before
     )
 
