@@ -67,6 +67,12 @@ def _window(client: Any) -> Window:
     )
 
 
+def _unanswered(exc: Exception, consequence: str) -> None:
+    """One line per request while the cache is down, naming the error's type: no traceback,
+    which would repeat the cache client's internals on every request of an outage."""
+    logger.error("The throttle cache did not answer (%s): %s.", type(exc).__name__, consequence)
+
+
 def check(context: audit.AuditContext) -> None:
     """Raise :class:`TooManyRefusals` while the client is over its limit in this window.
 
@@ -78,8 +84,8 @@ def check(context: audit.AuditContext) -> None:
     window = _window(context.application)
     try:
         count = caches[token_exchange_settings.THROTTLE_CACHE].get(window.key, 0)
-    except Exception:
-        logger.exception("The throttle cache did not answer: the request is not throttled.")
+    except Exception as exc:
+        _unanswered(exc, "the request is not throttled")
         return
     if isinstance(count, int) and count >= limit:
         raise TooManyRefusals(retry_after=window.retry_after)
@@ -102,8 +108,8 @@ def refused(context: audit.AuditContext) -> None:
             # Gone between add and incr (evicted, or the window's last second): count afresh.
             cache.add(window.key, 1, timeout=timeout)
             count = 1
-    except Exception:
-        logger.exception("The throttle cache did not answer: the refusal is not counted.")
+    except Exception as exc:
+        _unanswered(exc, "the refusal is not counted")
         return
     if count == limit:
         logger.warning(
