@@ -55,7 +55,7 @@ REFUSED = EventType.TOKEN_EXCHANGE_REFUSED
 
 UNAVAILABLE = {
     "error": "temporarily_unavailable",
-    "error_description": "The request could not be checked now. Try again later.",
+    "error_description": "The signed JWT could not be checked now. Try again later, with a newly signed JWT.",
 }
 
 
@@ -549,3 +549,19 @@ def test_the_log_names_the_failure_never_the_jwt(store, backend_key, caplog):
     jti = pyjwt.decode(jwt, options={"verify_signature": False})["jti"]
     for secret in (jwt, jwt.split(".")[1], jti, "token_exchange:jti:"):
         assert secret not in caplog.text
+
+
+@pytest.mark.urls("tests.urls_client_protected")
+def test_dot_client_protected_views_refuse_the_client_while_the_store_is_down(store):
+    """DOT's client-protected views render only True or False from client authentication: with
+    the store down the assertion is refused (fail closed), never a 500; once it answers, a new
+    assertion is accepted."""
+    app = make_app("service", exchange=None, authorization_grant_type="client-credentials")
+    key = register_key(app)
+    browser = Client(raise_request_exception=False)
+    store.down()
+    refused = form_post(browser, "/client-only/", assertion_form(assertion(key)))
+    assert refused.status_code == 403
+    store.up()
+    accepted = form_post(browser, "/client-only/", assertion_form(assertion(key)))
+    assert (accepted.status_code, accepted.json()) == (200, {"ok": True})

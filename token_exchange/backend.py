@@ -19,6 +19,7 @@ from oauth2_provider.oauth2_backends import OAuthLibCore
 from oauthlib.oauth2.rfc6749.errors import OAuth2Error
 
 from .constants import GRANT_TYPE
+from .exceptions import ReplayStoreUnavailable
 
 
 class TokenExchangeOAuthLibCore(OAuthLibCore):  # type: ignore[misc]
@@ -40,6 +41,17 @@ class TokenExchangeOAuthLibCore(OAuthLibCore):  # type: ignore[misc]
         except OAuth2Error as exc:
             return None, exc.headers, exc.json, exc.status_code
         return headers.get("Location", None), headers, body, status
+
+    def authenticate_client(self, request: HttpRequest) -> bool:
+        """DOT's client-protected views (``ClientProtectedResourceView`` and its mixin) ask here,
+        and render nothing but True or False: a replay store that cannot answer refuses the
+        client (fail closed) instead of escaping as a 500. The package's own endpoints call the
+        validator themselves and answer that case ``503 temporarily_unavailable``."""
+        try:
+            authenticated: bool = super().authenticate_client(request)
+        except ReplayStoreUnavailable:
+            return False
+        return authenticated
 
     def extract_body(self, request: HttpRequest) -> list[tuple[str, Any]]:
         if GRANT_TYPE in request.POST.getlist("grant_type"):

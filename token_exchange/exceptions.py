@@ -111,7 +111,9 @@ class ReplayStoreUnavailable(errors.TemporarilyUnavailableError):  # type: ignor
     """A cache that is down is seldom back within a second; every retry costs a connection attempt."""
 
     def __init__(self) -> None:
-        super().__init__(description="The request could not be checked now. Try again later.")
+        super().__init__(
+            description="The signed JWT could not be checked now. Try again later, with a newly signed JWT."
+        )
 
     @property
     def headers(self) -> dict[str, str]:
