@@ -170,9 +170,10 @@ class Server:
                 self.process.wait(timeout=10)
 
     def server_errors(self) -> list[str]:
-        """Lines of the log that report a failed request or a crashed worker."""
+        """Lines of the whole log that report a failed request or a crashed worker."""
         markers = ("Internal Server Error", "Traceback", "WORKER TIMEOUT", "Worker exiting", "[ERROR]")
-        return [line for line in self.output().splitlines() if any(marker in line for marker in markers)]
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [line for line in lines if any(marker in line for marker in markers)]
 
 
 def server_env(*, database: str, redis_url: str) -> dict[str, str]:
