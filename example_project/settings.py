@@ -22,8 +22,14 @@ DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 # Every process of a site signs sessions and CSRF tokens with the same key: served with DEBUG off
 # (`make serve`), it must come from the environment, never from this file.
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-token-exchange-demo-only" if DEBUG else "")
-if not SECRET_KEY:
-    raise ImproperlyConfigured("DJANGO_DEBUG=0 needs DJANGO_SECRET_KEY: the same value in every process.")
+if not DEBUG and (
+    len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure-")
+):
+    # What Django's own check (security.W009) calls too weak, refused rather than warned about.
+    raise ImproperlyConfigured(
+        "DJANGO_DEBUG=0 needs DJANGO_SECRET_KEY: 50 or more random characters, the same in every "
+        "process (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+    )
 
 
 # One label of a DNS name as a Host header and ALLOWED_HOSTS carry it: ASCII letters, digits and
