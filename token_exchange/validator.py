@@ -17,6 +17,11 @@ authorization, and the new tokens keep the lineage. Revoking a token at the RFC 
 ends, in the same transaction, every token exchanged from it (``revoke_token``); DOT's bearer
 check for resource servers refuses an exchanged token whose lineage ended, or whose
 admin-started impersonation may not go on (``validate_bearer_token``).
+
+The RFC 8628 device code grant's token request is answered from DOT's ``DeviceGrant``
+(``validate_device_code``, the oauthlib 4 hook DOT does not implement yet): a code is good only
+for the client it was issued to, until its ``expires``, and for one set of tokens
+(``save_bearer_token`` uses it up in the transaction that stores them).
 """
 
 from __future__ import annotations
@@ -31,14 +36,22 @@ from django.contrib.auth import get_user_model
 from django.db import router, transaction
 from django.db.models import Q
 from django.utils import timezone
-from oauth2_provider.models import get_access_token_model, get_refresh_token_model
+from oauth2_provider.models import get_access_token_model, get_device_grant_model, get_refresh_token_model
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
+from oauthlib.oauth2.rfc8628 import errors as device_errors
 
 from . import audit, client_assertion, client_ids, impersonation, impersonation_sessions, lineage, policy
 from .conf import token_exchange_settings
-from .constants import ACCESS_TOKEN_TYPE, ACT, AUTHORIZATION_CODE, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
+from .constants import (
+    ACCESS_TOKEN_TYPE,
+    ACT,
+    AUTHORIZATION_CODE,
+    DEVICE_CODE_GRANT_TYPE,
+    ID_TOKEN_TYPE,
+    REFRESH_TOKEN_TYPE,
+)
 from .lookups import unique_row
 from .models import ExchangedToken, ImpersonationSession, SecuritySettings
 from .parameters import storable
@@ -51,6 +64,23 @@ _ISSUED = "token_exchange_issued"
 _CONTEXT = "token_exchange_context"
 _IMPERSONATION = "token_exchange_impersonation"
 _CIMD = "cimd"  # DOT's Application.RegistrationSource.CIMD
+_DEVICE_GRANT = "token_exchange_device_grant"
+
+# oauthlib 4's DeviceCodeGrant.DEVICE_CODE_* statuses (3.3 has none): "authorized", or the
+# ``error`` of the RFC 8628 §3.5 error the grant raises for the status.
+DEVICE_CODE_AUTHORIZED = "authorized"
+DEVICE_CODE_PENDING: str = device_errors.AuthorizationPendingError.error
+DEVICE_CODE_EXPIRED: str = device_errors.ExpiredTokenError.error
+DEVICE_CODE_DENIED: str = device_errors.AccessDenied.error
+_DEVICE_CODE_ERRORS: dict[str, type[errors.OAuth2Error]] = {
+    error.error: error
+    for error in (
+        device_errors.AuthorizationPendingError,
+        device_errors.SlowDownError,
+        device_errors.ExpiredTokenError,
+        device_errors.AccessDenied,
+    )
+}
 
 
 def _state(request: Request, name: str) -> Any:
@@ -172,6 +202,90 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
                 audit.refused(_state(request, _CONTEXT), reason="audience_exceeds_subject", error=error.error)
             raise
         return True
+
+    def validate_device_code(
+        self, client_id: Any, code: Any, request: Request, *args: Any, **kwargs: Any
+    ) -> str | None:
+        """RFC 8628 §3.5: where the device code stands, for the client asking; for an approved
+        one, ``request.user`` and ``request.scopes`` are the grant's.
+
+        An oauthlib 4 hook that DOT does not implement yet (not in 3.4.1, nor on its main branch
+        at ``0f9d49f4``): oauthlib 4's ``DeviceCodeGrant`` calls it, and without it every token
+        request of an approved device was an ``AttributeError``, a 500. It returns oauthlib's
+        ``DEVICE_CODE_*`` statuses (the grant raises the §3.5 error of each; ``None`` is
+        ``invalid_grant``) and reads DOT's ``DeviceGrant`` through its public model API
+        (``get_device_grant_model``, ``is_expired``). oauthlib 3.3 never calls it;
+        ``save_bearer_token`` does then. Checked against DOT 3.4.1 and oauthlib 3.3 and 4.0; when a
+        DOT release implements it, this stays only if DOT's does not bind the code to its client
+        and spend it once (3.4.1's own path, the ``OAUTH_PRE_TOKEN_VALIDATION`` function
+        ``set_oauthlib_user_to_device_request_user``, does neither).
+
+        ``invalid_grant`` (the log says which): a code issued to another client (RFC 6749 §5.2),
+        an unknown one, and an approved one without an active user. A code past its ``expires``
+        is ``expired_token`` whatever its status (RFC 8628 §3.2: ``expires_in`` is its lifetime,
+        which an approval does not extend); DOT's ``is_expired`` records it as expired.
+        """
+        setattr(request, _DEVICE_GRANT, None)
+        client = request.client
+        if client is None or not isinstance(code, str) or not storable(code):
+            return None
+        model = get_device_grant_model()
+        grant = unique_row(
+            model._default_manager.using(router.db_for_write(model))
+            .select_related("user")
+            .filter(device_code=code, client_id=client.client_id)
+        )
+        if grant is None:
+            # The device code is a credential: logged by the client that sent it, never itself.
+            logger.info("Device code refused for client %s: unknown_or_another_clients", client.client_id)
+            return None
+        if grant.is_expired():
+            return DEVICE_CODE_EXPIRED
+        if grant.status != grant.AUTHORIZED:
+            statuses = {grant.AUTHORIZATION_PENDING: DEVICE_CODE_PENDING, grant.DENIED: DEVICE_CODE_DENIED}
+            status = statuses.get(grant.status)
+            if status is None:
+                logger.warning("Device code refused for client %s: unknown_status", client.client_id)
+            return status
+        if grant.user is None or not getattr(grant.user, "is_active", True):
+            logger.info("Device code refused for client %s: user_inactive", client.client_id)
+            return None
+        request.user = grant.user
+        request.scopes = grant.scope.split()
+        setattr(request, _DEVICE_GRANT, grant)
+        return DEVICE_CODE_AUTHORIZED
+
+    def _use_device_code(self, request: Request) -> None:
+        """Spend the device code of this token request, or raise: one set of tokens per code.
+
+        One conditional UPDATE, in the transaction that stores the tokens: of two polls at once
+        only one finds the grant still authorized (PostgreSQL re-reads the row once the first
+        commits; SQLite has one writer), and a request that fails later rolls it back. A grant
+        routed to another database than the tokens is spent there first: a failure to store the
+        tokens then leaves it spent (closed, not open). Spent, it is ``expired`` (RFC 8628 §3.5
+        ``expired_token``: "the device authorization session has concluded"), which DOT's token
+        view answers before oauthlib is asked; DOT 3.4.1 leaves an approved code approved, and
+        every poll with it was another set of tokens.
+        """
+        grant = _state(request, _DEVICE_GRANT)
+        if grant is None:
+            # oauthlib 3.3: nothing asked about the code. DOT's view answered every status but
+            # approved, and its pre-token function set the user and scopes of whatever grant has
+            # this code, whoever's client it is. Ask now, before anything is stored.
+            code = dict(request.decoded_body or []).get("device_code")
+            status = self.validate_device_code(request.client_id, code, request)
+            if status != DEVICE_CODE_AUTHORIZED:
+                raise _DEVICE_CODE_ERRORS.get(status or "", errors.InvalidGrantError)(request=request)
+            grant = _state(request, _DEVICE_GRANT)
+        spent = (
+            type(grant)
+            ._default_manager.using(grant._state.db)
+            .filter(pk=grant.pk, status=grant.AUTHORIZED, user=grant.user_id, expires__gt=timezone.now())
+            .update(status=grant.EXPIRED)
+        )
+        if not spent:
+            logger.info("Device code refused for client %s: already_used", request.client.client_id)
+            raise errors.InvalidGrantError(request=request)
 
     def _impersonation_context(
         self, request: Request, record: ExchangedToken, grant_type: str
@@ -313,7 +427,14 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         """DOT's transaction, which for a code or refresh token of an admin-started impersonation
         first locks the session and checks it again: a Stop that committed after the checks in
         ``validate_code``/``validate_refresh_token`` wins. The session is locked before DOT locks
-        the refresh token, in the order ``impersonation_sessions.end`` takes them."""
+        the refresh token, in the order ``impersonation_sessions.end`` takes them.
+
+        A device code's tokens are stored in the transaction that spends the code
+        (``_use_device_code``)."""
+        if request.grant_type == DEVICE_CODE_GRANT_TYPE:
+            with transaction.atomic(using=router.db_for_write(get_access_token_model())):
+                self._use_device_code(request)
+                return super().save_bearer_token(token, request, *args, **kwargs)
         record: ExchangedToken | None = _state(request, _RECORD)
         if record is None or record.impersonation_id is None:
             return super().save_bearer_token(token, request, *args, **kwargs)
