@@ -279,7 +279,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             grant = _state(request, _DEVICE_GRANT)
         spent = (
             type(grant)
-            ._default_manager.using(grant._state.db)
+            ._default_manager.using(router.db_for_write(type(grant)))
             .filter(pk=grant.pk, status=grant.AUTHORIZED, user=grant.user_id, expires__gt=timezone.now())
             .update(status=grant.EXPIRED)
         )
