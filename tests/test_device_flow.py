@@ -271,14 +271,20 @@ def test_a_code_whose_approving_user_was_deactivated_gives_nothing(tv, end_user)
     assert not AccessToken.objects.exists()
 
 
-def test_an_unknown_device_code_is_a_json_error_never_a_500(tv):
-    response = poll(tv, "not-a-device-code")
-
-    # DOT 3.4.1's view looks the code up before oauthlib and answers 404 device_not_found.
-    assert response.status_code in (400, 404), response.content
-    assert response["Content-Type"] == "application/json"
-    assert response.json()["error"] in ("invalid_grant", "device_not_found")
+def test_an_unknown_device_code_is_invalid_grant(tv):
+    """RFC 6749 §5.2 (DOT 3.4.1's view answered 404 ``device_not_found``)."""
+    assert_error(poll(tv, "not-a-device-code"), "invalid_grant")
     assert not AccessToken.objects.exists()
+
+
+def test_a_code_nobody_approved_within_its_lifetime_is_expired(tv):
+    """RFC 8628 §3.5: past ``expires_in`` the device is told to stop polling (DOT 3.4.1's view
+    answered ``authorization_pending`` until a user entered the code)."""
+    answer = authorize_device(tv)
+    lifetime_passes(answer)
+
+    assert_error(poll(tv, answer["device_code"]), "expired_token")
+    assert grant_of(answer).status == DeviceGrant.EXPIRED
 
 
 # At once (PostgreSQL) --------------------------------------------------------------------------
