@@ -29,9 +29,12 @@ control_socket_disable = True
 # Django is imported once, in the master, and the workers fork with it loaded. The cyclic garbage
 # collector stays off while it loads (no holes in the pages the workers share), everything loaded
 # is frozen into the permanent generation before each fork, and each worker collects again from
-# its first request on: a full (generation 2) collection in a worker then walks only the objects
-# its requests made, not the tens of thousands every import left (docs/deployment.md measures it).
+# its first request on. Its first requests still load for good (lazy imports, URL resolvers,
+# templates, caches): after WARM_REQUESTS the worker freezes those too. A full (generation 2)
+# collection then walks only what later requests left, not the hundred thousand objects loading
+# left: a median pause of 4-6 ms instead of 80 (docs/deployment.md, `make bench-gc`).
 preload_app = True
+WARM_REQUESTS = 200
 gc.disable()
 
 
@@ -40,4 +43,11 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
+    worker.requests_served = 0
     gc.enable()
+
+
+def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+    worker.requests_served = getattr(worker, "requests_served", 0) + 1
+    if worker.requests_served == WARM_REQUESTS:
+        gc.freeze()

@@ -132,8 +132,19 @@ def test_gunicorn_freezes_what_the_master_loaded_and_each_worker_collects_again(
         frozen_before = gc.get_freeze_count()
         config["pre_fork"](None, None)
         assert gc.get_freeze_count() > frozen_before
-        config["post_fork"](None, None)
+        worker = type("Worker", (), {})()
+        config["post_fork"](None, worker)
         assert gc.isenabled()
+        # After its warm-up requests, a worker freezes what they loaded for good, once.
+        for _ in range(config["WARM_REQUESTS"] - 1):
+            config["post_request"](worker, None, None, None)
+        before_warm = gc.get_freeze_count()
+        leftover = [[] for _ in range(100)]  # objects the warm-up left behind
+        config["post_request"](worker, None, None, None)
+        assert gc.get_freeze_count() >= before_warm + len(leftover)
+        after_warm = gc.get_freeze_count()
+        config["post_request"](worker, None, None, None)
+        assert gc.get_freeze_count() == after_warm
     finally:
         gc.unfreeze()
         if was_enabled:
