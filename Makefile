@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: install chromium demo resource-server serve test test-sqlite-then-scale-out test-scale-out test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale matrix tox package-check screenshots clean
+.PHONY: install chromium demo resource-server serve test test-sqlite-then-scale-out test-scale-out test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale bench-gc matrix tox package-check screenshots clean
 
 # pip 25.1+ reads PEP 735 dependency groups (pyproject.toml [dependency-groups]).
 $(VENV)/.installed: pyproject.toml
@@ -148,6 +148,14 @@ bench: install
 # The same, then again after filling 100,000 users, 200,000 access tokens and 1,000,000 audit rows.
 bench-scale: install
 	env $(BENCH_DATABASE) $(PY) -m bench --scale $(BENCH_ARGS)
+
+# The cyclic garbage collector's pauses in one worker, with and without gc.freeze() (bench/gc_pause.py):
+# three fresh processes of 20,000 token requests each, on PostgreSQL when it answers (else an SQLite
+# file) in a database of its own (token_exchange_bench_gc, dropped after). A table, and
+# bench/gc_results.json; about 15 min on 2 CPUs. docs/deployment.md reads it.
+# `make bench-gc BENCH_GC_ARGS="--requests 5000"`
+bench-gc: install
+	env $(BENCH_DATABASE) $(PY) -m bench.gc_pause $(BENCH_GC_ARGS)
 
 # The rest of the supported matrix (tox.ini: floor versions on Python 3.10, Django 6.0 on 3.12,
 # Django 6.1 on 3.13), on SQLite; the main cell is `make test`. Other Pythons come from pyenv when
