@@ -240,7 +240,7 @@ OAUTH2_PROVIDER = {
 # and the refusal throttle's counts (the default cache). Every process must see the same ones:
 # with REDIS_URL (`make serve`, docs/deployment.md) both live in Redis, which Django's own
 # backend reaches with short timeouts, so a Redis that stops answering fails a request closed in
-# about a second instead of holding the worker. Without it (`make demo`: runserver is one
+# about a second (its socket timeout) instead of holding the worker. Without it (`make demo`: runserver is one
 # process) local memory does, with room for an hour of JWTs (`check --deploy` says so: W003).
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
