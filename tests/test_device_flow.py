@@ -173,6 +173,43 @@ def test_a_device_code_gives_tokens_once(tv, end_user):
     assert grant_of(answer).status == DeviceGrant.EXPIRED
 
 
+@pytest.mark.parametrize("approved", ["", "read"], ids=["approved without scope", "approved for read"])
+def test_the_device_cannot_widen_the_scope_the_user_approved(tv, end_user, approved):
+    """RFC 8628 §3.4's token request has no scope: one sent anyway never widens what the user
+    approved, also when the approved scope is empty (where oauthlib reads the parameter)."""
+    answer = authorize_device(tv, scope="read")
+    grant_of(answer).__class__.objects.filter(device_code=answer["device_code"]).update(scope=approved)
+    user_decides(end_user, answer, "accept")
+
+    response = poll(tv, answer["device_code"], **credentials(tv), scope="read write offline_access")
+
+    if approved:
+        assert response.status_code == 200, response.content
+        assert response.json()["scope"] == "read"
+        assert AccessToken.objects.get().scope == "read"
+    else:
+        assert_error(response, "invalid_scope")
+        assert not AccessToken.objects.exists()
+        assert grant_of(answer).status == DeviceGrant.AUTHORIZED  # refused, not spent
+
+
+def test_device_code_and_client_credentials_are_hidden_from_error_reports(rf, tv):
+    from token_exchange.views import TokenView
+
+    request = rf.post(
+        "/o/token/",
+        {
+            "grant_type": DEVICE_CODE_GRANT_TYPE,
+            "device_code": "d",
+            "client_assertion": "a",
+            **credentials(tv),
+        },
+    )
+    TokenView.as_view()(request)
+    for name in ("device_code", "client_secret", "client_assertion"):
+        assert name in request.sensitive_post_parameters
+
+
 def test_a_refused_token_request_does_not_use_the_code_up(tv, end_user):
     """A poll refused after the code was checked (here: a wrong secret) leaves it for the device."""
     answer = authorize_device(tv)

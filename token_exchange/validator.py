@@ -39,7 +39,7 @@ from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_device_grant_model, get_refresh_token_model
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.common import Request
-from oauthlib.oauth2.rfc6749 import errors
+from oauthlib.oauth2.rfc6749 import errors, utils
 from oauthlib.oauth2.rfc8628 import errors as device_errors
 
 from . import audit, client_assertion, client_ids, impersonation, impersonation_sessions, lineage, policy
@@ -255,7 +255,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         setattr(request, _DEVICE_GRANT, grant)
         return DEVICE_CODE_AUTHORIZED
 
-    def _use_device_code(self, request: Request) -> None:
+    def _use_device_code(self, request: Request, token: dict[str, Any]) -> None:
         """Spend the device code of this token request, or raise: one set of tokens per code.
 
         One conditional UPDATE, in the transaction that stores the tokens: of two polls at once
@@ -277,6 +277,11 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             if status != DEVICE_CODE_AUTHORIZED:
                 raise _DEVICE_CODE_ERRORS.get(status or "", errors.InvalidGrantError)(request=request)
             grant = _state(request, _DEVICE_GRANT)
+        # RFC 8628 §3.4's token request carries no scope: the tokens get what the user approved.
+        # oauthlib reads a scope parameter when the grant's scope is empty; never beyond it.
+        if not set(utils.scope_to_list(token.get("scope") or "")) <= set(grant.scope.split()):
+            logger.info("Device code refused for client %s: scope_beyond_grant", request.client.client_id)
+            raise errors.InvalidScopeError(request=request)
         spent = (
             type(grant)
             ._default_manager.using(router.db_for_write(type(grant)))
@@ -433,7 +438,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         (``_use_device_code``)."""
         if request.grant_type == DEVICE_CODE_GRANT_TYPE:
             with transaction.atomic(using=router.db_for_write(get_access_token_model())):
-                self._use_device_code(request)
+                self._use_device_code(request, token)
                 return super().save_bearer_token(token, request, *args, **kwargs)
         record: ExchangedToken | None = _state(request, _RECORD)
         if record is None or record.impersonation_id is None:

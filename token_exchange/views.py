@@ -50,6 +50,7 @@ SENSITIVE_POST_PARAMETERS = (
     "refresh_token",
     "subject_token",
     "actor_token",
+    "device_code",
 )
 
 
@@ -111,6 +112,8 @@ class FormEndpoint:
         return super().dispatch(request, *args, **kwargs)  # type: ignore[misc,no-any-return]
 
 
+# On dispatch, so that every grant's path is covered, the device flow's and a 5xx's included.
+@method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS), name="dispatch")
 class TokenView(FormEndpoint, oauth2_views.TokenView):  # type: ignore[misc]
     """DOT's token endpoint; hides token parameters from error reports, knows N_A responses."""
 
@@ -163,7 +166,6 @@ class TokenView(FormEndpoint, oauth2_views.TokenView):  # type: ignore[misc]
         response["Cache-Control"] = "no-store"
         return response
 
-    @method_decorator(sensitive_post_parameters(*SENSITIVE_POST_PARAMETERS))
     def authorization_flow_token_response(
         self, request: HttpRequest, *args: Any, **kwargs: Any
     ) -> HttpResponse:
