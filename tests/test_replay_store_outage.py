@@ -330,7 +330,7 @@ def test_revocation_with_the_store_down_is_503_and_the_token_lives(store, portal
     assert token_rows() == before
     store.up()
     assert revoke().status_code == 200
-    assert token_rows()["AccessToken"] == before["AccessToken"] - 1
+    assert token_rows()[AccessToken.__name__] == before[AccessToken.__name__] - 1
 
 
 def test_introspection_with_the_store_down_is_503_not_a_500(store, aggregates, user_tokens):
