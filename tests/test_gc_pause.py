@@ -41,7 +41,9 @@ def test_each_mode_reports_its_collections_and_what_it_froze(tmp_path, monkeypat
     objects = {mode: figures["objects"] for mode, figures in results["modes"].items()}
     # Django and the example project loaded: tens of thousands of objects the collector tracks.
     assert objects["default"]["tracked_after_load"] > 10_000
-    assert objects["default"]["freeze_count"] == 0
+    # Left alone, nothing of what loaded is frozen (Python 3.12 starts with a few hundred objects
+    # in the permanent generation already; 3.11 and 3.13 with none).
+    assert objects["default"]["freeze_count"] < 1_000
     assert objects["default"]["tracked_at_end"] >= objects["default"]["tracked_after_load"]
     # Frozen before the first request: what was loaded is permanent, what requests made is not.
     assert objects["freeze_at_start"]["freeze_count"] >= objects["default"]["tracked_after_load"]

@@ -65,6 +65,7 @@ _CONTEXT = "token_exchange_context"
 _IMPERSONATION = "token_exchange_impersonation"
 _CIMD = "cimd"  # DOT's Application.RegistrationSource.CIMD
 _DEVICE_GRANT = "token_exchange_device_grant"
+_ASSERTION_CLIENT = "token_exchange_assertion_client"
 
 # oauthlib 4's DeviceCodeGrant.DEVICE_CODE_* statuses (3.3 has none): "authorized", or the
 # ``error`` of the RFC 8628 §3.5 error the grant raises for the status.
@@ -110,7 +111,16 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         = "oauth2_provider"``, DOT's ``authenticate_client`` (below, as for a secret).
         """
         if client_assertion.handles(request):
-            return client_assertion.authenticate(request, issuer=self.get_oidc_issuer_endpoint(request))
+            # oauthlib 3.3's device code grant asks twice for one request; the second time this
+            # very assertion's jti is used. The answer of the first stands, for this request only.
+            authenticated = _state(request, _ASSERTION_CLIENT)
+            if authenticated is not None:
+                request.client, request.client_id = authenticated, authenticated.client_id
+                return True
+            if not client_assertion.authenticate(request, issuer=self.get_oidc_issuer_endpoint(request)):
+                return False
+            setattr(request, _ASSERTION_CLIENT, request.client)
+            return True
         if client_assertion.unverifiable(request):
             logger.info("Client authentication refused: client_assertion_unverifiable")
             return False
