@@ -50,5 +50,7 @@ def test_each_mode_reports_its_collections_and_what_it_froze(tmp_path, monkeypat
     assert 0 < objects["freeze_at_start"]["tracked_after_warmup"] < objects["default"]["tracked_after_warmup"]
     # Frozen after the warm-up: everything then tracked moved, and a collection now walks few.
     at_start, after_warmup = objects["freeze_at_start"], objects["freeze_after_warmup"]
-    assert after_warmup["freeze_count"] == after_warmup["tracked_after_warmup"] > at_start["freeze_count"]
+    # (>=: Python 3.12's few hundred objects frozen at start come on top.)
+    assert after_warmup["freeze_count"] >= after_warmup["tracked_after_warmup"] > at_start["freeze_count"]
+    assert after_warmup["freeze_count"] - after_warmup["tracked_after_warmup"] < 1_000
     assert after_warmup["tracked_at_end"] < at_start["tracked_at_end"] < after_warmup["freeze_count"] / 4
