@@ -142,9 +142,12 @@ def test_gunicorn_freezes_what_the_master_loaded_and_each_worker_collects_again(
         leftover = [[] for _ in range(100)]  # objects the warm-up left behind
         config["post_request"](worker, None, None, None)
         assert gc.get_freeze_count() >= before_warm + len(leftover)
+        # Later requests freeze nothing more. The count may still fall (a frozen object whose
+        # last reference goes is freed), so it is compared with fresh objects, not for equality.
         after_warm = gc.get_freeze_count()
+        later = [[] for _ in range(100)]
         config["post_request"](worker, None, None, None)
-        assert gc.get_freeze_count() == after_warm
+        assert gc.get_freeze_count() < after_warm + len(later)
     finally:
         gc.unfreeze()
         if was_enabled:
