@@ -12,20 +12,25 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db.models import CharField, IntegerField, QuerySet, Value
 
 from .conf import token_exchange_settings
-from .lookups import PreparedLookup, unique_row
+from .lookups import unique_row
 from .models import ImpersonatorGrant
 from .policy import Party, Role, actor_chain, impersonation_refusal
 
-_GRANTS = PreparedLookup(lambda: ImpersonatorGrant.objects.all(), "user")
-# The rows of the user-to-group table: the groups' primary keys without joining auth_group.
-_MEMBERSHIPS = PreparedLookup(lambda: get_user_model().groups.through.objects.all(), "user")
+# In the facts' one query, which table a row comes from.
+_GRANT, _MEMBERSHIP = 0, 1
+
+
+def _memberships(user: Any) -> QuerySet[Any]:
+    """The rows of the user-to-group table: the groups' primary keys without joining auth_group."""
+    return get_user_model().groups.through._default_manager.filter(user=user.pk)
 
 
 def user_groups(user: Any) -> Iterable[Any]:
     """Default ``USER_ORGANIZATIONS``: the primary keys of the user's ``auth`` groups."""
-    return [membership.group_id for membership in _MEMBERSHIPS.rows(user.pk)]
+    return list(_memberships(user).values_list("group_id", flat=True))
 
 
 def is_admin_subject(user: Any) -> bool:
@@ -35,21 +40,45 @@ def is_admin_subject(user: Any) -> bool:
     return ImpersonatorGrant.objects.filter(user=user).exists()
 
 
-def _grants(*users: Any) -> dict[Any, tuple[Role, ...]]:
-    """The impersonator grants of several users, in one query, by user primary key."""
-    grants: dict[Any, list[Role]] = {}
-    for row in _GRANTS.rows(*(user.pk for user in users)):
-        grants.setdefault(row.user_id, []).append(Role(role=row.role, organization=row.organization_id))
-    return {user_id: tuple(roles) for user_id, roles in grants.items()}
+def _facts(actor: Any, subject: Any) -> tuple[dict[Any, tuple[Role, ...]], list[Any] | None]:
+    """Both users' impersonator grants by user primary key and, with the default
+    ``USER_ORGANIZATIONS``, the subject's groups: one query (a UNION ALL of the two tables).
+
+    The groups are ``None`` when a site's own ``USER_ORGANIZATIONS`` decides them.
+    """
+    rows: QuerySet[Any] = (
+        ImpersonatorGrant.objects.filter(user__in=[actor.pk, subject.pk])
+        .annotate(source=Value(_GRANT, output_field=IntegerField()))
+        .values_list("source", "user_id", "role", "organization_id")
+        .order_by()  # a compound statement's parts have no ORDER BY
+    )
+    read_groups = token_exchange_settings.USER_ORGANIZATIONS is user_groups
+    if read_groups:
+        memberships = (
+            _memberships(subject)
+            .annotate(source=Value(_MEMBERSHIP, output_field=IntegerField()), role=Value("", output_field=CharField()))
+            .values_list("source", "user_id", "role", "group_id")
+            .order_by()
+        )
+        rows = rows.union(memberships, all=True)
+    roles: dict[Any, list[Role]] = {}
+    groups: list[Any] = []
+    for source, user_id, role, organization in rows:
+        if source == _MEMBERSHIP:
+            groups.append(organization)
+        else:
+            roles.setdefault(user_id, []).append(Role(role=role, organization=organization))
+    return {user_id: tuple(held) for user_id, held in roles.items()}, groups if read_groups else None
 
 
 def actor_party(user: Any) -> Party:
     return Party(id=str(user.pk), is_active=user.is_active, is_superuser=user.is_superuser)
 
 
-def subject_party(user: Any, *, holds_grant: bool | None = None) -> Party:
+def subject_party(user: Any, *, holds_grant: bool | None = None, groups: Iterable[Any] | None = None) -> Party:
     """The subject's facts. ``holds_grant``, when the caller already read the subject's grants,
-    spares the default ``IS_ADMIN_SUBJECT`` its query (a custom one is always called)."""
+    spares the default ``IS_ADMIN_SUBJECT`` its query (a custom one is always called); ``groups``,
+    read by the caller for the default ``USER_ORGANIZATIONS``, spares that one its query."""
     is_admin_check = token_exchange_settings.IS_ADMIN_SUBJECT
     if is_admin_check is is_admin_subject and holds_grant is not None:
         is_admin = user.is_staff or user.is_superuser or holds_grant
@@ -60,20 +89,20 @@ def subject_party(user: Any, *, holds_grant: bool | None = None) -> Party:
         is_active=user.is_active,
         is_superuser=user.is_superuser,
         is_admin=is_admin,
-        organizations=frozenset(token_exchange_settings.USER_ORGANIZATIONS(user)),
+        organizations=frozenset(token_exchange_settings.USER_ORGANIZATIONS(user) if groups is None else groups),
     )
 
 
 def refusal(*, allowed: bool, actor: Any, subject: Any) -> str | None:
     """Why ``actor`` may not impersonate ``subject`` now, or ``None`` if they may.
 
-    Two queries with the defaults: both users' grants at once, and the subject's organizations.
+    One query with the defaults: both users' grants and the subject's organizations at once.
     """
-    grants = _grants(actor, subject)
+    grants, groups = _facts(actor, subject)
     return impersonation_refusal(
         allowed=allowed,
         actor=actor_party(actor),
-        subject=subject_party(subject, holds_grant=bool(grants.get(subject.pk))),
+        subject=subject_party(subject, holds_grant=bool(grants.get(subject.pk)), groups=groups),
         actor_roles=grants.get(actor.pk, ()),
     )
 
