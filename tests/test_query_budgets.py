@@ -28,11 +28,11 @@ from token_exchange.models import AuditEvent, ImpersonatorGrant, SecuritySetting
 from .client_jwt import assertion, assertion_form, register_key
 from .conftest import make_app
 
-PLAIN_EXCHANGE = 8
+PLAIN_EXCHANGE = 7
 JWT_WITH_ID_TOKEN = 9
-IMPERSONATION = 12
+IMPERSONATION = 10
 # The same with private_key_jwt: the client is read with its keys, in the same one query.
-IMPERSONATION_PRIVATE_KEY_JWT = 12
+IMPERSONATION_PRIVATE_KEY_JWT = 11
 
 pytestmark = pytest.mark.django_db
 

@@ -34,6 +34,7 @@ from . import client_ids, jose, signed_jwt
 from .conf import token_exchange_settings
 from .constants import CLIENT_ASSERTION_TYPE
 from .lookups import unique_row
+from .models import SecuritySettings
 from .parameters import storable
 
 logger = logging.getLogger("token_exchange")
@@ -161,10 +162,10 @@ def basic_auth(request: Request) -> bool:
 
 
 def load_client(client_id: str) -> Any:
-    """The Application with ``client_id`` and its token exchange policy, in one query, or None."""
-    return unique_row(
-        get_application_model().objects.select_related("token_exchange_policy").filter(client_id=client_id)
-    )
+    """The Application with ``client_id``, its token exchange policy and the instance's
+    ``SecuritySettings`` (``SecuritySettings.of(client)``), in one query, or None."""
+    clients = get_application_model().objects.select_related("token_exchange_policy").filter(client_id=client_id)
+    return unique_row(SecuritySettings.with_security_settings(clients))
 
 
 def verify(request: Request, *, issuer: str) -> Any:

@@ -239,13 +239,15 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
     def exchange(self, request: Request, token_handler: Any) -> dict[str, Any]:
         if request.grant_type != GRANT_TYPE:
             raise errors.UnsupportedGrantTypeError()
-        security = SecuritySettings.load()
-        if not security.token_exchange_enabled:
-            raise errors.UnsupportedGrantTypeError(description="Token exchange is disabled.")
         self.check_request_shape(request)
         # A replay store that cannot check the client assertion's jti: 503 from here, with no
         # audit row (the client is not authenticated, so there is nobody to attribute it to).
         client = self.authenticate_client(request)
+        # Read with the client, in its statement. Only an authenticated client learns that the
+        # instance switched token exchange off; like a refusal before authentication, not audited.
+        security = SecuritySettings.of(client)
+        if not security.token_exchange_enabled:
+            raise errors.UnsupportedGrantTypeError(description="Token exchange is disabled.")
         # From here on the client is known: every refusal is logged, audited and counted.
         context = audit.AuditContext(application=client, client_ip=audit.client_ip(request.headers))
         context.note_types(request.decoded_body or [])

@@ -328,7 +328,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         context = self._impersonation_context(request, record, grant_type)
         setattr(request, _CONTEXT, context)
         reason = impersonation.recheck(
-            allowed=SecuritySettings.load().allow_impersonation,
+            allowed=SecuritySettings.of(client).allow_impersonation,
             act=record.act or {},
             subject=request.user,
             issuer=context.issuer or "",
