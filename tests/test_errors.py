@@ -209,6 +209,34 @@ def test_instance_switch_off(token_endpoint, portal, user_tokens):
     assert token_endpoint.exchange(portal, **subject(user_tokens)).status_code == 200
 
 
+def test_instance_switch_off_is_told_only_to_an_authenticated_client(token_endpoint, portal, user_tokens):
+    """The switch is read with the client, in its statement: a client that fails authentication
+    learns nothing about the instance's configuration."""
+    SecuritySettings.objects.filter(pk=SecuritySettings.load().pk).update(token_exchange_enabled=False)
+    wrong_secret = token_endpoint.exchange(portal, auth=(portal.client_id, "wrong"), **subject(user_tokens))
+    assert_refused(wrong_secret, 401, "invalid_client")
+    assert wrong_secret.json()["error_description"] == "Client authentication failed."
+    response = token_endpoint.exchange(portal, **subject(user_tokens))
+    assert_refused(response, 400, "unsupported_grant_type")
+    assert response.json()["error_description"] == "Token exchange is disabled."
+
+
+def test_security_settings_read_with_the_client_are_the_row(portal):
+    from token_exchange.client_assertion import load_client
+
+    SecuritySettings.objects.filter(pk=SecuritySettings.load().pk).update(allow_impersonation=True)
+    row = SecuritySettings.load()
+    client = load_client(portal.client_id)
+    read_along = SecuritySettings.of(client)
+    assert read_along is not row
+    assert [getattr(read_along, f.attname) for f in SecuritySettings._meta.concrete_fields] == [
+        getattr(row, f.attname) for f in SecuritySettings._meta.concrete_fields
+    ]
+    assert (read_along._state.adding, read_along._state.db) == (False, row._state.db)
+    # A client read another way carries none: the row is read by itself.
+    assert SecuritySettings.of(portal).allow_impersonation is True
+
+
 def test_actor_tokens_are_refused_until_impersonation_exists(token_endpoint, portal, user_tokens):
     response = token_endpoint.exchange(
         portal,
