@@ -561,18 +561,19 @@ def test_stop_committed_during_a_refresh_wins(
 
 
 def test_stop_committed_during_an_exchange_wins(monkeypatch, backend_signed_in, token_endpoint):
+    """The subject token is read, then Stop commits, then the decision locks the session's row:
+    it sees the session ended, and nothing is issued. (A Stop that comes after the lock waits
+    for the exchange to commit and revokes what it issued: test_concurrency, on PostgreSQL.)"""
     from token_exchange import impersonation_sessions
-    from token_exchange.grant import TokenExchangeGrant
 
     backend, tokens = backend_signed_in
-    decide = TokenExchangeGrant.decide
+    running = impersonation_sessions.running
 
-    def decide_then_stop(self: Any, *args: Any, **kwargs: Any) -> Any:
-        issuance = decide(self, *args, **kwargs)
-        impersonation_sessions.end(ImpersonationSession.objects.get(), reason="stopped")
-        return issuance
+    def stop_then_lock(pk: int, *, lock: bool = False) -> Any:
+        impersonation_sessions.end(ImpersonationSession.objects.get(pk=pk), reason="stopped")
+        return running(pk, lock=lock)
 
-    monkeypatch.setattr(TokenExchangeGrant, "decide", decide_then_stop)
+    monkeypatch.setattr(impersonation_sessions, "running", stop_then_lock)
     response = token_endpoint.exchange(
         backend, subject_token=tokens["access_token"], subject_token_type=ACCESS_TOKEN_TYPE
     )

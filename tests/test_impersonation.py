@@ -252,6 +252,40 @@ def test_exchanging_an_impersonated_token_keeps_or_nests_act(
         assert_refused(too_deep, before, "act_chain_too_deep")
 
 
+def test_a_new_actor_cannot_carry_on_for_a_prior_actor_who_lost_the_right(
+    token_endpoint,
+    portal,
+    impersonation_allowed,
+    support,
+    support_tokens,
+    end_user_in_acme,
+    login,
+    django_user_model,
+    acme,
+):
+    """Nesting an ``act`` re-decides every actor of the chain, as a refresh or a re-exchange of
+    the same token does (one decision for every entry point): the prior actor's grant was
+    withdrawn, so the token it obtained cannot be laundered through a new actor."""
+    impersonated = impersonate(
+        token_endpoint,
+        portal,
+        support_tokens,
+        subject_token=str(end_user_in_acme.pk),
+        subject_token_type=USER_ID_TYPE,
+        scope="read",
+    ).json()["access_token"]
+    lead = django_user_model.objects.create_user("lead", "lead@example.com", "pw")
+    grant(lead, ImpersonatorGrant.Role.END_USER_IMPERSONATOR, acme)
+    lead_tokens = login(lead)
+    ImpersonatorGrant.objects.filter(user=support).delete()
+    before = token_rows()
+    AuditEvent.objects.all().delete()
+    nested = impersonate(
+        token_endpoint, portal, lead_tokens, subject_token=impersonated, subject_token_type=ACCESS_TOKEN_TYPE
+    )
+    assert_refused(nested, before, "actor_not_impersonator")
+
+
 def test_an_impersonated_token_cannot_act(
     token_endpoint, portal, impersonation_allowed, support, support_tokens, end_user_in_acme, mallory
 ):

@@ -8,10 +8,13 @@ from token_exchange.constants import ADMIN_IMPERSONATOR as ADMIN
 from token_exchange.constants import END_USER_IMPERSONATOR as END_USER
 from token_exchange.exceptions import Refusal, ScopeRefusal, TargetRefusal
 from token_exchange.policy import (
+    ImpersonationFacts,
+    Link,
     Party,
     Role,
     act_claim,
     actor_chain,
+    impersonation_decision,
     impersonation_refusal,
     may_impersonate,
     resolve_impersonation_audience,
@@ -192,3 +195,71 @@ def test_impersonation_audience(requested, subject_audience, actor_audience, exp
             requested=requested, subject_audience=subject_audience, actor_audience=actor_audience
         )
         assert got == expected
+
+
+# The one decision every entry point asks (impersonation_decision.py gathers the facts).
+ALLOWED_ACTOR = Link(trusted_issuer=True, actor=actor, roles=(ORG_END_USER,))
+NO_ROLE_ACTOR = Link(trusted_issuer=True, actor=actor)
+FOREIGN = Link(trusted_issuer=False)
+DELETED = Link(trusted_issuer=True)
+
+
+@pytest.mark.parametrize(
+    ("allowed", "closed", "may_act", "chain", "standing", "expected"),
+    [
+        (True, None, True, (ALLOWED_ACTOR,), None, None),
+        (False, None, True, (ALLOWED_ACTOR,), None, "impersonation_disabled"),
+        (False, "impersonation_ended", False, (FOREIGN,), "session_ended", "impersonation_disabled"),
+        (True, "impersonation_ended", True, (ALLOWED_ACTOR,), None, "impersonation_ended"),
+        (True, "impersonation_expired", False, (DELETED,), None, "impersonation_expired"),
+        (True, None, False, (ALLOWED_ACTOR,), None, "may_act_mismatch"),
+        (True, None, False, (NO_ROLE_ACTOR,), None, "may_act_mismatch"),
+        (True, None, True, (FOREIGN,), None, "foreign_actor"),
+        (True, None, True, (DELETED,), None, "actor_deleted"),
+        (True, None, True, (NO_ROLE_ACTOR,), None, "actor_not_impersonator"),
+        # every actor of a nested chain is asked, the current one first
+        (True, None, True, (ALLOWED_ACTOR, ALLOWED_ACTOR), None, None),
+        (True, None, True, (ALLOWED_ACTOR, NO_ROLE_ACTOR), None, "actor_not_impersonator"),
+        (True, None, True, (ALLOWED_ACTOR, FOREIGN), None, "foreign_actor"),
+        (True, None, True, (NO_ROLE_ACTOR, DELETED), None, "actor_not_impersonator"),
+        # the session's application and browser session come last
+        (True, None, True, (ALLOWED_ACTOR,), "session_ended", "session_ended"),
+        (True, None, True, (ALLOWED_ACTOR,), "application_not_launchable", "application_not_launchable"),
+        (True, None, True, (NO_ROLE_ACTOR,), "session_ended", "actor_not_impersonator"),
+        # an empty chain decides nothing about users (a running session still answers)
+        (True, None, True, (), None, None),
+        (True, None, True, (), "password_changed", "password_changed"),
+    ],
+)
+def test_the_one_impersonation_decision(allowed, closed, may_act, chain, standing, expected):
+    facts = ImpersonationFacts(
+        allowed=allowed,
+        subject=customer,
+        chain=chain,
+        may_act=may_act,
+        session_closed=closed,
+        session_standing=standing,
+    )
+    assert impersonation_decision(facts) == expected
+
+
+@pytest.mark.parametrize(
+    ("the_actor", "subject", "roles"),
+    [
+        (actor, customer, (ORG_END_USER,)),
+        (actor, staff_customer, (ORG_END_USER,)),
+        (actor, globex_customer, (ORG_ADMIN,)),
+        (superuser_actor, superuser, (IAM_ADMIN,)),
+        (actor, superuser, (IAM_ADMIN,)),
+        (Party(id="20"), customer, (IAM_ADMIN,)),
+        (Party(id="12", is_active=False), customer, (IAM_ADMIN,)),
+        (actor, inactive_customer, (IAM_ADMIN,)),
+    ],
+)
+def test_a_one_actor_chain_decides_as_the_rules_for_that_actor(the_actor, subject, roles):
+    facts = ImpersonationFacts(
+        allowed=True, subject=subject, chain=(Link(trusted_issuer=True, actor=the_actor, roles=roles),)
+    )
+    assert impersonation_decision(facts) == impersonation_refusal(
+        allowed=True, actor=the_actor, subject=subject, actor_roles=roles
+    )

@@ -12,7 +12,7 @@ from django.test import override_settings
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
-from token_exchange import checks, impersonation_sessions
+from token_exchange import checks, impersonation_decision, impersonation_sessions
 from token_exchange.models import ImpersonationSession
 
 
@@ -67,4 +67,4 @@ def test_the_locked_session_is_read_where_it_is_locked(support, end_user, portal
     )
     impersonation_sessions.end(session, reason=ImpersonationSession.EndReason.STOPPED)
     with override_settings(DATABASE_ROUTERS=[ReplicaReads()]):
-        assert impersonation_sessions.locked_refusal(session.pk) == "impersonation_ended"
+        assert impersonation_decision.session_refusal(session.pk, lock=True) == "impersonation_ended"

@@ -49,7 +49,7 @@ from oauth2_provider.forms import ApplicationForm
 from oauth2_provider.models import get_application_model
 from oauth2_provider.settings import oauth2_settings
 
-from . import audit, change_audit, impersonation_sessions, role_grants
+from . import audit, change_audit, impersonation_decision, impersonation_sessions, role_grants
 from .client_ids import validate_client_id
 from .conf import token_exchange_settings
 from .models import (
@@ -861,7 +861,7 @@ class ImpersonationUserAdminMixin:
         return (
             obj is not None
             and self.has_view_permission(request, obj)  # type: ignore[attr-defined]
-            and impersonation_sessions.refusal(actor=request.user, subject=obj) is None
+            and impersonation_decision.start_refusal(actor=request.user, subject=obj) is None
             and impersonation_sessions.launchable_applications().exists()
         )
 
@@ -896,7 +896,7 @@ class ImpersonationUserAdminMixin:
             raise PermissionDenied
         form = ImpersonateForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
-            session = impersonation_sessions.start(
+            session = impersonation_decision.start(
                 request,
                 subject=subject,
                 application=form.cleaned_data["application"],

@@ -94,7 +94,7 @@ def actor_column(context: AuditContext, act: dict[str, Any] | None = None) -> di
     finds every row their impersonation produced, re-exchanges and refreshes included.
 
     By id, without a query: the grant and the validator have re-decided that actor just before
-    (``impersonation.recheck`` refuses a deleted one).
+    (``impersonation_decision`` refuses a deleted one).
     """
     if context.actor is not None:
         return {"actor": context.actor}

@@ -164,7 +164,9 @@ def basic_auth(request: Request) -> bool:
 def load_client(client_id: str) -> Any:
     """The Application with ``client_id``, its token exchange policy and the instance's
     ``SecuritySettings`` (``SecuritySettings.of(client)``), in one query, or None."""
-    clients = get_application_model().objects.select_related("token_exchange_policy").filter(client_id=client_id)
+    clients = (
+        get_application_model().objects.select_related("token_exchange_policy").filter(client_id=client_id)
+    )
     return unique_row(SecuritySettings.with_security_settings(clients))
 
 

@@ -23,7 +23,7 @@ from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 from oauthlib.oauth2.rfc6749.grant_types.base import GrantTypeBase
 
-from . import audit, impersonation, impersonation_sessions, lineage, policy, throttle
+from . import audit, impersonation_decision, impersonation_sessions, lineage, policy, throttle
 from .conf import token_exchange_settings
 from .constants import (
     ACCESS_TOKEN_TYPE,
@@ -257,7 +257,6 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             self.check_client_policy(client)
             params = parse_parameters(request)
             issuance = self.decide(request, client, params, security, context)
-            # mint refuses too, when an admin-started impersonation ended since decide().
             return mint(
                 issuance,
                 new_access_token=lambda: str(token_handler.token_generator(request)),
@@ -409,21 +408,7 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         if waiting is not None:
             raise waiting
         assert subject is not None
-        if actor is not None:
-            self.check_impersonation(subject, actor, security, issuer)
-        elif subject.act is not None:
-            # Still an impersonation: a new token for it is issued only while the switch is
-            # on and every actor it names may still act for the subject, as on refresh.
-            reason = impersonation.recheck(
-                allowed=security.allow_impersonation, act=subject.act, subject=subject.user, issuer=issuer
-            )
-            if reason is not None:
-                raise Refusal(reason)
-        if subject.impersonation_id is not None:
-            # Issued under an impersonation started from the admin: only while it lasts.
-            reason = impersonation_sessions.enforce_by_id(subject.impersonation_id)
-            if reason is not None:
-                raise Refusal(reason)
+        self.check_impersonation(subject, actor, terms, security, issuer)
 
         subject_claims: dict[str, Any] = {}
         request.user = subject.user
@@ -547,13 +532,40 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         return Terms(scope=scope, audience=audience, resource=resource, act=act, not_after=min(expiries))
 
     def check_impersonation(
-        self, subject: VerifiedToken, actor: VerifiedToken, security: SecuritySettings, issuer: str
+        self,
+        subject: VerifiedToken,
+        actor: VerifiedToken | None,
+        terms: Terms,
+        security: SecuritySettings,
+        issuer: str,
     ) -> None:
-        """The impersonation rules: ``may_act`` (RFC 8693 §4.4), then who may act for whom."""
-        if not policy.satisfies_may_act(may_act=subject.may_act, issuer=issuer, actor_id=str(actor.user.pk)):
-            raise Refusal("may_act_mismatch")
-        reason = impersonation.refusal(
-            allowed=security.allow_impersonation, actor=actor.user, subject=subject.user
+        """The one impersonation decision (``impersonation_decision``), for a token that will
+        carry ``act``: every actor of its chain, the new one first, must (still) be allowed to act
+        for the subject, as on refresh; with an actor token, ``may_act`` (RFC 8693 §4.4) too.
+
+        A subject issued under an admin-started impersonation is renewed only while that runs.
+        Its session's row is locked for this request's transaction before any token row is
+        written, as ``impersonation_sessions.end`` locks it: a Stop that commits after this
+        decision waits, then revokes what this request issued.
+        """
+        session = None
+        if subject.impersonation_id is not None:
+            session = impersonation_sessions.running(subject.impersonation_id, lock=True)
+            if session is None:
+                raise Refusal("impersonation_ended")
+        if terms.act is None and session is None:
+            return
+        may_act = actor is None or policy.satisfies_may_act(
+            may_act=subject.may_act, issuer=issuer, actor_id=str(actor.user.pk)
+        )
+        reason = impersonation_decision.refusal(
+            allowed=security.allow_impersonation,
+            subject=subject.user,
+            act=terms.act,
+            issuer=issuer,
+            known=(actor.user,) if actor is not None else (),
+            may_act=may_act,
+            session=session,
         )
         if reason is not None:
             raise Refusal(reason)

@@ -1,9 +1,8 @@
-"""Gathers the facts the impersonation rules in ``policy`` decide on.
+"""The facts about users that the impersonation rules in ``policy`` decide on.
 
-``policy.impersonation_refusal`` is pure; this module is the only one that asks the database
-who is an admin, which organizations a user belongs to and which grants an actor holds. The
-grant calls it for an exchange with an actor token, the validator for every refresh of an
-impersonated token, and the admin (later) to decide whether to show "Impersonate".
+This module is the only one that asks the database who is an admin, which organizations a
+user belongs to and which grants an actor holds. ``impersonation_decision`` gathers them (with
+the facts about an admin-started session) for every entry point and asks ``policy`` once.
 """
 
 from __future__ import annotations
@@ -12,12 +11,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db.models import CharField, IntegerField, QuerySet, Value
 
 from .conf import token_exchange_settings
 from .lookups import unique_row
 from .models import ImpersonatorGrant
-from .policy import Party, Role, actor_chain, impersonation_refusal
+from .policy import Link, Party, Role, actor_chain
 
 # In the facts' one query, which table a row comes from.
 _GRANT, _MEMBERSHIP = 0, 1
@@ -56,7 +56,10 @@ def _facts(actor: Any, subject: Any) -> tuple[dict[Any, tuple[Role, ...]], list[
     if read_groups:
         memberships = (
             _memberships(subject)
-            .annotate(source=Value(_MEMBERSHIP, output_field=IntegerField()), role=Value("", output_field=CharField()))
+            .annotate(
+                source=Value(_MEMBERSHIP, output_field=IntegerField()),
+                role=Value("", output_field=CharField()),
+            )
             .values_list("source", "user_id", "role", "group_id")
             .order_by()
         )
@@ -75,7 +78,9 @@ def actor_party(user: Any) -> Party:
     return Party(id=str(user.pk), is_active=user.is_active, is_superuser=user.is_superuser)
 
 
-def subject_party(user: Any, *, holds_grant: bool | None = None, groups: Iterable[Any] | None = None) -> Party:
+def subject_party(
+    user: Any, *, holds_grant: bool | None = None, groups: Iterable[Any] | None = None
+) -> Party:
     """The subject's facts. ``holds_grant``, when the caller already read the subject's grants,
     spares the default ``IS_ADMIN_SUBJECT`` its query (a custom one is always called); ``groups``,
     read by the caller for the default ``USER_ORGANIZATIONS``, spares that one its query."""
@@ -89,40 +94,47 @@ def subject_party(user: Any, *, holds_grant: bool | None = None, groups: Iterabl
         is_active=user.is_active,
         is_superuser=user.is_superuser,
         is_admin=is_admin,
-        organizations=frozenset(token_exchange_settings.USER_ORGANIZATIONS(user) if groups is None else groups),
+        organizations=frozenset(
+            token_exchange_settings.USER_ORGANIZATIONS(user) if groups is None else groups
+        ),
     )
 
 
-def refusal(*, allowed: bool, actor: Any, subject: Any) -> str | None:
-    """Why ``actor`` may not impersonate ``subject`` now, or ``None`` if they may.
+def chain(
+    links: Iterable[tuple[bool, Any]], *, subject: Any, known: Iterable[Any] = ()
+) -> tuple[Party, tuple[Link, ...]]:
+    """The facts about ``subject`` and each actor of a chain: ``links`` are ``(trusted_issuer,
+    actor primary key)``, the current actor first; ``known`` are users already read (the actor
+    token's user, a session's actor), which are not read again.
 
-    One query with the defaults: both users' grants and the subject's organizations at once.
+    One query per actor with the defaults (its grants, the subject's grants and groups, at once),
+    one more for an actor not ``known``. Reading stops at a link the rules refuse without it: an
+    untrusted issuer, a user that no longer exists.
     """
-    grants, groups = _facts(actor, subject)
-    return impersonation_refusal(
-        allowed=allowed,
-        actor=actor_party(actor),
-        subject=subject_party(subject, holds_grant=bool(grants.get(subject.pk)), groups=groups),
-        actor_roles=grants.get(actor.pk, ()),
-    )
-
-
-def recheck(*, allowed: bool, act: dict[str, Any], subject: Any, issuer: str) -> str | None:
-    """Re-decide a token's ``act`` chain: every actor it names must still be allowed.
-
-    Used when an impersonated token is refreshed: the switch may have been turned off, a grant
-    withdrawn, the actor or the customer deactivated since the token was issued.
-    """
-    if not allowed:
-        return "impersonation_disabled"
     User = get_user_model()
-    for link in actor_chain(act):
-        if link.get("iss") != issuer:
-            return "foreign_actor"
-        actor = unique_row(User._default_manager.filter(pk=str(link.get("sub"))))
+    users = {str(user.pk): user for user in known}
+    party = Party(id=str(subject.pk), is_active=subject.is_active, is_superuser=subject.is_superuser)
+    found: list[Link] = []
+    for trusted_issuer, pk in links:
+        if not trusted_issuer:
+            found.append(Link(trusted_issuer=False))
+            break
+        actor = users.get(str(pk))
+        if actor is None and isinstance(pk, str):
+            try:
+                actor = unique_row(User._default_manager.filter(pk=pk))
+            except (ValidationError, ValueError, TypeError):  # no primary key of this user model
+                actor = None
         if actor is None:
-            return "actor_deleted"
-        reason = refusal(allowed=allowed, actor=actor, subject=subject)
-        if reason is not None:
-            return reason
-    return None
+            found.append(Link(trusted_issuer=True))
+            break
+        grants, groups = _facts(actor, subject)
+        if not found:
+            party = subject_party(subject, holds_grant=bool(grants.get(subject.pk)), groups=groups)
+        found.append(Link(trusted_issuer=True, actor=actor_party(actor), roles=grants.get(actor.pk, ())))
+    return party, tuple(found)
+
+
+def act_links(act: dict[str, Any] | None, *, issuer: str) -> list[tuple[bool, Any]]:
+    """The ``(trusted_issuer, actor primary key)`` of every actor an ``act`` claim names."""
+    return [(link.get("iss") == issuer, link.get("sub")) for link in actor_chain(act)]

@@ -8,17 +8,18 @@ works for every client type, public single-page apps included, and no token ever
 URL: the application is sent to its launch URL with ``iss`` and ``login_hint`` (OpenID Connect
 Core §4, third-party initiated login) and signs in the usual way.
 
-Who may start one is decided by the same functions as the token endpoint's impersonation
-(``impersonation.refusal``). Stop, expiry, logging out or a refusal on a later check end it, and
-ending revokes every code and token issued under it.
+Who may start one is decided by the token endpoint's own impersonation decision
+(``impersonation_decision``, which also asks this module about a running session). Stop,
+expiry, logging out or a refusal on a later check end it, and ending revokes every code and
+token issued under it: ``end`` is the one place that does both.
 
 It lives exactly as long as the actor's browser session at this server. ``start`` records that
 session's key and a digest of the actor's session auth hash (which Django derives from the
-password). Every code redemption, refresh and re-exchange under it asks ``session_refusal``,
+password). Every code redemption, refresh, re-exchange and use under it asks ``standing``,
 which reads the session back from ``settings.SESSION_ENGINE`` through its public
 ``SessionStore`` API: a session that was flushed (logout, a login as someone else), expired,
 deleted, or that no longer holds this impersonation for this actor, or an actor whose password
-changed, refuses, and ``enforce`` ends the impersonation and revokes its tokens. Where Django
+changed, refuses, and ``end_refused`` ends the impersonation and revokes its tokens. Where Django
 sends a signal the end comes at once instead: ``user_logged_out``, ``user_logged_in`` (the key
 the browser came with is the previous session's) and the user model's ``post_save`` (a new
 password). A signed-cookies session keeps nothing at the server that could be ended, so there
@@ -49,9 +50,9 @@ from oauth2_provider.models import (
     get_application_model,
 )
 
-from . import audit, impersonation, revocation
+from . import audit, revocation
 from .constants import OFFLINE_ACCESS
-from .models import ClientPolicy, ImpersonationSession, SecuritySettings
+from .models import ClientPolicy, ImpersonationSession
 
 logger = logging.getLogger("token_exchange")
 
@@ -59,7 +60,7 @@ SESSION_KEY = "token_exchange_impersonation"
 
 EndReason = ImpersonationSession.EndReason
 
-# What ``enforce`` records for a refusal; every other reason ends a session as REFUSED. The
+# What ``end_refused`` records for a refusal; every other reason ends a session as REFUSED. The
 # precise reason is the refusal's audit row, and the cause of the end.
 _END_REASONS = {
     "impersonation_expired": EndReason.EXPIRED,
@@ -80,21 +81,6 @@ def launchable_applications() -> QuerySet[Any]:
         .order_by("name", "pk")
     )
     return applications
-
-
-def refusal(*, actor: Any, subject: Any) -> str | None:
-    """Why ``actor`` may not impersonate ``subject`` from the admin now, or ``None``.
-
-    The token endpoint's rules, unchanged: the instance switch, the actor's grants, both users
-    active, admins only for admin impersonators, nobody as themselves.
-    """
-    if actor is None or not getattr(actor, "is_authenticated", False):
-        return "not_authenticated"
-    if not server_side_sessions():
-        return "no_server_side_session"
-    return impersonation.refusal(
-        allowed=SecuritySettings.load().allow_impersonation, actor=actor, subject=subject
-    )
 
 
 def server_side_sessions() -> bool:
@@ -167,52 +153,43 @@ def _swallows_errors(store_class: type) -> bool:
     return issubclass(store_class, CacheStore)
 
 
-def session_refusal(session: ImpersonationSession) -> str | None:
-    """Why codes and tokens of ``session`` may no longer be issued or refreshed, or ``None``: its
-    end or expiry, the application, the impersonation rules, then the browser session it lives in
-    (the only check that reads the session store, so it comes last)."""
+def closed(session: ImpersonationSession) -> str | None:
+    """Why ``session`` is over by its own row: Stop (or another end), or its expiry."""
     if session.ended_at is not None:
         return "impersonation_ended"
     if not session.is_active():
         return "impersonation_expired"
+    return None
+
+
+def standing(session: ImpersonationSession) -> str | None:
+    """Why ``session`` may not go on although it runs: its application is no longer launchable,
+    or the browser session it lives in no longer carries it (the only fact read from the session
+    store)."""
     if not launchable_applications().filter(pk=session.application_id).exists():
         return "application_not_launchable"
-    return refusal(actor=session.actor, subject=session.subject) or browser_session_refusal(session)
+    return browser_session_refusal(session)
 
 
-def enforce(session: ImpersonationSession, *, refused: str | None = None) -> str | None:
-    """``session_refusal`` (or the caller's own reason, ``refused``); a session that may not go on
-    is ended here, and everything issued under it revoked, before the refusal is answered."""
-    reason = refused or session_refusal(session)
+def end_refused(session: ImpersonationSession, reason: str | None) -> None:
+    """The consequence of a refusal about ``session``: it ends, and everything issued under it is
+    revoked, before the refusal is answered. A session store that did not answer ends nothing."""
     if reason is not None and reason != SESSION_STORE_UNAVAILABLE and session.ended_at is None:
         end(session, reason=_END_REASONS.get(reason, EndReason.REFUSED), cause=reason)
-    return reason
 
 
-def enforce_by_id(pk: int) -> str | None:
-    """``enforce`` for a token that names its session by id (a deleted session refuses)."""
-    session = (
-        ImpersonationSession.objects.select_related("actor", "subject", "application").filter(pk=pk).first()
-    )
-    return "impersonation_ended" if session is None else enforce(session)
-
-
-def locked_refusal(pk: int) -> str | None:
-    """Lock the session's row for the caller's transaction, then ``session_refusal``.
-
-    Issuing under a session takes this lock first, as ``end`` does: an issuance either commits
+def running(pk: int, *, lock: bool = False) -> ImpersonationSession | None:
+    """The session a token names by id, with its users and application; with ``lock``, its row
+    locked for the caller's transaction first, as ``end`` takes it: an issuance either commits
     before the session ends (and ``end`` revokes what it issued) or sees it ended.
+
+    The lock goes to the database the router writes to, and so does this read, so a replica can
+    never answer it with a session a Stop has already ended.
     """
-    # One query, locking the session's row only (not its users'): a lock goes to the database
-    # the router writes to, and so does this read, so a replica can never answer it with a
-    # session a Stop has already ended.
-    session = (
-        ImpersonationSession.objects.select_for_update(of=("self",))
-        .select_related("actor", "subject")
-        .filter(pk=pk)
-        .first()
-    )
-    return "impersonation_ended" if session is None else session_refusal(session)
+    sessions = ImpersonationSession.objects.select_related("actor", "subject", "application")
+    if lock:
+        sessions = sessions.select_for_update(of=("self",))
+    return sessions.filter(pk=pk).first()
 
 
 def _client_ip(request: HttpRequest | None) -> str | None:
@@ -237,11 +214,10 @@ def start(
     scopes the client policy allows; every running impersonation of the actor, in any browser,
     ends (replaced).
 
-    Raises ``PermissionDenied`` unless the rules allow it and the application is launchable.
+    Called by ``impersonation_decision.start``, once the rules allow it; raises
+    ``PermissionDenied`` unless the application is launchable.
     """
     actor: Any = request.user
-    if refusal(actor=actor, subject=subject) is not None:
-        raise PermissionDenied
     launchable = launchable_applications().filter(pk=application.pk).first()
     if launchable is None:
         raise PermissionDenied

@@ -42,7 +42,7 @@ from oauth2_provider.settings import oauth2_settings
 from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import impersonation_sessions, lineage
+from . import impersonation_decision, lineage
 from .client_ids import is_confusable
 from .constants import ACT, BEARER, INTROSPECT_ANY, INTROSPECT_AUDIENCE
 from .exceptions import ReplayStoreUnavailable
@@ -199,7 +199,7 @@ class IntrospectTokenView(FormEndpoint, View):
         everything that hangs off its ended authorization, or its ended session)."""
         reason = lineage.refuse_if_ended(token, subject=token.user, application=token.application)
         if reason is None and claims["impersonation_id"] is not None:
-            reason = impersonation_sessions.enforce_by_id(claims["impersonation_id"])
+            reason = impersonation_decision.session_refusal(claims["impersonation_id"])
         if reason is None:
             return False
         logger.info("Introspection of %s: inactive, %s", claims["reference"], reason)

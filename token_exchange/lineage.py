@@ -27,7 +27,7 @@ its access token and, with ``REFRESH_TOKEN_EXPIRE_SECONDS``, has not expired (wh
 not expired. The owner's own refresh keeps it alive (the family goes on); revoking the access or
 refresh token (RFC 7009), RP-initiated logout with ``OIDC_RP_INITIATED_LOGOUT_DELETE_TOKENS``,
 revoking the family (reuse detection) and expiry end it. Whether an actor may still act at all
-(active, still an impersonator) is ``impersonation.recheck``'s question, asked first.
+(active, still an impersonator) is ``impersonation_decision``'s question, asked first.
 
 What ends with it, and when:
 

@@ -29,7 +29,7 @@ from oauth2_provider.models import (
 )
 from oauth2_provider.settings import oauth2_settings
 
-from . import audit, impersonation_sessions, jose, lineage
+from . import audit, jose, lineage
 from .constants import (
     ACT,
     BEARER,
@@ -39,7 +39,6 @@ from .constants import (
     NOT_APPLICABLE,
     REFRESH_TOKEN_TYPE,
 )
-from .exceptions import Refusal
 from .inserts import insert_rows
 from .lineage import Descent
 from .models import ExchangedToken
@@ -179,28 +178,21 @@ def mint(
         "scope": _scope_string(issuance.scope),
     }
     using = router.db_for_write(get_access_token_model())
-    # No savepoint of its own: inside the token request's transaction (backend.py) a failing
-    # write rolls the whole request back, and a refusal is raised only once the block is left.
+    # No savepoint of its own: inside the token request's transaction a failing write rolls the
+    # whole request back. (An admin-started impersonation's session row was locked by the
+    # grant's decision, before any token row is written here.)
     with transaction.atomic(using=using, savepoint=False):
-        reason = None
-        if issuance.impersonation_id is not None:
-            # The session's lock, taken before any token row as impersonation_sessions.end takes
-            # it: a Stop that committed after the grant decided wins.
-            reason = impersonation_sessions.locked_refusal(issuance.impersonation_id)
-        if reason is None:
-            lineage_fields = lineage.issue(issuance.lineage, using=using) if issuance.lineage else {}
-            _store(
-                issuance,
-                response,
-                lineage_fields,
-                now=now,
-                expires=expires,
-                new_access_token=new_access_token,
-                new_refresh_token=new_refresh_token,
-                using=using,
-            )
-    if reason is not None:
-        raise Refusal(reason)
+        lineage_fields = lineage.issue(issuance.lineage, using=using) if issuance.lineage else {}
+        _store(
+            issuance,
+            response,
+            lineage_fields,
+            now=now,
+            expires=expires,
+            new_access_token=new_access_token,
+            new_refresh_token=new_refresh_token,
+            using=using,
+        )
     return response
 
 

@@ -86,12 +86,13 @@ class SecuritySettings(models.Model):
         """``queryset`` (of clients, say) with the row's columns as annotations: read in the same
         statement instead of one of their own. ``of`` gives them back as the row."""
         row = cls.objects.filter(pk=cls.SINGLETON_PK)
-        return queryset.annotate(
+        annotated: QuerySet[Any] = queryset.annotate(
             **{
                 _ANNOTATION + field.attname: Subquery(row.values(field.attname)[:1])
                 for field in cls._meta.concrete_fields
             }
         )
+        return annotated
 
     @classmethod
     def of(cls, obj: Any) -> SecuritySettings:

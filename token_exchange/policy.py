@@ -155,6 +155,52 @@ def impersonation_refusal(
     return "subject_not_covered"
 
 
+@dataclass(frozen=True)
+class Link:
+    """One actor an ``act`` chain names (RFC 8693 §4.1), as found now."""
+
+    trusted_issuer: bool  # the link's ``iss`` is this server
+    actor: Party | None = None  # None: no such user any more
+    roles: tuple[Role, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImpersonationFacts:
+    """Everything the one impersonation decision reads, gathered beforehand
+    (``impersonation_decision.gather``): the same facts for every entry point."""
+
+    allowed: bool  # SecuritySettings.allow_impersonation
+    subject: Party
+    chain: tuple[Link, ...]  # every actor, the current one first
+    may_act: bool = True  # RFC 8693 §4.4, for an exchange with an actor token
+    session_closed: str | None = None  # an admin-started session that ended or expired
+    session_standing: str | None = None  # its application and browser session, read last
+
+
+def impersonation_decision(facts: ImpersonationFacts) -> str | None:
+    """``None`` if tokens may be issued (or renewed, or used) for ``facts.subject`` on behalf of
+    every actor of the chain; else the reason code. One rule for every entry point: an exchange
+    with an actor token, a re-exchange or refresh of an impersonated token, the code of an
+    admin-started impersonation and the tokens issued under one."""
+    if not facts.allowed:
+        return "impersonation_disabled"
+    if facts.session_closed is not None:
+        return facts.session_closed
+    if not facts.may_act:
+        return "may_act_mismatch"
+    for link in facts.chain:
+        if not link.trusted_issuer:
+            return "foreign_actor"
+        if link.actor is None:
+            return "actor_deleted"
+        reason = impersonation_refusal(
+            allowed=True, actor=link.actor, subject=facts.subject, actor_roles=link.roles
+        )
+        if reason is not None:
+            return reason
+    return facts.session_standing
+
+
 def may_impersonate(*, allowed: bool, actor: Party, subject: Party, actor_roles: Iterable[Role]) -> bool:
     return (
         impersonation_refusal(allowed=allowed, actor=actor, subject=subject, actor_roles=actor_roles) is None

@@ -42,7 +42,15 @@ from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors, utils
 from oauthlib.oauth2.rfc8628 import errors as device_errors
 
-from . import audit, client_assertion, client_ids, impersonation, impersonation_sessions, lineage, policy
+from . import (
+    audit,
+    client_assertion,
+    client_ids,
+    impersonation_decision,
+    impersonation_sessions,
+    lineage,
+    policy,
+)
 from .conf import token_exchange_settings
 from .constants import (
     ACCESS_TOKEN_TYPE,
@@ -327,16 +335,15 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         """
         context = self._impersonation_context(request, record, grant_type)
         setattr(request, _CONTEXT, context)
-        reason = impersonation.recheck(
+        # The exchange's own decision; a session that may not go on ends, revoking its tokens.
+        reason = impersonation_decision.refusal(
             allowed=SecuritySettings.of(client).allow_impersonation,
-            act=record.act or {},
             subject=request.user,
+            act=record.act,
             issuer=context.issuer or "",
+            known=(context.actor,) if context.actor is not None else (),
+            session=record.impersonation,
         )
-        session = record.impersonation
-        if session is not None:
-            # A session that may not go on ends now, revoking what was issued under it.
-            reason = impersonation_sessions.enforce(session, refused=reason)
         if reason is None:
             return True
         logger.info(
@@ -454,7 +461,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         if record is None or record.impersonation_id is None:
             return super().save_bearer_token(token, request, *args, **kwargs)
         with transaction.atomic(using=router.db_for_write(get_access_token_model())):
-            if impersonation_sessions.locked_refusal(record.impersonation_id) is not None:
+            if impersonation_decision.session_refusal(record.impersonation_id, lock=True) is not None:
                 raise errors.InvalidGrantError(description="The impersonation has ended.", request=request)
             session = record.impersonation
             scope = str(token.get("scope", ""))
@@ -507,7 +514,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         and an admin-started impersonation's session must go on. One more query per request (the
         token's ``ExchangedToken``), and one more for a token an exchange issued (its liveness); a
         token found ended is revoked with what
-        hangs off it (``lineage.refuse_if_ended``, ``impersonation_sessions.enforce_by_id``)."""
+        hangs off it (``lineage.refuse_if_ended``, ``impersonation_decision.session_refusal``)."""
         valid: bool = super().validate_bearer_token(token, scopes, request)
         access_token = _state(request, "access_token")
         if not valid or getattr(access_token, "pk", None) is None:
@@ -521,7 +528,7 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             record, subject=access_token.user, application=access_token.application
         )
         if reason is None and record.impersonation_id is not None:
-            reason = impersonation_sessions.enforce_by_id(record.impersonation_id)
+            reason = impersonation_decision.session_refusal(record.impersonation_id)
         if reason is None:
             return True
         logger.info("Bearer token %s refused: %s", record.jti, reason)

@@ -33,7 +33,7 @@ from oauth2_provider.settings import oauth2_settings
 from oauth2_provider.signals import app_authorized
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import audit, impersonation_sessions
+from . import audit, impersonation_decision, impersonation_sessions
 from .constants import DEVICE_CODE_GRANT_TYPE, FORM_CONTENT_TYPE
 from .lookups import unique_row
 from .parameters import storable
@@ -213,7 +213,7 @@ class AuthorizationView(oauth2_views.AuthorizationView):  # type: ignore[misc]
     ) -> Any:
         session = impersonation_sessions.current(request) if allow else None
         if session is not None and session.application.client_id == credentials.get("client_id"):
-            reason = impersonation_sessions.enforce(session)
+            reason = impersonation_decision.running_session_refusal(session)
             if reason is None and credentials.get("response_type") != "code":
                 reason = "impersonation_needs_code_flow"
             if reason is None:
