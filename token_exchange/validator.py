@@ -155,6 +155,13 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         reuses a client already on the request (and still checks that it is usable). Unknown
         ids and Client ID Metadata Document clients take DOT's own path, which may fetch.
         """
+        # Private DOT hook, checked against DOT 3.4.1 (unchanged on DOT main 0f9d49f4). Every client
+        # lookup goes through it (Basic and body authentication, authenticate_client_id,
+        # validate_client_id, client_authentication_required), so one override refuses ids a
+        # database cannot compare or that look like resource URIs, and reads the client with its
+        # policy and the security settings. Public hook that would replace it: a public DOT
+        # ``load_application(client_id, request)``; overriding those four callers instead would
+        # repeat the guard, decode Basic credentials before DOT, and miss any caller DOT adds.
         if not isinstance(client_id, str) or not storable(client_id):
             return None
         if client_ids.names_no_client(client_id):
@@ -384,6 +391,11 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
     def _create_authorization_code(self, request: Request, code: dict[str, Any], expires: Any = None) -> Any:
         """A code for the customer, not the support user, while an admin-started impersonation
         runs for this client (``views.AuthorizationView`` puts it on the request)."""
+        # Private DOT hook, checked against DOT 3.4.1 (unchanged on DOT main 0f9d49f4): while an
+        # admin-started impersonation runs, the code is the customer's and gets its ExchangedToken
+        # in the same transaction. Public hook that would replace it: oauthlib's
+        # ``save_authorization_code`` (DOT's only caller of this one), then the grant row read back
+        # by its unique code (one more statement at the authorization endpoint).
         session = _state(request, _IMPERSONATION)
         if not isinstance(session, ImpersonationSession):
             return super()._create_authorization_code(request, code, expires)
@@ -409,6 +421,11 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         return grant
 
     def _validate_resource_uris(self, request: Request, resources: list[str]) -> None:
+        # Private DOT hook, checked against DOT 3.4.1 (unchanged on DOT main 0f9d49f4): DOT wants
+        # every RFC 8707 resource to be an absolute URI; an exchanged token's audience may also name
+        # clients, which a refresh may narrow to, so values this server bound to the token skip
+        # that check. Public hook that would replace it: none yet; DOT would have to expose its
+        # resource-indicator check (a public method, or a setting as on its resource-server side).
         # Audience values this server itself bound to the refresh token (client_ids among
         # them) are not client input; only what is left must look like a resource URI.
         record: ExchangedToken | None = _state(request, _RECORD)
@@ -416,6 +433,11 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         super()._validate_resource_uris(request, [value for value in resources if value not in trusted])
 
     def _check_and_set_request_resource(self, request: Request) -> None:
+        # Private DOT hook, checked against DOT 3.4.1 (unchanged on DOT main 0f9d49f4), which
+        # validate_code and validate_refresh_token also call to run DOT's check before anything is
+        # minted: after DOT's RFC 8707 normalisation, a refresh may not widen an exchanged token's
+        # audience. Public hook that would replace our part: the same test in the public
+        # validate_refresh_token on the requested values; DOT's normalisation has no public entry.
         super()._check_and_set_request_resource(request)
         record: ExchangedToken | None = _state(request, _RECORD)
         if record is not None and any(value not in record.audience for value in request.resource):
@@ -537,6 +559,11 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         return False
 
     def _save_bearer_token(self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any) -> Any:
+        # Private DOT hook that DOT's own save_bearer_token docstring names as the place to add
+        # logic; checked against DOT 3.4.1 (DOT main 0f9d49f4 still reads token["expires_in"]):
+        # caps an impersonated refresh's lifetime and audits it with the tokens. Public hook that
+        # would replace it: save_bearer_token itself (cap before super(), audit after it), now
+        # that server.py holds the whole token request in one transaction.
         # DOT runs this inside a transaction on the access token database: the audit row of an
         # impersonated refresh is written, or rolled back, together with the tokens.
         record: ExchangedToken | None = _state(request, _RECORD)
@@ -580,6 +607,9 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         return claims, expiration_time
 
     def _save_id_token(self, jti: Any, request: Request, expires: Any, *args: Any, **kwargs: Any) -> Any:
+        # Private DOT hook, checked against DOT 3.4.1 (unchanged on DOT main 0f9d49f4): gives a
+        # refreshed exchanged ID token its ExchangedToken row. Public hook that would replace it:
+        # oauthlib's finalize_id_token, with the IDToken row DOT leaves on request.id_token.
         id_token = super()._save_id_token(jti, request, expires, *args, **kwargs)
         self._copy_record(request, ID_TOKEN_TYPE, id_token=id_token)
         return id_token
@@ -587,6 +617,10 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
     def _create_access_token(
         self, expires: Any, request: Request, token: dict[str, Any], source_refresh_token: Any = None
     ) -> Any:
+        # Private DOT hook, checked against DOT 3.4.1 (unchanged on DOT main 0f9d49f4): gives the
+        # access token a refresh of an exchanged token creates its ExchangedToken row. Public hook
+        # that would replace it: save_bearer_token after super(), reading the row back by
+        # token_checksum (one more statement per refresh of an exchanged token).
         access_token = super()._create_access_token(
             expires, request, token, source_refresh_token=source_refresh_token
         )
@@ -596,6 +630,10 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
     def _create_refresh_token(
         self, request: Request, refresh_token_code: str, access_token: Any, previous_refresh_token: Any
     ) -> Any:
+        # Private DOT hook, checked against DOT 3.4.1 (DOT main 0f9d49f4 adds only IntegrityError
+        # -> invalid_grant): gives an exchanged token's new refresh token its ExchangedToken row.
+        # Public hook that would replace it: save_bearer_token after super(), by token_checksum,
+        # in the same statement as the access token's.
         refresh_token = super()._create_refresh_token(
             request, refresh_token_code, access_token, previous_refresh_token
         )
