@@ -8,8 +8,9 @@ bench's clients, people and tokens, and dropped after), the replay store and thr
 when ``--redis-url`` answers (else each worker's local memory). ``--workers`` (default 2, one per
 core here).
 
-Each case runs ``--requests`` requests at each ``--concurrency``: that many client threads, each
-with its own ``http.client.HTTPConnection`` (gunicorn's sync workers close the connection after
+Each case runs ``--requests`` requests at each ``--concurrency``, in ``--passes`` batches (the
+cases shuffled in each pass, so the machine's drift moves them alike): that many client threads,
+each with its own ``http.client.HTTPConnection`` (gunicorn's sync workers close the connection after
 each answer, so each request also opens a TCP connection on the loopback; the client reopens it).
 Every request is built before the clock starts, a fresh ``jti`` in each client assertion, so
 the client's RS256 signing does not take CPU from the server while it is measured. Reported per
@@ -27,6 +28,7 @@ import http.client
 import json
 import os
 import platform
+import random
 import secrets
 import statistics
 import subprocess
@@ -78,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=100,
         help="untimed requests per case first (gunicorn.conf.py freezes after 200 a worker)",
     )
+    group.add_argument("--passes", type=int, default=4, help="batches per case, cases shuffled in each")
     group.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="'' for each worker's local memory")
 
 
@@ -212,6 +215,12 @@ class Outcome:
     statuses: dict[int, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # the first few answers that were not 200
 
+    def merge(self, other: Outcome) -> None:
+        self.latencies.extend(other.latencies)
+        self.errors.extend(other.errors[: max(0, 5 - len(self.errors))])
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+
 
 def drive(
     port: int, case: Case, requests: list[Request], concurrency: int, *, check: bool = True
@@ -260,29 +269,49 @@ def drive(
     seconds = time.perf_counter() - started
     total = Outcome()
     for outcome in outcomes:
-        total.latencies.extend(outcome.latencies)
-        total.errors.extend(outcome.errors)
-        for status, count in outcome.statuses.items():
-            total.statuses[status] = total.statuses.get(status, 0) + count
+        total.merge(outcome)
     return total, seconds
 
 
 def measure(
-    port: int, cases: list[Case], *, concurrency: list[int], requests: int, warmup: int
+    port: int,
+    cases: list[Case],
+    *,
+    concurrency: list[int],
+    requests: int,
+    warmup: int,
+    passes: int = 4,
+    seed: int = 8693,
 ) -> dict[str, Any]:
-    """Warm every case up, then each case at each concurrency; figures by concurrency, then case."""
+    """Warm every case up, then each case at each concurrency; figures by concurrency, then case.
+
+    At each concurrency the requests of a case are sent in ``passes`` batches, the cases in a
+    shuffled order in each pass, so that the machine's drift moves all cases alike; throughput
+    is the requests over the seconds of the case's batches.
+    """
     from .measure import percentile
 
     for case in cases:
         outcome, _ = drive(port, case, [case.make() for _ in range(warmup)], min(4, max(concurrency)))
         if outcome.statuses.get(200, 0) != warmup:
             raise AssertionError(f"{case.name}: warm-up answers {outcome.statuses}: {outcome.errors[:2]}")
+    shuffler = random.Random(seed)
     figures: dict[str, Any] = {}
     for threads in concurrency:
+        totals = {case.name: (Outcome(), [0.0]) for case in cases}
+        batches = [requests // passes + (1 if number < requests % passes else 0) for number in range(passes)]
+        for batch in batches:
+            order = list(cases)
+            shuffler.shuffle(order)
+            for case in order:
+                built = [case.make() for _ in range(batch)]  # signed before the clock starts
+                outcome, seconds = drive(port, case, built, threads)
+                total, elapsed = totals[case.name]
+                total.merge(outcome)
+                elapsed[0] += seconds
         row: dict[str, Any] = {}
         for case in cases:
-            built = [case.make() for _ in range(requests)]  # signed before the clock starts
-            outcome, seconds = drive(port, case, built, threads)
+            outcome, (seconds,) = totals[case.name]
             latencies = outcome.latencies or [0.0]
             row[case.name] = {
                 "title": case.title,
@@ -366,6 +395,7 @@ def main(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 requests=args.requests,
                 warmup=args.http_warmup,
+                passes=args.passes,
             )
             errors = server.errors()
         failed = non_200(figures)
@@ -380,6 +410,7 @@ def main(args: argparse.Namespace) -> int:
                 "workers": args.workers,
                 "requests": args.requests,
                 "warmup": args.http_warmup,
+                "passes": args.passes,
                 "replay_store": "redis" if redis_url else "local memory",
                 "left_out": [case.name for case in world.cases if case not in measured],
             },
