@@ -15,6 +15,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.handlers.wsgi import WSGIHandler
@@ -108,8 +109,19 @@ def median_interval(values: list[float]) -> tuple[float, float]:
     return ordered[low], ordered[high]
 
 
-def run(driver: Driver, cases: list[Case], *, rounds: int, warmup: int, seed: int = 8693) -> dict[str, Any]:
-    """Warm up, count queries, then time ``rounds`` interleaved rounds; figures per case."""
+def run(
+    driver: Driver,
+    cases: list[Case],
+    *,
+    rounds: int,
+    warmup: int,
+    seed: int = 8693,
+    each: Callable[[Case], None] | None = None,
+) -> dict[str, Any]:
+    """Warm up, count queries, then time ``rounds`` interleaved rounds; figures per case.
+
+    ``each(case)``, if given, runs after each timed request (``bench.floor.Floor.sample``).
+    """
     for case in cases:
         for _ in range(max(1, warmup // case.rounds_divisor)):
             send(driver, case)
@@ -124,6 +136,8 @@ def run(driver: Driver, cases: list[Case], *, rounds: int, warmup: int, seed: in
         shuffler.shuffle(order)
         for case in order:
             samples[case.name].append(send(driver, case))
+            if each is not None:
+                each(case)
     baseline = statistics.median(samples[cases[0].name])
     figures = {}
     for case in cases:
