@@ -1,4 +1,6 @@
-"""``insert_rows``: the exchange's own rows in one plain INSERT, read back as the ORM wrote them."""
+"""``insert_rows``: the exchange's own rows in one INSERT (plain ``VALUES`` through
+``orm_internals`` on the Django versions CI tests, ``bulk_create`` elsewhere), read back as the ORM
+wrote them. ``tests/test_orm_internals.py`` compares the two writes column by column."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 from django.db import connections, router
 from django.db.models import QuerySet
 
+from token_exchange import orm_internals
 from token_exchange.constants import ACCESS_TOKEN_TYPE
 from token_exchange.inserts import insert_rows
 from token_exchange.models import AuditEvent, ExchangedToken
@@ -79,8 +82,29 @@ def test_exchanged_token_rows_keep_their_links_and_json(end_user, portal, user_t
     )
 
 
-def test_without_insert_returning_it_falls_back_to_bulk_create(end_user, portal, monkeypatch):
-    monkeypatch.setattr(type(connections[USING].features), "can_return_rows_from_bulk_insert", False)
+@pytest.fixture(params=["compiled", "orm"])
+def path(request, monkeypatch):
+    """Each behaviour on both paths: plain VALUES, and bulk_create (other Django versions)."""
+    monkeypatch.setattr(orm_internals, "ENABLED", orm_internals.ENABLED and request.param == "compiled")
+    return request.param
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_one_statement_on_either_path(end_user, portal, count, path, django_assert_num_queries):
+    rows = events(end_user, portal, count)
+    with django_assert_num_queries(1):
+        insert_rows(rows, USING)
+    stored = AuditEvent.objects.in_bulk([row.pk for row in rows])
+    assert [stored[row.pk].payload["n"] for row in rows] == list(range(count))  # each row got its own id
+    assert all(row._state.db == USING and row._state.adding is False for row in rows)
+
+
+@pytest.mark.parametrize("reason", ["no INSERT RETURNING", "Django version CI does not test"])
+def test_otherwise_it_falls_back_to_bulk_create(end_user, portal, monkeypatch, reason):
+    if reason == "no INSERT RETURNING":
+        monkeypatch.setattr(type(connections[USING].features), "can_return_rows_from_bulk_insert", False)
+    else:
+        monkeypatch.setattr(orm_internals, "ENABLED", False)
     calls = []
     original = QuerySet.bulk_create
 

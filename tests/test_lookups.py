@@ -1,5 +1,7 @@
-"""``PreparedLookup``: the token endpoint's hot reads, compiled once per connection, must find
-exactly what the ORM finds (values converted, related rows attached) and cost one statement."""
+"""``PreparedLookup``: the token endpoint's hot reads, compiled once per connection (on the Django
+versions CI tests; the plain ORM elsewhere), must find exactly what the ORM finds (values
+converted, related rows attached) and cost one statement. ``tests/test_orm_internals.py`` compares
+the two paths row by row."""
 
 from __future__ import annotations
 
@@ -7,12 +9,15 @@ import threading
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 from django.db import connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Count, Value
 from oauth2_provider.models import get_access_token_model
 
+from token_exchange import orm_internals
 from token_exchange.constants import ACCESS_TOKEN_TYPE
-from token_exchange.lookups import PreparedLookup
+from token_exchange.lookups import PreparedLookup, UnsupportedQuerySet
 from token_exchange.models import ExchangedToken, SecuritySettings
 
 AccessToken = get_access_token_model()
@@ -83,13 +88,14 @@ def test_no_row_is_none_and_so_is_a_value_no_column_can_hold(end_user, django_us
     assert users.get(99999999999999999999) is None  # SQLite's driver overflows; PostgreSQL finds none
 
 
+@pytest.mark.skipif(not orm_internals.ENABLED, reason="the plain ORM on this Django: nothing compiled")
 def test_one_statement_each_time_and_sql_compiled_once_per_connection(
     end_user, django_assert_num_queries, monkeypatch
 ):
     compiled = []
     lookup = PreparedLookup(lambda: SecuritySettings.objects.all(), "pk")
-    original = lookup._compile
-    monkeypatch.setattr(lookup, "_compile", lambda *args: compiled.append(args) or original(*args))
+    original = lookup.compiled._compile
+    monkeypatch.setattr(lookup.compiled, "_compile", lambda *args: compiled.append(args) or original(*args))
     SecuritySettings.load()
     for _ in range(3):
         with django_assert_num_queries(1):
@@ -97,6 +103,7 @@ def test_one_statement_each_time_and_sql_compiled_once_per_connection(
     assert len(compiled) == 1
 
 
+@pytest.mark.skipif(not orm_internals.ENABLED, reason="the plain ORM on this Django: nothing compiled")
 @pytest.mark.django_db(transaction=True)
 def test_each_thread_compiles_for_its_own_connection(end_user, django_user_model):
     lookup = PreparedLookup(lambda: django_user_model.objects.all(), "pk")
@@ -106,7 +113,7 @@ def test_each_thread_compiles_for_its_own_connection(end_user, django_user_model
     def other_thread() -> None:
         try:
             found.append(lookup.get(end_user.pk))
-            found.append(len(lookup._compiled))
+            found.append(len(lookup.compiled._compiled))
         finally:
             # This thread's own connection. Django's SQLite backend ignores close() on an
             # in-memory database (closing the last connection would drop it); the test's own
@@ -119,3 +126,58 @@ def test_each_thread_compiles_for_its_own_connection(end_user, django_user_model
     thread.join()
     assert found[0].username == end_user.username
     assert found[1] == 2  # this thread's connection and the other's
+
+
+@pytest.fixture(params=["compiled", "orm"])
+def path(request, monkeypatch):
+    """Each behaviour on both paths: the compiled one, and the ORM's (other Django versions)."""
+    monkeypatch.setattr(orm_internals, "ENABLED", orm_internals.ENABLED and request.param == "compiled")
+    return request.param
+
+
+def test_several_values_in_one_statement_in_the_querysets_order(
+    end_user, mallory, django_user_model, django_assert_num_queries, path
+):
+    users = PreparedLookup(lambda: django_user_model.objects.order_by("-username"), "pk")
+    with django_assert_num_queries(1):
+        found = users.rows(end_user.pk, mallory.pk, end_user.pk + mallory.pk + 1000)
+    assert [user.username for user in found] == sorted([mallory.username, end_user.username], reverse=True)
+    with django_assert_num_queries(0):
+        assert users.rows() == []
+
+
+def test_a_lookup_across_a_relation_attaches_the_related_rows(
+    end_user, user_tokens, portal, django_assert_num_queries, path
+):
+    lookup = PreparedLookup(
+        lambda: AccessToken.objects.select_related("application"), "application__client_id"
+    )
+    with django_assert_num_queries(1):
+        (token,) = lookup.rows(portal.client_id)
+        assert token.application.client_id == portal.client_id
+    assert token._state.db == router.db_for_read(AccessToken)
+
+
+@pytest.mark.skipif(not orm_internals.ENABLED, reason="the plain ORM on this Django: nothing to refuse")
+@pytest.mark.parametrize(
+    ("queryset", "reason"),
+    [
+        (lambda: Group.objects.annotate(members=Count("user")), "annotations"),
+        (lambda: Group.objects.extra(select={"one": "1"}), "annotations or extra"),
+        (lambda: Group.objects.alias(x=Value(1)).annotate(y=Value(2)), "annotations"),
+        (lambda: Group.objects.prefetch_related("permissions"), "prefetches"),
+        (lambda: Group.objects.values("pk"), "model instances"),
+        (lambda: Group.objects.using("default"), "using()"),
+    ],
+)
+def test_a_queryset_whose_rows_the_compiled_path_would_change_is_refused(end_user, queryset, reason):
+    """Nothing ModelIterable adds after the SQL is silently dropped: such a lookup is refused."""
+    with pytest.raises(UnsupportedQuerySet, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        PreparedLookup(queryset, "pk").get(1)
+
+
+@pytest.mark.skipif(not orm_internals.ENABLED, reason="the plain ORM on this Django: nothing to refuse")
+def test_a_related_managers_queryset_is_refused(end_user):
+    """A reverse foreign key's manager sets the known owner on every row it returns."""
+    with pytest.raises(UnsupportedQuerySet, match="related manager"):
+        PreparedLookup(lambda: end_user.impersonator_grants.all(), "pk").get(1)
