@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from django.db import connections, router
 from django.db.models import QuerySet
+from oauth2_provider.models import get_access_token_model
 
 from token_exchange import orm_internals
 from token_exchange.constants import ACCESS_TOKEN_TYPE
-from token_exchange.inserts import insert_rows
+from token_exchange.inserts import insert_rows, insert_together
 from token_exchange.models import AuditEvent, ExchangedToken
 
 pytestmark = pytest.mark.django_db
@@ -121,3 +122,50 @@ def test_otherwise_it_falls_back_to_bulk_create(end_user, portal, monkeypatch, r
 def test_nothing_to_write_writes_nothing(django_assert_num_queries):
     with django_assert_num_queries(0):
         insert_rows([], USING)
+
+
+def records(count: int, end_user: Any, portal: Any) -> list[ExchangedToken]:
+    AccessToken = get_access_token_model()
+    tokens = [
+        AccessToken.objects.create(
+            user=end_user,
+            application=portal,
+            token=uuid.uuid4().hex,
+            expires=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1),
+            scope="read",
+        )
+        for _n in range(count)
+    ]
+    return [
+        ExchangedToken(
+            access_token=tokens[n],
+            jti=uuid.uuid4().hex,
+            issued_token_type=ACCESS_TOKEN_TYPE,
+            audience=["https://api.example.com/", f"n{n}"],
+            resource=[],
+            act={"iss": "https://idp.example.com/o", "sub": str(n)},
+        )
+        for n in range(count)
+    ]
+
+
+@pytest.mark.parametrize(("tokens", "audits"), [(1, 1), (2, 2), (3, 1), (0, 2)])
+def test_token_records_and_their_audit_rows_go_in_together(
+    end_user, portal, tokens, audits, django_assert_num_queries
+):
+    """An exchange's ExchangedToken rows and the audit rows that name them: one statement on
+    PostgreSQL (a data-modifying WITH per table), one per table elsewhere; ids as each table gave them."""
+    written, trail = records(tokens, end_user, portal), events(end_user, portal, audits)
+    together = bool(written) and orm_internals.ENABLED and orm_internals.can_insert_together(USING)
+    with django_assert_num_queries(1 if together or not written else 2):
+        insert_together([written, trail], USING)
+    for row in (*written, *trail):
+        assert row.pk is not None
+        assert (row._state.adding, row._state.db) == (False, USING)
+    assert [ExchangedToken.objects.get(pk=row.pk).audience for row in written] == [
+        row.audience for row in written
+    ]
+    assert [ExchangedToken.objects.get(pk=row.pk).act for row in written] == [row.act for row in written]
+    assert [AuditEvent.objects.get(pk=row.pk).payload["n"] for row in trail] == list(range(audits))
+    if written:
+        assert connections[USING].vendor != "postgresql" or together  # the CI cells' path

@@ -2,8 +2,11 @@
 cost does not grow with the tables around it (``make bench`` measures the time).
 
 Every count includes the transaction's own statements (BEGIN/COMMIT, or a savepoint inside the
-test's transaction). The budgets are issue 7's: a plain exchange at most 8, an impersonation at
-most 12.
+test's transaction). The budgets are issue 19's, on PostgreSQL: a plain exchange at most 6, an
+impersonation at most 9. The client is read with its policy and the instance's security settings
+in one statement; the impersonation rules' facts (both users' grants, the subject's groups) are
+one more; an exchange's ``ExchangedToken`` rows and the audit rows that name them are written in
+one statement. A database without data-modifying ``WITH`` (SQLite) writes those two tables in two.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
+from django.db import router
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
+from token_exchange import orm_internals
 from token_exchange.constants import (
     ACCESS_TOKEN_TYPE,
     GRANT_TYPE,
@@ -28,11 +33,12 @@ from token_exchange.models import AuditEvent, ImpersonatorGrant, SecuritySetting
 from .client_jwt import assertion, assertion_form, register_key
 from .conftest import make_app
 
-PLAIN_EXCHANGE = 7
-JWT_WITH_ID_TOKEN = 9
-IMPERSONATION = 10
-# The same with private_key_jwt: the client is read with its keys, in the same one query.
-IMPERSONATION_PRIVATE_KEY_JWT = 11
+PLAIN_EXCHANGE = 6
+JWT_WITH_ID_TOKEN = 7
+IMPERSONATION = 9
+# With private_key_jwt the client is read with its keys, in one query, and the security settings
+# by themselves.
+IMPERSONATION_PRIVATE_KEY_JWT = 10
 
 pytestmark = pytest.mark.django_db
 
@@ -81,8 +87,14 @@ def crowd(django_user_model: Any, portal: Any, support: Any, end_user: Any, acme
     )
 
 
+def writes_together() -> bool:
+    using = router.db_for_write(AuditEvent)
+    return orm_internals.ENABLED and orm_internals.can_insert_together(using)
+
+
 def statements(assert_max: Any, budget: int, send: Any) -> tuple[Any, int]:
-    with assert_max(budget) as captured:
+    """Send, within ``budget`` statements (one more where the two tables are written apart)."""
+    with assert_max(budget if writes_together() else budget + 1) as captured:
         response = send()
     assert response.status_code == 200, response.json()
     return response, len(captured.captured_queries)
@@ -93,7 +105,7 @@ def crowded(django_user_model, portal, support, end_user_in_acme, acme):
     return lambda: crowd(django_user_model, portal, support, end_user_in_acme, acme)
 
 
-def test_plain_exchange_costs_at_most_8_statements_whatever_the_table_sizes(
+def test_plain_exchange_costs_at_most_6_statements_whatever_the_table_sizes(
     token_endpoint, portal, user_tokens, crowded, django_assert_max_num_queries
 ):
     def send():
@@ -111,7 +123,7 @@ def test_plain_exchange_costs_at_most_8_statements_whatever_the_table_sizes(
     assert large == small
 
 
-def test_exchange_to_a_jwt_with_an_id_token_costs_at_most_9_statements(
+def test_exchange_to_a_jwt_with_an_id_token_costs_at_most_7_statements(
     token_endpoint, portal, user_tokens, crowded, django_assert_max_num_queries
 ):
     def send():
@@ -141,7 +153,7 @@ def impersonation_form(end_user: Any, support_tokens: dict[str, Any]) -> dict[st
     }
 
 
-def test_impersonation_to_a_jwt_and_id_token_costs_at_most_12_statements(
+def test_impersonation_to_a_jwt_and_id_token_costs_at_most_9_statements(
     token_endpoint,
     portal,
     end_user_in_acme,

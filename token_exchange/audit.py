@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from django.dispatch import Signal
 
 from . import signals
 from .constants import GRANT_TYPE, KNOWN_TOKEN_TYPES
-from .inserts import insert_rows
+from .inserts import insert_together
 from .models import AuditEvent, ExchangedToken
 
 logger = logging.getLogger("token_exchange")
@@ -130,9 +130,10 @@ def _session(session: Any) -> dict[str, Any]:
     return {"id": session.pk, "reason": session.reason, "expires_at": session.expires_at.isoformat()}
 
 
-def _save(rows: list[AuditEvent], using: str) -> list[AuditEvent]:
-    """Insert the rows in one statement."""
-    insert_rows(rows, using)
+def _save(rows: list[AuditEvent], using: str, *, along: Sequence[ExchangedToken] = ()) -> list[AuditEvent]:
+    """Insert the rows in one statement, with the token records they name that are not stored
+    yet (``along``): one round trip on PostgreSQL, and never a record without its trail."""
+    insert_together([list(along), rows], using)
     for row in rows:
         transaction.on_commit(lambda row=row: _send(row), using=using)  # type: ignore[misc]
     return rows
@@ -167,8 +168,10 @@ def issued(
 ) -> list[AuditEvent]:
     """``token.exchanged`` (for an exchange) and ``user.impersonated`` (when a token has ``act``).
 
-    Call inside the transaction that stores the tokens.
+    Call inside the transaction that stores the tokens. Records of ``tokens`` not stored yet
+    (minting's) are written here, in the same statement as the audit rows.
     """
+    tokens = list(tokens)
     payload = _base_payload(context)
     payload.update(
         issued_token_type=issued_token_type,
@@ -192,7 +195,7 @@ def issued(
         rows.append(AuditEvent(event_type=EventType.TOKEN_EXCHANGED, payload=payload, **common))
     if act is not None:
         rows.append(AuditEvent(event_type=EventType.USER_IMPERSONATED, payload=payload, **common))
-    return _save(rows, using)
+    return _save(rows, using, along=[token for token in tokens if token._state.adding])
 
 
 def _session_event(event_type: str, session: Any, client_ip: str | None, **extra: Any) -> AuditEvent:

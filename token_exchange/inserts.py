@@ -30,3 +30,19 @@ def insert_rows(rows: Sequence[M], using: str) -> None:
         orm_internals.insert_rows(rows, using)
     else:
         model._default_manager.using(using).bulk_create(rows)
+
+
+def insert_together(groups: Sequence[Sequence[Model]], using: str) -> None:
+    """INSERT several models' new rows (each group one model), in one statement where the
+    database can (PostgreSQL), else one statement per group, and give them their ids."""
+    groups = [group for group in groups if group]
+    if (
+        len(groups) > 1
+        and orm_internals.ENABLED
+        and orm_internals.can_insert_together(using)
+        and all(orm_internals.can_insert_plainly(type(group[0]), using) for group in groups)
+    ):
+        orm_internals.insert_together(groups, using)
+        return
+    for group in groups:
+        insert_rows(group, using)

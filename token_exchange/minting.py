@@ -5,6 +5,7 @@ creates is a row of DOT's own tables, JWTs included, so introspection, revocatio
 resource-server checks and the refresh grant treat exchanged tokens like any other. The
 RFC 8693 extras (audience, ``act``, ``jti``) go into one ``ExchangedToken`` row per token, with
 its lineage: the root authorization it lives by, and the others it depends on (``lineage``).
+Those rows are written by ``audit.issued`` in one statement with the audit rows that name them.
 The readers refused any presented token whose lineage had ended.
 """
 
@@ -39,7 +40,6 @@ from .constants import (
     NOT_APPLICABLE,
     REFRESH_TOKEN_TYPE,
 )
-from .inserts import insert_rows
 from .lineage import Descent
 from .models import ExchangedToken
 
@@ -212,7 +212,6 @@ def _store(
         # RFC 8693 §2.2.1: the ID token travels in access_token and is no bearer token.
         id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=None)
         record = _record(issuance, ID_TOKEN_TYPE, lineage_fields, id_token=id_row)
-        insert_rows([record], using)
         _audit(issuance, [record], using)
         response.update(access_token=id_token, token_type=NOT_APPLICABLE)
         return
@@ -258,11 +257,11 @@ def _store(
         records.append(_record(issuance, REFRESH_TOKEN_TYPE, lineage_fields, refresh_token=refresh_row))
         response["refresh_token"] = refresh_token
 
-    insert_rows(records, using)
     _audit(issuance, records, using)
 
 
 def _audit(issuance: Issuance, records: list[ExchangedToken], using: str) -> None:
+    """The audit rows, written with ``records`` (not stored yet) in one statement."""
     audit.issued(
         issuance.audit_context,
         tokens=records,

@@ -248,11 +248,9 @@ def can_insert_plainly(model: type[Model], using: str) -> bool:
     )
 
 
-def insert_rows(rows: Sequence[M], using: str) -> None:
-    """INSERT ``rows`` (new instances of one model that ``can_insert_plainly``) in one statement
-    and give them their ids, as ``bulk_create`` would but with plain ``VALUES``."""
+def _insert_sql(rows: Sequence[Model], connection: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
+    """The plain ``INSERT … VALUES … RETURNING pk`` of ``rows`` (one model), and its parameters."""
     model = type(rows[0])
-    connection = connections[using]
     meta = model._meta
     fields = [field for field in meta.concrete_fields if field is not meta.auto_field]
     for row in rows:
@@ -268,10 +266,56 @@ def insert_rows(rows: Sequence[M], using: str) -> None:
     params = [
         field.get_db_prep_save(field.pre_save(row, True), connection) for row in rows for field in fields
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        ids = cursor.fetchall()
-    for row, (pk,) in zip(rows, ids, strict=True):
+    return sql, params
+
+
+def _saved(rows: Sequence[Model], ids: Sequence[Any], using: str) -> None:
+    for row, pk in zip(rows, ids, strict=True):
         row.pk = pk
         row._state.adding = False
         row._state.db = using
+
+
+def insert_rows(rows: Sequence[M], using: str) -> None:
+    """INSERT ``rows`` (new instances of one model that ``can_insert_plainly``) in one statement
+    and give them their ids, as ``bulk_create`` would but with plain ``VALUES``."""
+    connection = connections[using]
+    sql, params = _insert_sql(rows, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = [pk for (pk,) in cursor.fetchall()]
+    _saved(rows, ids, using)
+
+
+def can_insert_together(using: str) -> bool:
+    """Can rows of several models go in one statement? PostgreSQL's data-modifying ``WITH``."""
+    return connections[using].vendor == "postgresql"
+
+
+def insert_together(groups: Sequence[Sequence[Model]], using: str) -> None:
+    """INSERT each group (new rows of one model that ``can_insert_plainly``) in one statement,
+    a data-modifying ``WITH`` per group on PostgreSQL (``can_insert_together``), and give every
+    row its id: one round trip instead of one per table.
+
+    Each group's ``RETURNING`` lists its ids in the order of its ``VALUES``, as ``bulk_create``
+    relies on; the groups are told apart by their index in the final ``SELECT``.
+    """
+    groups = [group for group in groups if group]
+    connection = connections[using]
+    parts: list[str] = []
+    params: list[Any] = []
+    for index, group in enumerate(groups):
+        sql, group_params = _insert_sql(group, connection)
+        parts.append(f"g{index} AS ({sql})")
+        params.extend(group_params)
+    returning = [connection.ops.quote_name(str(type(group[0])._meta.pk.column)) for group in groups]
+    # Only quoted names from the models' own metadata, group numbers and %s placeholders.
+    select = " UNION ALL ".join(
+        f"SELECT {index} AS g, {column} AS pk FROM g{index}"  # noqa: S608
+        for index, column in enumerate(returning)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {', '.join(parts)} {select}", params)
+        found = cursor.fetchall()
+    for index, group in enumerate(groups):
+        _saved(group, [pk for g, pk in found if g == index], using)
