@@ -25,7 +25,6 @@ from jwcrypto import jwk
 from oauth2_provider.generators import generate_client_secret
 from oauth2_provider.models import get_access_token_model, get_application_model
 
-from token_exchange import jose
 from token_exchange.client_keys import generate_key_pair
 from token_exchange.constants import (
     ACCESS_TOKEN_TYPE,
@@ -34,6 +33,7 @@ from token_exchange.constants import (
     JWT_TYPE,
     USER_ID_TYPE,
 )
+from token_exchange.jwt import jose
 from token_exchange.models import ClientKey, ClientPolicy, ImpersonatorGrant, SecuritySettings
 
 ISSUER = "http://127.0.0.1:8000/o"

@@ -136,10 +136,10 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     # Impersonated bearer tokens never reach the admin (TOKEN_EXCHANGE["PRIVILEGED_URL_PREFIXES"]);
     # before any middleware that logs bearer tokens in.
-    "token_exchange.guard.ImpersonationGuardMiddleware",
+    "token_exchange.impersonation.guard.ImpersonationGuardMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # "You are acting as … — Stop" on every page while a support user impersonates from the admin.
-    "token_exchange.banner.ImpersonationBannerMiddleware",
+    "token_exchange.impersonation.banner.ImpersonationBannerMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -228,10 +228,10 @@ OAUTH2_PROVIDER = {
     "CLIENT_SECRET_HASHER": "token_exchange_sha256",
     # token_exchange: the grant, its validator, and a backend that keeps repeated parameters.
     # With OIDC on, DOT uses OIDC_SERVER_CLASS; without OIDC it would be
-    # "OAUTH2_SERVER_CLASS": "token_exchange.server.Server" (setting both turns OIDC off).
-    "OIDC_SERVER_CLASS": "token_exchange.server.OIDCServer",
+    # "OAUTH2_SERVER_CLASS": "token_exchange.oauth.server.Server" (setting both turns OIDC off).
+    "OIDC_SERVER_CLASS": "token_exchange.oauth.server.OIDCServer",
     "OAUTH2_VALIDATOR_CLASS": "example_project.demo.oidc.DemoValidator",
-    "OAUTH2_BACKEND_CLASS": "token_exchange.backend.TokenExchangeOAuthLibCore",
+    "OAUTH2_BACKEND_CLASS": "token_exchange.oauth.backend.TokenExchangeOAuthLibCore",
     # DOT's application admin with the token exchange policy and client keys inline.
     "APPLICATION_ADMIN_CLASS": "token_exchange.admin.ApplicationAdmin",
 }

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from token_exchange.contrib.rest_framework import JWTAccessTokenAuthentication, NotImpersonated
-from token_exchange.guard import get_actor, refuse_impersonated
+from token_exchange.impersonation.guard import get_actor, refuse_impersonated
 from token_exchange.resource_server import VerifiedAccessToken, jwt_access_token_required
 
 

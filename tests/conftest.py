@@ -187,7 +187,7 @@ def impersonation_allowed(db: None) -> SecuritySettings:
     return settings_row
 
 
-# What the fixtures' own configuration writes (token_exchange.change_audit), as any code would.
+# What the fixtures' own configuration writes (token_exchange.issuance.change_audit), as any code would.
 CHANGE_EVENTS = (
     AuditEvent.EventType.IMPERSONATOR_GRANT_CHANGED,
     AuditEvent.EventType.CLIENT_KEY_CHANGED,

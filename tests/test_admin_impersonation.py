@@ -537,8 +537,8 @@ def test_parameters_named_like_internal_state_change_nothing(name, django_user_m
 def test_stop_committed_during_a_refresh_wins(
     monkeypatch, support_browser, customer, portal_spa, impersonation_allowed
 ):
-    from token_exchange import impersonation_sessions
-    from token_exchange.validator import TokenExchangeValidator
+    from token_exchange.impersonation import sessions as impersonation_sessions
+    from token_exchange.oauth.validator import TokenExchangeValidator
 
     start(support_browser, customer, portal_spa)
     body = SinglePageApp(support_browser, portal_spa).sign_in().json()
@@ -564,7 +564,7 @@ def test_stop_committed_during_an_exchange_wins(monkeypatch, backend_signed_in, 
     """The subject token is read, then Stop commits, then the decision locks the session's row:
     it sees the session ended, and nothing is issued. (A Stop that comes after the lock waits
     for the exchange to commit and revokes what it issued: test_concurrency, on PostgreSQL.)"""
-    from token_exchange import impersonation_sessions
+    from token_exchange.impersonation import sessions as impersonation_sessions
 
     backend, tokens = backend_signed_in
     running = impersonation_sessions.running

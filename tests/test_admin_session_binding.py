@@ -421,7 +421,7 @@ def test_a_session_store_outage_refuses_without_ending_it(failure, signed_in, mo
         monkeypatch.setattr(store_class, "load", lambda self: {})
         monkeypatch.setattr(store_class, "exists", lambda self, key: True)
         monkeypatch.setattr(
-            "token_exchange.impersonation_sessions._swallows_errors", lambda cls: cls is store_class
+            "token_exchange.impersonation.sessions._swallows_errors", lambda cls: cls is store_class
         )
         assert not issubclass(store_class, CacheStore)  # the test settings use the database engine
     app = signed_in["app"]

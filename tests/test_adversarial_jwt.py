@@ -40,7 +40,6 @@ from jwcrypto import jwk
 from oauth2_provider.models import get_id_token_model
 from oauth2_provider.settings import oauth2_settings
 
-from token_exchange import jose
 from token_exchange.client_keys import KeyPair, generate_key_pair
 from token_exchange.conf import token_exchange_settings
 from token_exchange.constants import (
@@ -51,6 +50,7 @@ from token_exchange.constants import (
     REFRESH_TOKEN_TYPE,
     USER_ID_TYPE,
 )
+from token_exchange.jwt import jose
 from token_exchange.models import ClientKey
 
 from . import client_jwt

@@ -104,7 +104,7 @@ def test_a_refused_re_exchange_names_the_actor(http, portal, impersonated, suppo
 def test_an_act_from_another_issuer_fills_no_actor_column():
     """A foreign ``act`` names nobody here: the column stays empty rather than pointing at a
     local user who happens to share the id."""
-    from token_exchange import audit
+    from token_exchange.issuance import audit
 
     context = audit.AuditContext(application=None, client_ip=None, issuer="https://idp.example/o")
     assert audit.actor_column(context, {"iss": "https://other.example", "sub": "1"}) == {"actor": None}

@@ -49,7 +49,7 @@ def test_e001_server_without_the_grant():
 
 
 def test_e002_oauth2_server_class_hides_oidc():
-    with dot(OAUTH2_SERVER_CLASS="token_exchange.server.Server"):
+    with dot(OAUTH2_SERVER_CLASS="token_exchange.oauth.server.Server"):
         assert run() == ["token_exchange.E002"]
     assert "ignores OIDC_SERVER_CLASS" in checks.E002.msg
 
@@ -71,21 +71,21 @@ def test_e005_urls(settings):
     assert run() == ["token_exchange.E005"]
     assert (
         checks.E005.msg
-        == "The URL named 'oauth2_provider:token' is not served by token_exchange.views.TokenView."
+        == "The URL named 'oauth2_provider:token' is not served by token_exchange.oauth.views.TokenView."
     )
 
 
 WITHOUT_OIDC: dict[str, Any] = {
     "OIDC_ENABLED": False,
     "OIDC_SERVER_CLASS": "oauthlib.openid.Server",
-    "OAUTH2_SERVER_CLASS": "token_exchange.server.Server",
+    "OAUTH2_SERVER_CLASS": "token_exchange.oauth.server.Server",
 }
 JWT_ACCESS_TOKENS_HINT = (
     "JWT access tokens need an RSA private key to sign them and OpenID Connect on to publish its "
     "public key at jwks_uri. Make a key with 'openssl genpkey -algorithm RSA -pkeyopt "
     "rsa_keygen_bits:2048 -out oidc.key', keep the file out of version control, and set "
     "OAUTH2_PROVIDER['OIDC_RSA_PRIVATE_KEY'] to its PEM text (read from the file or an environment "
-    "variable), 'OIDC_ENABLED': True and 'OIDC_SERVER_CLASS': 'token_exchange.server.OIDCServer', and "
+    "variable), 'OIDC_ENABLED': True and 'OIDC_SERVER_CLASS': 'token_exchange.oauth.server.OIDCServer', and "
     "remove OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] (DOT uses OIDC_SERVER_CLASS only while it is "
     "unset). If no client asks for JWT access tokens, add 'token_exchange.W001' to "
     "SILENCED_SYSTEM_CHECKS."
@@ -116,7 +116,7 @@ def test_w001_a_key_without_oidc_publishes_no_jwks():
 def test_w001_following_the_hint_on_a_site_without_oidc_passes():
     """DOT uses OIDC_SERVER_CLASS only while OAUTH2_SERVER_CLASS is unset: turning OpenID Connect
     on without removing it is E002, so the hint says to remove it."""
-    turned_on = {"OIDC_ENABLED": True, "OIDC_SERVER_CLASS": "token_exchange.server.OIDCServer"}
+    turned_on = {"OIDC_ENABLED": True, "OIDC_SERVER_CLASS": "token_exchange.oauth.server.OIDCServer"}
     with dot(**{**WITHOUT_OIDC, **turned_on}):
         assert run() == ["token_exchange.E002"]
     assert "remove OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS']" in checks.W001_WITHOUT_OIDC.hint
@@ -145,7 +145,7 @@ def test_w001_the_hint_makes_a_key_dot_reads(tmp_path):
 
 def test_w002_bearer_login_without_the_guard():
     bearer_login = "oauth2_provider.middleware.OAuth2TokenMiddleware"
-    guard = "token_exchange.guard.ImpersonationGuardMiddleware"
+    guard = "token_exchange.impersonation.guard.ImpersonationGuardMiddleware"
     without_guard = [m for m in settings.MIDDLEWARE if m != guard]
     with override_settings(MIDDLEWARE=[*without_guard, bearer_login]):
         assert run() == ["token_exchange.W002"]
@@ -237,10 +237,12 @@ def test_w006_application_admin():
 
 
 def test_w007_banner_middleware():
-    banner = "token_exchange.banner.ImpersonationBannerMiddleware"
+    banner = "token_exchange.impersonation.banner.ImpersonationBannerMiddleware"
     with override_settings(MIDDLEWARE=[m for m in settings.MIDDLEWARE if m != banner]):
         assert run() == ["token_exchange.W007"]
-    assert checks.W007.msg.startswith("token_exchange.banner.ImpersonationBannerMiddleware is not installed")
+    assert checks.W007.msg.startswith(
+        "token_exchange.impersonation.banner.ImpersonationBannerMiddleware is not installed"
+    )
 
 
 def test_w009_signed_cookie_sessions():

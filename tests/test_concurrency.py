@@ -26,8 +26,8 @@ from django.db import connections, router
 from django.test import Client
 from oauth2_provider.models import get_access_token_model, get_id_token_model, get_refresh_token_model
 
-from token_exchange import impersonation_sessions
 from token_exchange.constants import ACCESS_TOKEN_TYPE, GRANT_TYPE, JWT_TYPE, USER_ID_TYPE
+from token_exchange.impersonation import sessions as impersonation_sessions
 from token_exchange.models import (
     AuditEvent,
     ClientPolicy,

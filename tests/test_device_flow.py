@@ -194,7 +194,7 @@ def test_the_device_cannot_widen_the_scope_the_user_approved(tv, end_user, appro
 
 
 def test_device_code_and_client_credentials_are_hidden_from_error_reports(rf, tv):
-    from token_exchange.views import TokenView
+    from token_exchange.oauth.views import TokenView
 
     request = rf.post(
         "/o/token/",

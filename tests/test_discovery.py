@@ -37,7 +37,7 @@ OIDC_AT_ROOT = "/.well-known/openid-configuration/o"
 WITHOUT_OIDC: dict[str, Any] = {
     "OIDC_ENABLED": False,
     "OIDC_SERVER_CLASS": "oauthlib.openid.Server",
-    "OAUTH2_SERVER_CLASS": "token_exchange.server.Server",
+    "OAUTH2_SERVER_CLASS": "token_exchange.oauth.server.Server",
 }
 
 

@@ -21,8 +21,9 @@ from jwcrypto import jwk
 from oauth2_provider.models import get_access_token_model, get_application_model
 from oauth2_provider.settings import oauth2_settings
 
-from token_exchange import checks, client_assertion, client_keys, signed_jwt
+from token_exchange import checks, client_keys
 from token_exchange.constants import PRIVATE_KEY_JWT
+from token_exchange.jwt import client_assertion, signed_jwt
 from token_exchange.management.commands.export_client_jwks import changes, dot_has_client_jwks
 from token_exchange.models import ClientKey
 

@@ -222,7 +222,7 @@ def test_instance_switch_off_is_told_only_to_an_authenticated_client(token_endpo
 
 
 def test_security_settings_read_with_the_client_are_the_row(portal):
-    from token_exchange.client_assertion import load_client
+    from token_exchange.jwt.client_assertion import load_client
 
     SecuritySettings.objects.filter(pk=SecuritySettings.load().pk).update(allow_impersonation=True)
     row = SecuritySettings.load()
@@ -263,7 +263,7 @@ def test_id_token_requested_without_openid(token_endpoint, portal, user_tokens):
 
 
 def test_token_parameters_are_hidden_from_error_reports(rf, portal, user_tokens):
-    from token_exchange.views import TokenView
+    from token_exchange.oauth.views import TokenView
 
     request = rf.post(
         "/o/token/",
@@ -282,7 +282,7 @@ def test_token_parameters_are_hidden_from_error_reports(rf, portal, user_tokens)
 
 @pytest.mark.parametrize("view_name", ["IntrospectTokenView", "RevokeTokenView"])
 def test_revocation_and_introspection_hide_credentials_from_error_reports(rf, db, view_name):
-    from token_exchange import introspection, views
+    from token_exchange.oauth import introspection, views
 
     request = rf.post("/o/x/", {"token": "t", "client_assertion": "a", "client_secret": "s"})
     getattr(views if view_name == "RevokeTokenView" else introspection, view_name).as_view()(request)

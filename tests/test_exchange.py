@@ -12,12 +12,7 @@ from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_id_token_model
 
 from example_project.demo import data
-from token_exchange.constants import (
-    ACCESS_TOKEN_TYPE,
-    GRANT_TYPE,
-    ID_TOKEN_TYPE,
-    JWT_TYPE,
-)
+from token_exchange.constants import ACCESS_TOKEN_TYPE, GRANT_TYPE, ID_TOKEN_TYPE, JWT_TYPE
 from token_exchange.models import ExchangedToken
 
 from .conftest import CRM, basic

@@ -46,8 +46,6 @@ from hypothesis import strategies as st
 from oauth2_provider.models import get_access_token_model, get_id_token_model
 
 from example_project.demo import data
-from token_exchange import jose
-from token_exchange.client_assertion import ASSERTION_TYP, MAX_ASSERTION_LENGTH
 from token_exchange.client_keys import choose_key
 from token_exchange.conf import token_exchange_settings
 from token_exchange.constants import (
@@ -63,8 +61,10 @@ from token_exchange.constants import (
     USER_ID_TYPE,
 )
 from token_exchange.grant import MAX_TOKEN_LENGTH
+from token_exchange.jwt import jose
+from token_exchange.jwt.client_assertion import ASSERTION_TYP, MAX_ASSERTION_LENGTH
+from token_exchange.jwt.signed_jwt import claims_refusal, header_refusal
 from token_exchange.models import ClientKey, ClientPolicy, ExchangedToken, SecuritySettings
-from token_exchange.signed_jwt import claims_refusal, header_refusal
 from token_exchange.tokens.jwt import SUBJECT_TYP
 
 from . import proof

@@ -9,7 +9,7 @@ from django.test import Client, override_settings
 from django.urls import get_script_prefix, reverse, set_script_prefix
 
 from token_exchange.constants import ACCESS_TOKEN_TYPE, USER_ID_TYPE
-from token_exchange.guard import privileged_prefixes
+from token_exchange.impersonation.guard import privileged_prefixes
 
 pytestmark = pytest.mark.django_db
 ISSUER = "http://127.0.0.1:8000/o"
@@ -54,7 +54,7 @@ bearer_login = override_settings(
     ],
     MIDDLEWARE=[
         "django.contrib.sessions.middleware.SessionMiddleware",
-        "token_exchange.guard.ImpersonationGuardMiddleware",
+        "token_exchange.impersonation.guard.ImpersonationGuardMiddleware",
         "django.contrib.auth.middleware.AuthenticationMiddleware",
         "oauth2_provider.middleware.OAuth2TokenMiddleware",
         "django.contrib.messages.middleware.MessageMiddleware",

@@ -20,7 +20,7 @@ from rest_framework.test import APIRequestFactory
 from rest_framework.views import APIView
 
 from token_exchange.contrib.rest_framework import JWTAccessTokenAuthentication
-from token_exchange.guard import MAX_BEARER_VALUES, ImpersonationGuardMiddleware
+from token_exchange.impersonation.guard import MAX_BEARER_VALUES, ImpersonationGuardMiddleware
 
 from .test_guard import impersonated, impersonated_body, support_tokens  # noqa: F401 (fixtures)
 from .test_resource_server import claims, introspection, issuer, jwks, key, sign  # noqa: F401 (fixtures)

@@ -13,8 +13,9 @@ from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_id_token_model, get_refresh_token_model
 
 from example_project.demo import data
-from token_exchange import audit, signals
+from token_exchange import signals
 from token_exchange.constants import ACCESS_TOKEN_TYPE, GRANT_TYPE, ID_TOKEN_TYPE, JWT_TYPE, USER_ID_TYPE
+from token_exchange.issuance import audit
 from token_exchange.models import AuditEvent, ImpersonatorGrant, SecuritySettings
 
 from .conftest import grant, make_app, refusals, token_events
@@ -857,7 +858,7 @@ def test_a_refresh_that_fails_midway_leaves_nothing(
         raise RuntimeError("audit table unavailable")
 
     with monkeypatch.context() as patch:
-        patch.setattr("token_exchange.audit.insert_together", broken_insert)
+        patch.setattr("token_exchange.issuance.audit.insert_together", broken_insert)
         with pytest.raises(RuntimeError):
             token_endpoint.post(form, auth=(portal.client_id, portal.plain_secret))
     assert (*token_rows(), AuditEvent.objects.count()) == before

@@ -13,9 +13,9 @@ from django.db import connections, router
 from django.db.models import QuerySet
 from oauth2_provider.models import get_access_token_model
 
-from token_exchange import orm_internals
 from token_exchange.constants import ACCESS_TOKEN_TYPE
-from token_exchange.inserts import insert_rows, insert_together
+from token_exchange.db import orm_internals
+from token_exchange.db.inserts import insert_rows, insert_together
 from token_exchange.models import AuditEvent, ExchangedToken
 
 pytestmark = pytest.mark.django_db

@@ -20,8 +20,8 @@ from oauth2_provider.models import get_access_token_model, get_application_model
 from example_project.demo import data
 from token_exchange.client_keys import generate_key_pair
 from token_exchange.constants import ACCESS_TOKEN_TYPE, GRANT_TYPE, INTROSPECT_ANY, INTROSPECT_AUDIENCE
-from token_exchange.introspection import may_introspect, may_learn_about
 from token_exchange.models import ClientPolicy
+from token_exchange.oauth.introspection import may_introspect, may_learn_about
 
 from .adversarial import OneConnectionPerRequest
 from .client_jwt import KeyFile, assertion_claims, assertion_form, register_key, sign

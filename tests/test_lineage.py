@@ -701,7 +701,7 @@ def test_a_customer_ending_their_login_names_the_actor_and_says_who_ended_it(
 def test_a_large_cascade_is_revoked_in_batches_in_one_transaction(http, portal, login, end_user, monkeypatch):
     """A busy login has many descendants; they are revoked a batch at a time (a query may carry
     only so many parameters), all of them, and counted in one audit row."""
-    from token_exchange import lineage
+    from token_exchange.issuance import lineage
 
     monkeypatch.setattr(lineage, "_BATCH", 2)
     tokens = login(end_user)

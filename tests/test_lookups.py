@@ -15,9 +15,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Count, Value
 from oauth2_provider.models import get_access_token_model
 
-from token_exchange import orm_internals
 from token_exchange.constants import ACCESS_TOKEN_TYPE
-from token_exchange.lookups import PreparedLookup, UnsupportedQuerySet
+from token_exchange.db import orm_internals
+from token_exchange.db.lookups import PreparedLookup, UnsupportedQuerySet
 from token_exchange.models import ExchangedToken, SecuritySettings
 
 AccessToken = get_access_token_model()

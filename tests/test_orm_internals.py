@@ -18,9 +18,10 @@ from django.contrib.auth import get_user_model
 from django.db import connections, models, router
 from oauth2_provider.models import get_access_token_model
 
-from token_exchange import inserts, lineage, orm_internals
 from token_exchange.constants import ACCESS_TOKEN_TYPE
-from token_exchange.lookups import PreparedLookup
+from token_exchange.db import inserts, orm_internals
+from token_exchange.db.lookups import PreparedLookup
+from token_exchange.issuance import lineage
 from token_exchange.models import (
     AuditEvent,
     ClientKey,

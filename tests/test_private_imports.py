@@ -2,7 +2,7 @@
 or oauthlib (issue 19; docs/support.md, "The private names we lean on").
 
 The rule, checked on the source of every module under ``token_exchange/`` (an AST scan, nothing
-is imported), for every module except ``ADAPTER`` (``token_exchange/orm_internals.py``, which is
+is imported), for every module except ``ADAPTER`` (``token_exchange/db/orm_internals.py``, which is
 enabled only on the Django versions CI tests and compared with the public ORM on each):
 
 (a) no ``from X import _name`` and no ``import``/``from`` of a module path with a ``_private``
@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "token_exchange"
-ADAPTER = PACKAGE / "orm_internals.py"
+ADAPTER = PACKAGE / "db" / "orm_internals.py"
 THIRD_PARTY = ("django", "oauth2_provider", "oauthlib")
 INTERNAL_MODULES = (
     "django.db.models.sql",  # and below: query, compiler, where, datastructures…
@@ -115,8 +115,8 @@ def test_no_module_but_the_adapter_imports_private_internals() -> None:
         if path != ADAPTER
         for problem in banned_imports(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE.parent)))
     ]
-    assert not found, "Move these into token_exchange/orm_internals.py (or use a public API):\n" + "\n".join(
-        found
+    assert not found, (
+        "Move these into token_exchange/db/orm_internals.py (or use a public API):\n" + "\n".join(found)
     )
 
 
@@ -156,7 +156,7 @@ def test_the_checker_catches_a_banned_import(snippet: str) -> None:
         "if TYPE_CHECKING:\n    from django.db.models.sql.compiler import SQLCompiler",
         "if typing.TYPE_CHECKING:\n    from django.db.models.query import ModelIterable",
         "from .lookups import _private_of_ours",
-        "from token_exchange.lookups import PreparedLookup",
+        "from token_exchange.db.lookups import PreparedLookup",
         "import jwt",
     ],
 )

@@ -3,9 +3,10 @@ pass, on the installed versions: `.ci/run` runs this on every cell of the suppor
 (docs/support.md), so a release that renames one fails here instead of silently skipping our
 override (a renamed hook would not be called, and its checks would not run).
 
-Issue 19 replaces these with public APIs; until then each is listed here and in docs/support.md.
-The oauthlib server classes and DOT's backend are used through public APIs only:
-tests/test_server_public_api.py.
+Each override says in validator.py why, the DOT version it was checked against and the public hook
+that would replace it; docs/support.md lists them. The oauthlib server classes and DOT's backend
+are used through public APIs only (tests/test_server_public_api.py), and Django's ORM internals
+only in token_exchange/db/orm_internals.py (tests/test_private_imports.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import inspect
 import pytest
 from oauth2_provider.oauth2_validators import OAuth2Validator
 
-from token_exchange.validator import TokenExchangeValidator
+from token_exchange.oauth.validator import TokenExchangeValidator
 
 # DOT's validator methods TokenExchangeValidator overrides, with the leading parameters it relies on.
 VALIDATOR_HOOKS = {

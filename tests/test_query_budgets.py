@@ -21,13 +21,8 @@ from django.db import router
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
-from token_exchange import orm_internals
-from token_exchange.constants import (
-    ACCESS_TOKEN_TYPE,
-    GRANT_TYPE,
-    JWT_TYPE,
-    USER_ID_TYPE,
-)
+from token_exchange.constants import ACCESS_TOKEN_TYPE, GRANT_TYPE, JWT_TYPE, USER_ID_TYPE
+from token_exchange.db import orm_internals
 from token_exchange.models import AuditEvent, ImpersonatorGrant, SecuritySettings
 
 from .client_jwt import assertion, assertion_form, register_key

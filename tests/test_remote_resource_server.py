@@ -24,7 +24,6 @@ from django.conf import settings
 from oauth2_provider.settings import oauth2_settings
 
 from example_project.demo import data
-from token_exchange import jose
 from token_exchange.constants import (
     ACCESS_TOKEN_TYPE,
     GRANT_TYPE,
@@ -32,6 +31,7 @@ from token_exchange.constants import (
     JWT_TYPE,
     USER_ID_TYPE,
 )
+from token_exchange.jwt import jose
 from token_exchange.models import ClientPolicy
 
 from .conftest import CRM

@@ -38,7 +38,7 @@ from rest_framework.views import APIView
 from example_resource_server import views as rs_views
 from token_exchange import checks as shared_checks
 from token_exchange.conf import invalid
-from token_exchange.guard import ImpersonationGuardMiddleware, get_actor, refuse_impersonated
+from token_exchange.impersonation.guard import ImpersonationGuardMiddleware, get_actor, refuse_impersonated
 from token_exchange.resource_server import (
     IntrospectionValidator,
     InvalidToken,

@@ -6,8 +6,14 @@ import pytest
 
 from token_exchange.constants import ADMIN_IMPERSONATOR as ADMIN
 from token_exchange.constants import END_USER_IMPERSONATOR as END_USER
+from token_exchange.impersonation.role_grants import (
+    SELF_GRANT,
+    WIDER_THAN_OWN,
+    grant_refusal,
+    is_wider,
+    may_grant,
+)
 from token_exchange.policy import Role
-from token_exchange.role_grants import SELF_GRANT, WIDER_THAN_OWN, grant_refusal, is_wider, may_grant
 
 ACME, GLOBEX = 1, 2
 

@@ -12,7 +12,9 @@ from django.test import override_settings
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
-from token_exchange import checks, impersonation_decision, impersonation_sessions
+from token_exchange import checks
+from token_exchange.impersonation import decision as impersonation_decision
+from token_exchange.impersonation import sessions as impersonation_sessions
 from token_exchange.models import ImpersonationSession
 
 

@@ -14,10 +14,10 @@ from oauth2_provider.oauth2_backends import OAuthLibCore
 from oauth2_provider.settings import oauth2_settings
 from oauthlib import oauth2, openid
 
-from token_exchange import backend, server
 from token_exchange.constants import GRANT_TYPE
 from token_exchange.grant import TokenExchangeGrant
-from token_exchange.validator import TokenExchangeValidator
+from token_exchange.oauth import backend, server
+from token_exchange.oauth.validator import TokenExchangeValidator
 
 DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 SERVERS = [(server.Server, oauth2.Server), (server.OIDCServer, openid.Server)]

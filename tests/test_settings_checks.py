@@ -16,7 +16,7 @@ from django.test import RequestFactory, override_settings
 
 from token_exchange import checks
 from token_exchange.conf import SETTINGS, TokenExchangeSettings, invalid, token_exchange_settings
-from token_exchange.guard import ImpersonationGuardMiddleware
+from token_exchange.impersonation.guard import ImpersonationGuardMiddleware
 
 E008 = "token_exchange.E008"
 E009 = "token_exchange.E009"
@@ -254,13 +254,13 @@ def user_organizations(user: Any) -> list[int]:
         ("ORGANIZATION_MODEL", "auth.models.Group", [E008]),
         ("ORGANIZATION_MODEL", "auth.Organization", [E008]),
         ("ORGANIZATION_MODEL", Group, [E008]),
-        ("USER_ORGANIZATIONS", "token_exchange.impersonation.user_groups", []),
+        ("USER_ORGANIZATIONS", "token_exchange.impersonation.facts.user_groups", []),
         ("USER_ORGANIZATIONS", user_organizations, []),
         ("USER_ORGANIZATIONS", "tests.test_settings_checks.user_organizations", []),
-        ("USER_ORGANIZATIONS", "token_exchange.impersonation.nothing_here", [E008]),
+        ("USER_ORGANIZATIONS", "token_exchange.impersonation.facts.nothing_here", [E008]),
         ("USER_ORGANIZATIONS", "user_groups", [E008]),
         ("USER_ORGANIZATIONS", 42, [E008]),
-        ("IS_ADMIN_SUBJECT", "token_exchange.impersonation.is_admin_subject", []),
+        ("IS_ADMIN_SUBJECT", "token_exchange.impersonation.facts.is_admin_subject", []),
         ("IS_ADMIN_SUBJECT", "nowhere.is_admin", [E008]),
         ("IS_ADMIN_SUBJECT", None, [E008]),
         ("PRIVILEGED_URL_PREFIXES", None, []),

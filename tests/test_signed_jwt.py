@@ -22,8 +22,8 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from token_exchange.client_keys import InvalidKey, choose_key, generate_key_pair, parse_public_key
+from token_exchange.jwt.signed_jwt import audience_matches, claims_refusal, header_refusal
 from token_exchange.models import ClientKey
-from token_exchange.signed_jwt import audience_matches, claims_refusal, header_refusal
 
 from .client_jwt import assertion_claims
 from .conftest import make_app

@@ -11,8 +11,8 @@ class TokenExchangeConfig(AppConfig):
 
     def ready(self) -> None:
         # Wires the system checks and the signal receivers; queries nothing.
-        from . import change_audit, checks, impersonation_sessions, lineage  # noqa: F401
-        from .resource_server import checks as resource_server_checks  # noqa: F401
+        from token_exchange.impersonation import sessions as impersonation_sessions
+        from token_exchange.issuance import change_audit, lineage
 
         impersonation_sessions.connect_receivers()
         lineage.connect_receivers()

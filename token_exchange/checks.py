@@ -17,16 +17,17 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.urls import NoReverseMatch, resolve, reverse
 from oauth2_provider.settings import oauth2_settings
 
-from . import client_assertion
-from .conf import SETTINGS, invalid, token_exchange_settings
-from .resource_server.checks import resource_server_only
-from .resource_server.site import is_subclass
+from token_exchange.conf import SETTINGS, invalid, token_exchange_settings
+from token_exchange.jwt import client_assertion
+from token_exchange.resource_server.checks import resource_server_only
+from token_exchange.resource_server.site import is_subclass
 
 E001 = Error(
     "The OAuth2 server class DOT uses does not register the token exchange grant.",
     hint=(
-        "With OIDC_ENABLED, set OAUTH2_PROVIDER['OIDC_SERVER_CLASS'] = 'token_exchange.server.OIDCServer'; "
-        "without OIDC, set OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] = 'token_exchange.server.Server'."
+        "With OIDC_ENABLED, set OAUTH2_PROVIDER['OIDC_SERVER_CLASS'] = "
+        "'token_exchange.oauth.server.OIDCServer'; "
+        "without OIDC, set OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] = 'token_exchange.oauth.server.Server'."
     ),
     id="token_exchange.E001",
 )
@@ -35,7 +36,7 @@ E002 = Error(
     "so DOT ignores OIDC_SERVER_CLASS and issues no ID tokens.",
     hint=(
         "Remove OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] and set "
-        "OAUTH2_PROVIDER['OIDC_SERVER_CLASS'] = 'token_exchange.server.OIDCServer'."
+        "OAUTH2_PROVIDER['OIDC_SERVER_CLASS'] = 'token_exchange.oauth.server.OIDCServer'."
     ),
     id="token_exchange.E002",
 )
@@ -43,7 +44,7 @@ E003 = Error(
     "OAUTH2_PROVIDER['OAUTH2_VALIDATOR_CLASS'] is not a token exchange validator.",
     hint=(
         "Set OAUTH2_PROVIDER['OAUTH2_VALIDATOR_CLASS'] = "
-        "'token_exchange.validator.TokenExchangeValidator' (or a subclass)."
+        "'token_exchange.oauth.validator.TokenExchangeValidator' (or a subclass)."
     ),
     id="token_exchange.E003",
 )
@@ -51,12 +52,12 @@ E004 = Error(
     "OAUTH2_PROVIDER['OAUTH2_BACKEND_CLASS'] drops repeated parameters of token exchange requests.",
     hint=(
         "Set OAUTH2_PROVIDER['OAUTH2_BACKEND_CLASS'] = "
-        "'token_exchange.backend.TokenExchangeOAuthLibCore' (or a subclass)."
+        "'token_exchange.oauth.backend.TokenExchangeOAuthLibCore' (or a subclass)."
     ),
     id="token_exchange.E004",
 )
 E005 = Error(
-    "The URL named 'oauth2_provider:token' is not served by token_exchange.views.TokenView.",
+    "The URL named 'oauth2_provider:token' is not served by token_exchange.oauth.views.TokenView.",
     hint=(
         "Include 'token_exchange.urls' instead of 'oauth2_provider.urls', "
         "e.g. path('o/', include('token_exchange.urls'))."
@@ -72,7 +73,7 @@ _JWT_ACCESS_TOKENS_HINT = (
     "public key at jwks_uri. Make a key with 'openssl genpkey -algorithm RSA -pkeyopt "
     "rsa_keygen_bits:2048 -out oidc.key', keep the file out of version control, and set "
     "OAUTH2_PROVIDER['OIDC_RSA_PRIVATE_KEY'] to its PEM text (read from the file or an environment "
-    "variable), 'OIDC_ENABLED': True and 'OIDC_SERVER_CLASS': 'token_exchange.server.OIDCServer', and "
+    "variable), 'OIDC_ENABLED': True and 'OIDC_SERVER_CLASS': 'token_exchange.oauth.server.OIDCServer', and "
     "remove OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] (DOT uses OIDC_SERVER_CLASS only while it is "
     "unset). If no client asks for JWT access tokens, add 'token_exchange.W001' to "
     "SILENCED_SYSTEM_CHECKS."
@@ -91,10 +92,10 @@ W001_WITHOUT_OIDC = Warning(
 
 W002 = Warning(
     "DOT's OAuth2TokenMiddleware lets bearer tokens log users in, but "
-    "token_exchange.guard.ImpersonationGuardMiddleware is not installed: an impersonated token of a "
-    "staff user would open the admin.",
+    "token_exchange.impersonation.guard.ImpersonationGuardMiddleware is not installed: an impersonated "
+    "token of a staff user would open the admin.",
     hint=(
-        "Add 'token_exchange.guard.ImpersonationGuardMiddleware' to MIDDLEWARE, or set "
+        "Add 'token_exchange.impersonation.guard.ImpersonationGuardMiddleware' to MIDDLEWARE, or set "
         "TOKEN_EXCHANGE['PRIVILEGED_URL_PREFIXES'] and guard those views yourself."
     ),
     id="token_exchange.W002",
@@ -125,7 +126,7 @@ W004 = Warning(
 )
 
 _BEARER_LOGIN_MIDDLEWARE = "oauth2_provider.middleware.OAuth2TokenMiddleware"
-_GUARD_MIDDLEWARE = "token_exchange.guard.ImpersonationGuardMiddleware"
+_GUARD_MIDDLEWARE = "token_exchange.impersonation.guard.ImpersonationGuardMiddleware"
 
 
 @register()
@@ -138,13 +139,13 @@ def check_dot_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     # DOT's effective server class: OIDC_SERVER_CLASS when OIDC is on, unless
     # OAUTH2_SERVER_CLASS is set, which then wins (and turns OpenID Connect off).
     server_class = oauth2_settings.OAUTH2_SERVER_CLASS
-    if not is_subclass(server_class, "token_exchange.server._TokenExchangeMixin"):
+    if not is_subclass(server_class, "token_exchange.oauth.server._TokenExchangeMixin"):
         errors.append(E001)
     if oauth2_settings.OIDC_ENABLED and not is_subclass(server_class, "oauthlib.openid.Server"):
         errors.append(E002)
     for name, base, message in (
-        ("OAUTH2_VALIDATOR_CLASS", "token_exchange.validator.TokenExchangeValidator", E003),
-        ("OAUTH2_BACKEND_CLASS", "token_exchange.backend.TokenExchangeOAuthLibCore", E004),
+        ("OAUTH2_VALIDATOR_CLASS", "token_exchange.oauth.validator.TokenExchangeValidator", E003),
+        ("OAUTH2_BACKEND_CLASS", "token_exchange.oauth.backend.TokenExchangeOAuthLibCore", E004),
     ):
         if not is_subclass(user_settings.get(name, defaults[name]), base):
             errors.append(message)
@@ -190,7 +191,7 @@ def check_impersonation_guard(app_configs: Any = None, **kwargs: Any) -> list[Ch
 def check_token_view(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if resource_server_only():  # it issues nothing: docs/resource-servers.md
         return []
-    from .views import TokenView
+    from token_exchange.oauth.views import TokenView
 
     try:
         match = resolve(reverse("oauth2_provider:token"))
@@ -444,16 +445,16 @@ W006 = Warning(
     id="token_exchange.W006",
 )
 W007 = Warning(
-    "token_exchange.banner.ImpersonationBannerMiddleware is not installed: a support user impersonating "
-    "from the admin sees no banner and no Stop button, and expired impersonations are only ended when "
-    "their tokens are next used.",
+    "token_exchange.impersonation.banner.ImpersonationBannerMiddleware is not installed: a support user "
+    "impersonating from the admin sees no banner and no Stop button, and expired impersonations are only "
+    "ended when their tokens are next used.",
     hint=(
-        "Add 'token_exchange.banner.ImpersonationBannerMiddleware' to MIDDLEWARE after "
+        "Add 'token_exchange.impersonation.banner.ImpersonationBannerMiddleware' to MIDDLEWARE after "
         "AuthenticationMiddleware."
     ),
     id="token_exchange.W007",
 )
-_BANNER_MIDDLEWARE = "token_exchange.banner.ImpersonationBannerMiddleware"
+_BANNER_MIDDLEWARE = "token_exchange.impersonation.banner.ImpersonationBannerMiddleware"
 
 
 @register(Tags.admin)
@@ -467,7 +468,8 @@ def check_admin_screens(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     from django.contrib.auth import get_user_model
 
     warnings: list[CheckMessage] = []
-    user_admin = admin.site._registry.get(get_user_model())
+    User = get_user_model()
+    user_admin = admin.site.get_model_admin(User) if admin.site.is_registered(User) else None
     if user_admin is not None and not getattr(user_admin, "token_exchange_impersonation", False):
         warnings.append(W005)
     if not is_subclass(oauth2_settings.APPLICATION_ADMIN_CLASS, "token_exchange.admin.ApplicationAdmin"):
@@ -476,7 +478,7 @@ def check_admin_screens(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     if not any(is_subclass(path, _BANNER_MIDDLEWARE) for path in middleware):
         warnings.append(W007)
     if getattr(user_admin, "token_exchange_impersonation", False):
-        from .impersonation_sessions import server_side_sessions
+        from token_exchange.impersonation.sessions import server_side_sessions
 
         if not server_side_sessions():
             warnings.append(W009)
@@ -728,7 +730,7 @@ def check_confusable_client_ids(
     from django.db import DatabaseError, connections, router
     from oauth2_provider.models import get_application_model
 
-    from .client_ids import is_confusable
+    from token_exchange.client_ids import is_confusable
 
     Application = get_application_model()
     alias = router.db_for_read(Application)
@@ -773,7 +775,7 @@ def check_resource_uris_claimed_twice(
     """
     from django.db import DatabaseError, connections, router
 
-    from .models import ClientPolicy
+    from token_exchange.models import ClientPolicy
 
     alias = router.db_for_read(ClientPolicy)
     if not databases or alias not in databases:

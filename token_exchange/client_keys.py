@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwcrypto import jwk
 from jwcrypto.common import JWException
 
-from .constants import CLIENT_KEY_ALGORITHMS
+from token_exchange.constants import CLIENT_KEY_ALGORITHMS
 
 # The curve each ES algorithm is defined on (RFC 7518 §3.4).
 _CURVES: dict[str, type[ec.EllipticCurve]] = {

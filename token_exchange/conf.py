@@ -289,18 +289,18 @@ class TokenExchangeSettings:
     def USER_ORGANIZATIONS(self) -> Callable[[Any], Any]:
         """``callable(user)`` returning the primary keys of the user's organizations.
 
-        Default: the user's groups (``token_exchange.impersonation.user_groups``).
+        Default: the user's groups (``token_exchange.impersonation.facts.user_groups``).
         """
-        return self._callable("USER_ORGANIZATIONS", "token_exchange.impersonation.user_groups")
+        return self._callable("USER_ORGANIZATIONS", "token_exchange.impersonation.facts.user_groups")
 
     @property
     def IS_ADMIN_SUBJECT(self) -> Callable[[Any], bool]:
         """``callable(user)``: is this user an "admin" that only admin impersonators may impersonate?
 
         Default: staff, superusers and holders of any impersonator grant
-        (``token_exchange.impersonation.is_admin_subject``).
+        (``token_exchange.impersonation.facts.is_admin_subject``).
         """
-        return self._callable("IS_ADMIN_SUBJECT", "token_exchange.impersonation.is_admin_subject")
+        return self._callable("IS_ADMIN_SUBJECT", "token_exchange.impersonation.facts.is_admin_subject")
 
     @property
     def PRIVILEGED_URL_PREFIXES(self) -> tuple[str, ...] | None:
@@ -342,7 +342,7 @@ class TokenExchangeSettings:
         (the default: this package, against ``ClientKey`` rows) or ``"oauth2_provider"`` (DOT's
         own, against the application's ``client_jwks``/``client_jwks_uri``).
 
-        ``token_exchange.client_assertion.ours`` is the one place that reads it.
+        ``token_exchange.jwt.client_assertion.ours`` is the one place that reads it.
         """
         return str(self._get("CLIENT_AUTHENTICATION", "token_exchange"))
 
@@ -393,9 +393,11 @@ SETTINGS: dict[str, Setting] = {
     "ORGANIZATION_MODEL": Setting(
         "'app_label.ModelName' of an installed model", "'auth.Group'", _model_label
     ),
-    "USER_ORGANIZATIONS": Setting(_CALLABLE, "'token_exchange.impersonation.user_groups'", _callable_or_path),
+    "USER_ORGANIZATIONS": Setting(
+        _CALLABLE, "'token_exchange.impersonation.facts.user_groups'", _callable_or_path
+    ),
     "IS_ADMIN_SUBJECT": Setting(
-        _CALLABLE, "'token_exchange.impersonation.is_admin_subject'", _callable_or_path
+        _CALLABLE, "'token_exchange.impersonation.facts.is_admin_subject'", _callable_or_path
     ),
     "PRIVILEGED_URL_PREFIXES": Setting(
         "a list or tuple of URL path prefixes, or None", "['/admin/']", _url_prefixes

@@ -23,9 +23,9 @@ from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 from oauthlib.oauth2.rfc6749.grant_types.base import GrantTypeBase
 
-from . import audit, impersonation_decision, impersonation_sessions, lineage, policy, throttle
-from .conf import token_exchange_settings
-from .constants import (
+from token_exchange import policy, throttle
+from token_exchange.conf import token_exchange_settings
+from token_exchange.constants import (
     ACCESS_TOKEN_TYPE,
     ACTOR_ONLY_SUBJECT_TYPES,
     ACTOR_TOKEN_TYPES,
@@ -39,7 +39,7 @@ from .constants import (
     REPEATABLE_PARAMETERS,
     REQUESTABLE_TOKEN_TYPES,
 )
-from .exceptions import (
+from token_exchange.exceptions import (
     InvalidActorToken,
     InvalidSubjectToken,
     InvalidTargetError,
@@ -47,9 +47,12 @@ from .exceptions import (
     ReplayStoreUnavailable,
     ScopeRefusal,
 )
-from .minting import Issuance, mint
-from .models import ClientPolicy, SecuritySettings
-from .tokens import VerifiedToken, read_token
+from token_exchange.impersonation import decision as impersonation_decision
+from token_exchange.impersonation import sessions as impersonation_sessions
+from token_exchange.issuance import audit, lineage
+from token_exchange.issuance.minting import Issuance, mint
+from token_exchange.models import ClientPolicy, SecuritySettings
+from token_exchange.tokens import VerifiedToken, read_token
 
 logger = logging.getLogger("token_exchange")
 
@@ -226,7 +229,8 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
     """``grant_type=urn:ietf:params:oauth:grant-type:token-exchange`` (RFC 8693 §2)."""
 
     def create_token_response(self, request: Request, token_handler: Any) -> tuple[dict[str, str], str, int]:
-        headers: dict[str, str] = self._get_default_headers()
+        # RFC 6749 §5.1: a JSON answer no cache keeps (as oauthlib's other grants answer).
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store", "Pragma": "no-cache"}
         try:
             response = self.exchange(request, token_handler)
         except errors.OAuth2Error as error:

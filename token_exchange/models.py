@@ -20,10 +20,10 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from oauth2_provider.settings import oauth2_settings
 
-from . import constants
-from .client_keys import InvalidKey, parse_public_key
-from .conf import token_exchange_settings
-from .lookups import unique_row
+from token_exchange import constants
+from token_exchange.client_keys import InvalidKey, parse_public_key
+from token_exchange.conf import token_exchange_settings
+from token_exchange.db.lookups import unique_row
 
 
 class SecuritySettings(models.Model):
@@ -357,7 +357,7 @@ class ExchangedToken(models.Model):
     # restricted to. Empty means unrestricted, as for the subject token it was derived from.
     resource = models.JSONField(_("resource"), default=list)
     act = models.JSONField(_("actor"), null=True, blank=True)
-    # The lineage of an exchanged token (``token_exchange.lineage``): the root authorization it
+    # The lineage of an exchanged token (``token_exchange.issuance.lineage``): the root authorization it
     # descends from, that is a login's refresh-token family or, without one, its access token
     # itself (the actor's login for an impersonation, the subject's otherwise; the column names
     # are the impersonation's); and the key of the further authorizations it depends on. Not
@@ -440,7 +440,7 @@ class ImpersonatorGrant(models.Model):
     ZITADEL's four roles are role by organization: IAM Admin Impersonator is an
     ``ADMIN_IMPERSONATOR`` grant without organization, Org End User Impersonator an
     ``END_USER_IMPERSONATOR`` grant for one organization, and so on. Who is covered by which
-    grant is decided in ``token_exchange.impersonation``.
+    grant is decided in ``token_exchange.impersonation.facts``.
     """
 
     class Role(models.TextChoices):

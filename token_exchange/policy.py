@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .constants import (
+from token_exchange.constants import (
     ACT,
     ADMIN_IMPERSONATOR,
     END_USER_IMPERSONATOR,
@@ -21,7 +21,7 @@ from .constants import (
     OPENID,
     SUBJECT_DATA_SCOPES,
 )
-from .exceptions import InvalidSubjectToken, Refusal, ScopeRefusal, TargetRefusal
+from token_exchange.exceptions import InvalidSubjectToken, Refusal, ScopeRefusal, TargetRefusal
 
 
 def may_present(

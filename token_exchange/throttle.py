@@ -30,9 +30,9 @@ from typing import Any
 
 from django.core.cache import caches
 
-from . import audit
-from .conf import token_exchange_settings
-from .exceptions import TooManyRefusals
+from token_exchange.conf import token_exchange_settings
+from token_exchange.exceptions import TooManyRefusals
+from token_exchange.issuance import audit
 
 logger = logging.getLogger("token_exchange")
 

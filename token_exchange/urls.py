@@ -24,7 +24,7 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, path
 from oauth2_provider import urls as oauth2_urls
 
-from . import client_registration, introspection, metadata, userinfo, views
+from token_exchange.oauth import client_registration, introspection, metadata, userinfo, views
 
 app_name = "oauth2_provider"
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from .metadata import (
+from token_exchange.oauth.metadata import (
     OAUTH_AUTHORIZATION_SERVER,
     OPENID_CONFIGURATION,
     WellKnownConnectDiscoveryInfoView,

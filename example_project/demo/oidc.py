@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from token_exchange.validator import TokenExchangeValidator
+from token_exchange.oauth.validator import TokenExchangeValidator
 
 
 class DemoValidator(TokenExchangeValidator):

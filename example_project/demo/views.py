@@ -12,7 +12,7 @@ from django.shortcuts import render
 from oauth2_provider.settings import oauth2_settings
 
 from example_project.demo import data
-from token_exchange.guard import refuse_impersonated
+from token_exchange.impersonation.guard import refuse_impersonated
 from token_exchange.tokens import access_token_claims, load_access_token
 
 AGGREGATES = "https://aggregates.example.com/"

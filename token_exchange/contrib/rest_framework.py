@@ -27,10 +27,16 @@ from oauth2_provider.contrib.rest_framework import OAuth2Authentication
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
 
-from ..guard import REFUSAL, get_actor
-from ..resource_server.decorators import REALM, bearer_token, challenge
-from ..resource_server.site import introspection_validator_configured
-from ..resource_server.tokens import INVALID, InvalidToken, TokenUser, VerifiedAccessToken, token_user
+from token_exchange.impersonation.guard import REFUSAL, get_actor
+from token_exchange.resource_server.decorators import REALM, bearer_token, challenge
+from token_exchange.resource_server.site import introspection_validator_configured
+from token_exchange.resource_server.tokens import (
+    INVALID,
+    InvalidToken,
+    TokenUser,
+    VerifiedAccessToken,
+    token_user,
+)
 
 __all__ = ["JWTAccessTokenAuthentication", "NotImpersonated", "get_actor"]
 
@@ -77,7 +83,7 @@ class JWTAccessTokenAuthentication(OAuth2Authentication):  # type: ignore[misc]
         if isinstance(earlier, dict) and earlier.get("error") and introspection_validator_configured():
             # Fail closed: no second opinion on a token the authorization server turned down.
             raise AuthenticationFailed(earlier.get("error_description") or INVALID, code=earlier["error"])
-        from ..resource_server.jwt_access_token import verify_jwt_access_token
+        from token_exchange.resource_server.jwt_access_token import verify_jwt_access_token
 
         try:
             if not value:

@@ -19,10 +19,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .decorators import introspected_access_token_required, jwt_access_token_required
-    from .introspection import IntrospectionValidator, introspect
-    from .jwt_access_token import verify_jwt_access_token
-    from .tokens import InvalidToken, TokenUser, VerifiedAccessToken
+    from token_exchange.resource_server.decorators import (
+        introspected_access_token_required,
+        jwt_access_token_required,
+    )
+    from token_exchange.resource_server.introspection import IntrospectionValidator, introspect
+    from token_exchange.resource_server.jwt_access_token import verify_jwt_access_token
+    from token_exchange.resource_server.tokens import InvalidToken, TokenUser, VerifiedAccessToken
 
 __all__ = [
     "IntrospectionValidator",

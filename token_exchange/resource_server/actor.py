@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .site import introspection_validator_configured
-from .tokens import UNVERIFIABLE, InvalidToken, VerifiedAccessToken
+from token_exchange.resource_server.site import introspection_validator_configured
+from token_exchange.resource_server.tokens import UNVERIFIABLE, InvalidToken, VerifiedAccessToken
 
 UNVERIFIED_ACTOR: dict[str, Any] = {"sub": None, "unverified": True}
 
@@ -37,7 +37,7 @@ def unverified_actor() -> dict[str, Any]:
 def _verifiers() -> list[Callable[[str], VerifiedAccessToken]]:
     verifiers: list[Callable[[str], VerifiedAccessToken]] = []
     try:
-        from .jwt_access_token import verify_jwt_access_token
+        from token_exchange.resource_server.jwt_access_token import verify_jwt_access_token
     except ImportError:  # no PyJWT (the extra): this site verifies no JWTs offline
         pass
     else:
@@ -45,7 +45,7 @@ def _verifiers() -> list[Callable[[str], VerifiedAccessToken]]:
         # check (and the JWKS fetch of its interval), and a valid one needs no introspection.
         verifiers.append(verify_jwt_access_token)
     if introspection_validator_configured():
-        from .introspection import introspect
+        from token_exchange.resource_server.introspection import introspect
 
         verifiers.append(introspect)
     return verifiers

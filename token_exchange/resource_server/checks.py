@@ -16,8 +16,12 @@ from urllib.parse import urlsplit
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from oauth2_provider.settings import oauth2_settings
 
-from ..conf import token_exchange_settings
-from .site import introspection_validator_configured, is_resource_server, resource_server_only
+from token_exchange.conf import token_exchange_settings
+from token_exchange.resource_server.site import (
+    introspection_validator_configured,
+    is_resource_server,
+    resource_server_only,
+)
 
 __all__ = ["check_dot_introspection_mode", "check_resource_server", "resource_server_only"]
 

@@ -25,7 +25,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from .tokens import INVALID, InvalidToken, VerifiedAccessToken, token_user
+from token_exchange.resource_server.tokens import INVALID, InvalidToken, VerifiedAccessToken, token_user
 
 View = Callable[..., HttpResponse]
 REALM = "api"
@@ -113,7 +113,7 @@ def _required(
 
 def jwt_access_token_required(view: View | None = None, *, scopes: Collection[str] | None = None) -> Any:
     """Verify an RFC 9068 JWT access token offline (``verify_jwt_access_token``) before the view."""
-    from .jwt_access_token import verify_jwt_access_token
+    from token_exchange.resource_server.jwt_access_token import verify_jwt_access_token
 
     return _required(verify_jwt_access_token, view, scopes)
 
@@ -122,6 +122,6 @@ def introspected_access_token_required(
     view: View | None = None, *, scopes: Collection[str] | None = None
 ) -> Any:
     """Ask the authorization server about the token (``IntrospectionValidator``'s way) before the view."""
-    from .introspection import introspect
+    from token_exchange.resource_server.introspection import introspect
 
     return _required(introspect, view, scopes)

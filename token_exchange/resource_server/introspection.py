@@ -30,9 +30,9 @@ from django.core.cache import caches
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauth2_provider.settings import oauth2_settings
 
-from ..conf import ResourceServerSettings, token_exchange_settings
-from . import download
-from .tokens import (
+from token_exchange.conf import ResourceServerSettings, token_exchange_settings
+from token_exchange.resource_server import download
+from token_exchange.resource_server.tokens import (
     EXPIRED,
     INVALID,
     NOT_FOR_US,

@@ -33,9 +33,17 @@ import jwt
 from jwt import PyJWK, PyJWKClient, PyJWKSet
 from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError
 
-from ..conf import ResourceServerSettings, token_exchange_settings
-from . import download
-from .tokens import EXPIRED, INVALID, NOT_FOR_US, UNVERIFIABLE, InvalidToken, VerifiedAccessToken, from_claims
+from token_exchange.conf import ResourceServerSettings, token_exchange_settings
+from token_exchange.resource_server import download
+from token_exchange.resource_server.tokens import (
+    EXPIRED,
+    INVALID,
+    NOT_FOR_US,
+    UNVERIFIABLE,
+    InvalidToken,
+    VerifiedAccessToken,
+    from_claims,
+)
 
 logger = logging.getLogger("token_exchange")
 

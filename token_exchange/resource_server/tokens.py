@@ -44,7 +44,7 @@ class VerifiedAccessToken:
 
     Offers what DOT's ``AccessToken`` offers its DRF permissions (``scope``, ``is_valid``,
     ``allow_scopes``, ``is_expired``), so ``TokenHasScope`` and ``TokenHasReadWriteScope`` work on
-    it unchanged. ``act`` is authoritative for the request: ``token_exchange.guard.get_actor``
+    it unchanged. ``act`` is authoritative for the request: ``token_exchange.impersonation.guard.get_actor``
     reads it first, so ``NotImpersonated`` and ``refuse_impersonated`` refuse on it.
     """
 

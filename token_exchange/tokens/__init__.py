@@ -6,8 +6,8 @@ Each reader takes the raw parameter value and returns a :class:`VerifiedToken`, 
 
 from __future__ import annotations
 
-from .access_token import load_access_token
-from .base import VerifiedToken, access_token_claims
-from .registry import read_token
+from token_exchange.tokens.access_token import load_access_token
+from token_exchange.tokens.base import VerifiedToken, access_token_claims
+from token_exchange.tokens.registry import read_token
 
 __all__ = ["VerifiedToken", "access_token_claims", "load_access_token", "read_token"]

@@ -19,10 +19,10 @@ from typing import Any
 
 from oauth2_provider.models import get_access_token_model
 
-from .. import lineage
-from ..exceptions import Refusal
-from ..lookups import PreparedLookup
-from .base import VerifiedToken, access_token_claims
+from token_exchange.db.lookups import PreparedLookup
+from token_exchange.exceptions import Refusal
+from token_exchange.issuance import lineage
+from token_exchange.tokens.base import VerifiedToken, access_token_claims
 
 _BY_CHECKSUM = PreparedLookup(
     lambda: get_access_token_model().objects.select_related(

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 
-from .. import lineage
-from ..lineage import Authorization, Lineage
+from token_exchange.issuance import lineage
+from token_exchange.issuance.lineage import Authorization, Lineage
 
 if TYPE_CHECKING:
-    from ..models import ExchangedToken
+    from token_exchange.models import ExchangedToken
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class VerifiedToken:
     may_act: dict[str, Any] | None = None
     impersonation_id: int | None = None  # the admin-started ImpersonationSession it was issued under
     # An exchanged token's lineage: the root and other authorizations it lives by, as recorded
-    # (token_exchange.lineage); None for a token DOT issued at login, or a named user.
+    # (token_exchange.issuance.lineage); None for a token DOT issued at login, or a named user.
     lineage: Lineage | None = None
     # The root authorization it descends from: for a login token its refresh-token family or
     # itself, for an exchanged token the root it recorded; None when it cannot be determined.

@@ -28,11 +28,12 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from oauth2_provider.models import get_access_token_model, get_id_token_model
 
-from .. import jose, lineage
-from ..constants import SUBJECT_DATA_SCOPES
-from ..exceptions import Refusal
-from ..lookups import unique_row
-from .base import VerifiedToken, exchanged_claims
+from token_exchange.constants import SUBJECT_DATA_SCOPES
+from token_exchange.db.lookups import unique_row
+from token_exchange.exceptions import Refusal
+from token_exchange.issuance import lineage
+from token_exchange.jwt import jose
+from token_exchange.tokens.base import VerifiedToken, exchanged_claims
 
 
 def _audience_claim(claims: dict[str, Any]) -> list[str]:

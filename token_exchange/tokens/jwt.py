@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .. import signed_jwt
-from ..exceptions import Refusal
-from .base import VerifiedToken
-from .user_id import read_user_id
+from token_exchange.exceptions import Refusal
+from token_exchange.jwt import signed_jwt
+from token_exchange.tokens.base import VerifiedToken
+from token_exchange.tokens.user_id import read_user_id
 
 # A client assertion says typ "client-authentication+jwt" when it says anything: not accepted.
 SUBJECT_TYP = frozenset({"jwt"})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..constants import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TYPE, USER_ID_TYPE
-from ..exceptions import Refusal
-from .access_token import read_access_token
-from .base import VerifiedToken
-from .id_token import read_id_token
-from .jwt import read_self_signed_jwt
-from .user_id import read_user_id
+from token_exchange.constants import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TYPE, USER_ID_TYPE
+from token_exchange.exceptions import Refusal
+from token_exchange.tokens.access_token import read_access_token
+from token_exchange.tokens.base import VerifiedToken
+from token_exchange.tokens.id_token import read_id_token
+from token_exchange.tokens.jwt import read_self_signed_jwt
+from token_exchange.tokens.user_id import read_user_id
 
 
 def read_token(

@@ -13,10 +13,10 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from ..exceptions import Refusal
-from ..lookups import PreparedLookup
-from ..parameters import storable
-from .base import VerifiedToken
+from token_exchange.db.lookups import PreparedLookup
+from token_exchange.exceptions import Refusal
+from token_exchange.parameters import storable
+from token_exchange.tokens.base import VerifiedToken
 
 _BY_PK = PreparedLookup(lambda: get_user_model()._default_manager.all(), "pk")
 

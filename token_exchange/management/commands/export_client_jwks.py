@@ -21,8 +21,8 @@ from django.db import router, transaction
 from oauth2_provider.models import get_application_model
 
 from token_exchange.constants import PRIVATE_KEY_JWT
+from token_exchange.jwt.signed_jwt import application_jwks
 from token_exchange.models import ClientKey
-from token_exchange.signed_jwt import application_jwks
 
 # DOT main's Application fields (migration 0024_application_client_assertion_fields).
 JWKS_FIELD = "client_jwks"

@@ -30,8 +30,7 @@ from oauth2_provider.models import (
 )
 from oauth2_provider.settings import oauth2_settings
 
-from . import audit, jose, lineage
-from .constants import (
+from token_exchange.constants import (
     ACT,
     BEARER,
     ID_TOKEN_TYPE,
@@ -40,8 +39,10 @@ from .constants import (
     NOT_APPLICABLE,
     REFRESH_TOKEN_TYPE,
 )
-from .lineage import Descent
-from .models import ExchangedToken
+from token_exchange.issuance import audit, lineage
+from token_exchange.issuance.lineage import Descent
+from token_exchange.jwt import jose
+from token_exchange.models import ExchangedToken
 
 
 @dataclass(frozen=True)

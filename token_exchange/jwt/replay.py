@@ -21,8 +21,8 @@ import time
 from django.core.cache import caches
 from django.core.cache.backends.dummy import DummyCache
 
-from .conf import token_exchange_settings
-from .exceptions import ReplayStoreUnavailable
+from token_exchange.conf import token_exchange_settings
+from token_exchange.exceptions import ReplayStoreUnavailable
 
 logger = logging.getLogger("token_exchange")
 

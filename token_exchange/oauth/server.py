@@ -20,8 +20,8 @@ from oauth2_provider.models import get_access_token_model
 from oauthlib import oauth2, openid
 from oauthlib.oauth2 import TokenEndpoint
 
-from .constants import GRANT_TYPE
-from .grant import TokenExchangeGrant
+from token_exchange.constants import GRANT_TYPE
+from token_exchange.grant import TokenExchangeGrant
 
 
 class _TokenExchangeMixin:

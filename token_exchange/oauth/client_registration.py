@@ -20,7 +20,7 @@ from oauth2_provider.forms import ApplicationForm
 from oauth2_provider.models import get_application_model
 from oauth2_provider.views.application import APPLICATION_FIELDS
 
-from .client_ids import validate_client_id
+from token_exchange.client_ids import validate_client_id
 
 
 class RegistrationForm(ApplicationForm):  # type: ignore[misc]

@@ -19,10 +19,10 @@ from django.contrib.auth import get_user_model
 from django.db import router, transaction
 from django.dispatch import Signal
 
-from . import signals
-from .constants import GRANT_TYPE, KNOWN_TOKEN_TYPES
-from .inserts import insert_together
-from .models import AuditEvent, ExchangedToken
+from token_exchange import signals
+from token_exchange.constants import GRANT_TYPE, KNOWN_TOKEN_TYPES
+from token_exchange.db.inserts import insert_together
+from token_exchange.models import AuditEvent, ExchangedToken
 
 logger = logging.getLogger("token_exchange")
 

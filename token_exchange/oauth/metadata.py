@@ -37,8 +37,13 @@ from oauth2_provider.compat import login_not_required
 from oauth2_provider.settings import oauth2_settings
 from oauth2_provider.views.metadata import bcp_filter_response_types
 
-from . import client_assertion
-from .constants import CLIENT_KEY_ALGORITHMS, DEVICE_CODE_GRANT_TYPE, GRANT_TYPE, PRIVATE_KEY_JWT
+from token_exchange.constants import (
+    CLIENT_KEY_ALGORITHMS,
+    DEVICE_CODE_GRANT_TYPE,
+    GRANT_TYPE,
+    PRIVATE_KEY_JWT,
+)
+from token_exchange.jwt import client_assertion
 
 logger = logging.getLogger("token_exchange")
 

@@ -30,12 +30,13 @@ from oauth2_provider.models import get_application_model
 from oauth2_provider.settings import oauth2_settings
 from oauthlib.common import Request
 
-from . import client_ids, jose, signed_jwt
-from .conf import token_exchange_settings
-from .constants import CLIENT_ASSERTION_TYPE
-from .lookups import unique_row
-from .models import SecuritySettings
-from .parameters import storable
+from token_exchange import client_ids
+from token_exchange.conf import token_exchange_settings
+from token_exchange.constants import CLIENT_ASSERTION_TYPE
+from token_exchange.db.lookups import unique_row
+from token_exchange.jwt import jose, signed_jwt
+from token_exchange.models import SecuritySettings
+from token_exchange.parameters import storable
 
 logger = logging.getLogger("token_exchange")
 

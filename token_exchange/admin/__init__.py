@@ -49,10 +49,13 @@ from oauth2_provider.forms import ApplicationForm
 from oauth2_provider.models import get_application_model
 from oauth2_provider.settings import oauth2_settings
 
-from . import audit, change_audit, impersonation_decision, impersonation_sessions, role_grants
-from .client_ids import validate_client_id
-from .conf import token_exchange_settings
-from .models import (
+from token_exchange.client_ids import validate_client_id
+from token_exchange.conf import token_exchange_settings
+from token_exchange.impersonation import decision as impersonation_decision
+from token_exchange.impersonation import role_grants
+from token_exchange.impersonation import sessions as impersonation_sessions
+from token_exchange.issuance import audit, change_audit
+from token_exchange.models import (
     AuditEvent,
     ClientKey,
     ClientPolicy,
@@ -60,7 +63,7 @@ from .models import (
     ImpersonatorGrant,
     SecuritySettings,
 )
-from .policy import Role
+from token_exchange.policy import Role
 
 
 def _short_time(moment: datetime.datetime | None) -> str:

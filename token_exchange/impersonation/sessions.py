@@ -50,9 +50,9 @@ from oauth2_provider.models import (
     get_application_model,
 )
 
-from . import audit, revocation
-from .constants import OFFLINE_ACCESS
-from .models import ClientPolicy, ImpersonationSession
+from token_exchange.constants import OFFLINE_ACCESS
+from token_exchange.issuance import audit, revocation
+from token_exchange.models import ClientPolicy, ImpersonationSession
 
 logger = logging.getLogger("token_exchange")
 

@@ -47,8 +47,8 @@ from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_sav
 from jwcrypto import jwk
 from oauth2_provider.models import get_application_model
 
-from . import audit
-from .models import AuditEvent, ClientKey, ClientPolicy, ImpersonatorGrant
+from token_exchange.issuance import audit
+from token_exchange.models import AuditEvent, ClientKey, ClientPolicy, ImpersonatorGrant
 
 EventType = AuditEvent.EventType
 
@@ -177,7 +177,7 @@ def _application(application: Any) -> dict[str, Any]:
     return values
 
 
-# What decides who may impersonate whom besides the grants (token_exchange.impersonation): an
+# What decides who may impersonate whom besides the grants (token_exchange.impersonation.facts): an
 # inactive user is nobody; staff and superusers are "admin subjects" an end-user impersonator
 # cannot act as; only a superuser may act as a superuser. Group membership is the default
 # organization (USER_ORGANIZATIONS); a site with another organization model audits its own.
@@ -370,9 +370,11 @@ def connect_receivers() -> None:
     """Connect this module's signal receivers (called from ``TokenExchangeConfig.ready``)."""
     _SPECS.update(_audited())
     for model in _SPECS:
-        uid = f"token_exchange.change_audit.{model._meta.label_lower}"
+        uid = f"token_exchange.issuance.change_audit.{model._meta.label_lower}"
         pre_save.connect(_remember, sender=model, dispatch_uid=f"{uid}.pre_save")
         post_save.connect(_saved, sender=model, dispatch_uid=f"{uid}.post_save")
         pre_delete.connect(_deleting, sender=model, dispatch_uid=f"{uid}.pre_delete")
     through = get_user_model()._meta.get_field("groups").remote_field.through
-    m2m_changed.connect(_groups_changing, sender=through, dispatch_uid="token_exchange.change_audit.groups")
+    m2m_changed.connect(
+        _groups_changing, sender=through, dispatch_uid="token_exchange.issuance.change_audit.groups"
+    )

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .constants import ADMIN_IMPERSONATOR, END_USER_IMPERSONATOR
-from .policy import Role
+from token_exchange.constants import ADMIN_IMPERSONATOR, END_USER_IMPERSONATOR
+from token_exchange.policy import Role
 
 # Each role and the roles it covers (itself included).
 _COVERS: dict[str, frozenset[str]] = {

@@ -76,8 +76,8 @@ from oauth2_provider.models import (
     refresh_token_expire_timedelta,
 )
 
-from . import audit, revocation
-from .models import ActorAuthorization, ExchangedToken
+from token_exchange.issuance import audit, revocation
+from token_exchange.models import ActorAuthorization, ExchangedToken
 
 # Reason codes (audit rows and logs): an impersonated token's, then a plain exchanged token's.
 ACTOR_DEACTIVATED = "actor_deactivated"
@@ -541,4 +541,6 @@ def user_saved(
 
 def connect_receivers() -> None:
     """Connect this module's signal receivers (called from ``TokenExchangeConfig.ready``)."""
-    post_save.connect(user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="token_exchange.lineage")
+    post_save.connect(
+        user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="token_exchange.issuance.lineage"
+    )

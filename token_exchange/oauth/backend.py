@@ -6,7 +6,7 @@ never sees the duplicate. RFC 6749 §3.2 says parameters MUST NOT repeat and RFC
 the grant refuses the duplicates itself. Other grants keep DOT's behaviour.
 
 Each token request runs in one database transaction: see
-``token_exchange.server._TokenExchangeMixin.create_token_response``.
+``token_exchange.oauth.server._TokenExchangeMixin.create_token_response``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 from django.http import HttpRequest
 from oauth2_provider.oauth2_backends import OAuthLibCore
 
-from .constants import GRANT_TYPE
-from .exceptions import ReplayStoreUnavailable
+from token_exchange.constants import GRANT_TYPE
+from token_exchange.exceptions import ReplayStoreUnavailable
 
 
 class TokenExchangeOAuthLibCore(OAuthLibCore):  # type: ignore[misc]

@@ -42,17 +42,9 @@ from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors, utils
 from oauthlib.oauth2.rfc8628 import errors as device_errors
 
-from . import (
-    audit,
-    client_assertion,
-    client_ids,
-    impersonation_decision,
-    impersonation_sessions,
-    lineage,
-    policy,
-)
-from .conf import token_exchange_settings
-from .constants import (
+from token_exchange import client_ids, policy
+from token_exchange.conf import token_exchange_settings
+from token_exchange.constants import (
     ACCESS_TOKEN_TYPE,
     ACT,
     AUTHORIZATION_CODE,
@@ -60,10 +52,14 @@ from .constants import (
     ID_TOKEN_TYPE,
     REFRESH_TOKEN_TYPE,
 )
-from .lookups import unique_row
-from .models import ExchangedToken, ImpersonationSession, SecuritySettings
-from .parameters import storable
-from .tokens.base import native_audience
+from token_exchange.db.lookups import unique_row
+from token_exchange.impersonation import decision as impersonation_decision
+from token_exchange.impersonation import sessions as impersonation_sessions
+from token_exchange.issuance import audit, lineage
+from token_exchange.jwt import client_assertion
+from token_exchange.models import ExchangedToken, ImpersonationSession, SecuritySettings
+from token_exchange.parameters import storable
+from token_exchange.tokens.base import native_audience
 
 logger = logging.getLogger("token_exchange")
 

@@ -14,10 +14,10 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db.models import CharField, IntegerField, QuerySet, Value
 
-from .conf import token_exchange_settings
-from .lookups import unique_row
-from .models import ImpersonatorGrant
-from .policy import Link, Party, Role, actor_chain
+from token_exchange.conf import token_exchange_settings
+from token_exchange.db.lookups import unique_row
+from token_exchange.models import ImpersonatorGrant
+from token_exchange.policy import Link, Party, Role, actor_chain
 
 # In the facts' one query, which table a row comes from.
 _GRANT, _MEMBERSHIP = 0, 1

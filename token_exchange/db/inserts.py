@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from django.db.models import Model
 
-from . import orm_internals
+from token_exchange.db import orm_internals
 
 M = TypeVar("M", bound=Model)
 

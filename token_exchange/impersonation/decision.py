@@ -22,11 +22,12 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 
-from . import impersonation, impersonation_sessions
-from .models import ImpersonationSession, SecuritySettings
-from .policy import ImpersonationFacts, Party, impersonation_decision
+from token_exchange.impersonation import facts as impersonation
+from token_exchange.impersonation import sessions as impersonation_sessions
+from token_exchange.models import ImpersonationSession, SecuritySettings
+from token_exchange.policy import ImpersonationFacts, Party, impersonation_decision
 
-__all__ = ["gather", "refusal", "session_refusal", "start", "start_refusal"]
+__all__ = ["gather", "refusal", "running_session_refusal", "session_refusal", "start", "start_refusal"]
 
 
 def gather(

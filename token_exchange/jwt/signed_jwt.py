@@ -26,13 +26,13 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import jose, replay
-from .client_keys import InvalidKey, choose_key, jwks, parse_public_key
-from .conf import token_exchange_settings
-from .constants import CLIENT_KEY_ALGORITHMS
-from .lookups import PreparedLookup
-from .models import ClientKey
-from .parameters import encodable
+from token_exchange.client_keys import InvalidKey, choose_key, jwks, parse_public_key
+from token_exchange.conf import token_exchange_settings
+from token_exchange.constants import CLIENT_KEY_ALGORITHMS
+from token_exchange.db.lookups import PreparedLookup
+from token_exchange.jwt import jose, replay
+from token_exchange.models import ClientKey
+from token_exchange.parameters import encodable
 
 # RFC 7523 §3 lets the server bound how long it accepts a JWT; one hour, as ZITADEL's keys.
 MAX_LIFETIME_SECONDS = 3600

@@ -26,13 +26,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import NoReverseMatch, get_script_prefix, reverse
 from oauth2_provider.models import get_id_token_model
 
-from . import jose
-from .conf import token_exchange_settings
-from .models import ExchangedToken
-from .resource_server.actor import bearer_actor, unverified_actor
-from .resource_server.site import is_resource_server, resource_server_only
-from .resource_server.tokens import VerifiedAccessToken
-from .tokens import access_token_claims, load_access_token
+from token_exchange.conf import token_exchange_settings
+from token_exchange.jwt import jose
+from token_exchange.models import ExchangedToken
+from token_exchange.resource_server.actor import bearer_actor, unverified_actor
+from token_exchange.resource_server.site import is_resource_server, resource_server_only
+from token_exchange.resource_server.tokens import VerifiedAccessToken
+from token_exchange.tokens import access_token_claims, load_access_token
 
 REFUSAL = {
     "error": "access_denied",

@@ -42,13 +42,14 @@ from oauth2_provider.settings import oauth2_settings
 from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import impersonation_decision, lineage
-from .client_ids import is_confusable
-from .constants import ACT, BEARER, INTROSPECT_ANY, INTROSPECT_AUDIENCE
-from .exceptions import ReplayStoreUnavailable
-from .parameters import storable
-from .tokens import access_token_claims, load_access_token
-from .views import SENSITIVE_POST_PARAMETERS, FormEndpoint
+from token_exchange.client_ids import is_confusable
+from token_exchange.constants import ACT, BEARER, INTROSPECT_ANY, INTROSPECT_AUDIENCE
+from token_exchange.exceptions import ReplayStoreUnavailable
+from token_exchange.impersonation import decision as impersonation_decision
+from token_exchange.issuance import lineage
+from token_exchange.oauth.views import SENSITIVE_POST_PARAMETERS, FormEndpoint
+from token_exchange.parameters import storable
+from token_exchange.tokens import access_token_claims, load_access_token
 
 logger = logging.getLogger("token_exchange")
 

@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 
-from . import impersonation_sessions
+from token_exchange.impersonation import sessions as impersonation_sessions
 
 _BODY = re.compile(rb"<body\b[^>]*>", re.IGNORECASE)
 

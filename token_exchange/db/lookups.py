@@ -18,8 +18,8 @@ from typing import Any, Generic, TypeVar
 from django.db import router
 from django.db.models import Model, QuerySet
 
-from . import orm_internals
-from .orm_internals import UnsupportedQuerySet
+from token_exchange.db import orm_internals
+from token_exchange.db.orm_internals import UnsupportedQuerySet
 
 M = TypeVar("M", bound=Model)
 

@@ -33,10 +33,12 @@ from oauth2_provider.settings import oauth2_settings
 from oauth2_provider.signals import app_authorized
 from oauthlib.oauth2.rfc6749 import errors
 
-from . import audit, impersonation_decision, impersonation_sessions
-from .constants import DEVICE_CODE_GRANT_TYPE, FORM_CONTENT_TYPE
-from .lookups import unique_row
-from .parameters import storable
+from token_exchange.constants import DEVICE_CODE_GRANT_TYPE, FORM_CONTENT_TYPE
+from token_exchange.db.lookups import unique_row
+from token_exchange.impersonation import decision as impersonation_decision
+from token_exchange.impersonation import sessions as impersonation_sessions
+from token_exchange.issuance import audit
+from token_exchange.parameters import storable
 
 logger = logging.getLogger("token_exchange")
 
