@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: install chromium demo resource-server serve test test-sqlite-then-scale-out test-scale-out test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale bench-gc matrix tox package-check screenshots clean
+.PHONY: install chromium demo resource-server serve test test-sqlite-then-scale-out test-scale-out test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale bench-http bench-gc matrix tox package-check screenshots clean
 
 # pip 25.1+ reads PEP 735 dependency groups (pyproject.toml [dependency-groups]).
 $(VENV)/.installed: pyproject.toml
@@ -148,6 +148,17 @@ bench: install
 # The same, then again after filling 100,000 users, 200,000 access tokens and 1,000,000 audit rows.
 bench-scale: install
 	env $(BENCH_DATABASE) $(PY) -m bench --scale $(BENCH_ARGS)
+
+# The same cases over HTTP (bench/over_http.py): gunicorn with example_project/gunicorn.conf.py and
+# BENCH_WORKERS sync workers, on PostgreSQL in a database of its own (token_exchange_bench_http,
+# dropped after) and the local Redis (database 14, when it answers), at 1, 4 and 16 client threads:
+# throughput as a ratio to client_credentials, p50/p95, and non-200 answers (must be none). Needs
+# PostgreSQL. A table, and bench/http_results.json; about 5 min.
+# `make bench-http BENCH_ARGS="--requests 2000"`
+BENCH_WORKERS = 2
+
+bench-http: install
+	env $(BENCH_DATABASE) $(PY) -m bench --http --workers $(BENCH_WORKERS) $(BENCH_ARGS)
 
 # The cyclic garbage collector's pauses in one worker, with and without gc.freeze() (bench/gc_pause.py):
 # three fresh processes of 20,000 token requests each, on PostgreSQL when it answers (else an SQLite
