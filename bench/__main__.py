@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_table("Small database", small))
         print(_floor_notes(small))
         checked = targets.check(small)
-        results["targets"] = {target.text: target.holds for target in checked}
+        results["targets"] = [target.as_json() for target in checked]
         print()
         for target in checked:
             print(target.line())
