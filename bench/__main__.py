@@ -103,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", action="store_true", help="fill the large tables and measure again")
     parser.add_argument("--rounds", type=int, default=400, help="timed rounds per database size")
     parser.add_argument("--warmup", type=int, default=40, help="untimed requests per case first")
-    parser.add_argument("--output", type=Path, default=None, help="results file (default bench/results.json)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="results file (bench/results.json; with --http, bench/http_results.json)",
+    )
     parser.add_argument("--http", action="store_true", help="measure over HTTP through gunicorn instead")
     from . import over_http
 
