@@ -103,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", action="store_true", help="fill the large tables and measure again")
     parser.add_argument("--rounds", type=int, default=400, help="timed rounds per database size")
     parser.add_argument("--warmup", type=int, default=40, help="untimed requests per case first")
-    parser.add_argument("--output", type=Path, default=None, help="results file (default bench/results.json)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="results file (bench/results.json; with --http, bench/http_results.json)",
+    )
     parser.add_argument("--http", action="store_true", help="measure over HTTP through gunicorn instead")
     from . import over_http
 
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_table("Small database", small))
         print(_floor_notes(small))
         checked = targets.check(small)
-        results["targets"] = {target.text: target.holds for target in checked}
+        results["targets"] = [target.as_json() for target in checked]
         print()
         for target in checked:
             print(target.line())
