@@ -58,7 +58,9 @@ from .measure import Driver
 
 TRANSACTION = ("BEGIN", "COMMIT", "ROLLBACK")
 HEALTH_CHECK = "SELECT 1"
-_INSERT = re.compile(r'^\s*INSERT\s+INTO\s+"?(\w+)"?', re.IGNORECASE)
+# Anywhere in a statement: PostgreSQL writes an exchange's records and audit rows in one
+# statement, a data-modifying WITH per table (``WITH g0 AS (INSERT INTO … RETURNING …), …``).
+_INSERT = re.compile(r'\bINSERT\s+INTO\s+"?(\w+)"?', re.IGNORECASE)
 _JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 JWT_REQUEST_FIELDS = ("client_assertion", "subject_token", "actor_token")
 
@@ -142,9 +144,9 @@ def capture(driver: Driver, case: Case) -> Capture:
         raise AssertionError(f"{case.name}: {len(by_position)} statements missing from the query log")
     tables = []
     for statement in statements:
-        match = _INSERT.match(statement.sql)
-        if match and match.group(1) not in tables:
-            tables.append(match.group(1))
+        for table in _INSERT.findall(statement.sql):
+            if table not in tables:
+                tables.append(table)
     form = parse_qs(request.body.decode())
     return Capture(statements, payload, form, tables)
 

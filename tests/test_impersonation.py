@@ -966,3 +966,24 @@ def test_may_act_names_who_may_act_for_the_subject(
 
     allowed = impersonate(token_endpoint, portal, login(support), **by_id_token)
     assert allowed.status_code == 200, allowed.content
+
+
+def test_the_facts_are_the_same_with_and_without_the_union(
+    support, end_user_in_acme, acme, django_user_model, monkeypatch, django_assert_num_queries
+):
+    """With the default organizations (the user's groups) both users' grants and the subject's
+    groups come in one UNION ALL; with another organization model, whose key may be of another
+    type, the groups are read by themselves (a UNION of a text and an integer column is an error
+    on PostgreSQL). Both give the same facts."""
+    from token_exchange.impersonation import facts
+
+    grant(end_user_in_acme, ImpersonatorGrant.Role.END_USER_IMPERSONATOR, None)  # support holds one for ACME
+    assert facts._groups_are_organizations()
+    with django_assert_num_queries(1):
+        together = facts.chain([(True, str(support.pk))], subject=end_user_in_acme, known=(support,))
+    monkeypatch.setattr(facts, "_groups_are_organizations", lambda: False)
+    with django_assert_num_queries(2):
+        apart = facts.chain([(True, str(support.pk))], subject=end_user_in_acme, known=(support,))
+    assert together == apart
+    assert together[0].is_admin
+    assert acme.pk in together[0].organizations

@@ -239,7 +239,11 @@ class HeldAuditTable:
                 if row:
                     pid, has_written, query = row
                     assert has_written, query
-                    assert query.startswith(f'INSERT INTO "{AuditEvent._meta.db_table}"'), query[:80]
+                    # The statement that writes the audit rows: on PostgreSQL, one with the token
+                    # records they name (pg_stat_activity shows its first kilobyte only).
+                    audit = f'INSERT INTO "{AuditEvent._meta.db_table}"'
+                    records = f'WITH g0 AS (INSERT INTO "{ExchangedToken._meta.db_table}"'
+                    assert query.startswith((audit, records)), query[:80]
                     return int(pid)
                 time.sleep(0.02)
         raise AssertionError("no request waited for the audit table")

@@ -129,10 +129,10 @@ def start_refusal(*, actor: Any, subject: Any) -> str | None:
 def start(
     request: HttpRequest, *, subject: Any, application: Any, reason: str, seconds: int
 ) -> ImpersonationSession:
-    """Start an admin impersonation (``impersonation_sessions.start``) if the rule allows it;
+    """Start an admin impersonation (``impersonation_sessions.begin``) if the rule allows it;
     ``PermissionDenied`` otherwise."""
     if start_refusal(actor=request.user, subject=subject) is not None:
         raise PermissionDenied
-    return impersonation_sessions.start(
+    return impersonation_sessions.begin(
         request, subject=subject, application=application, reason=reason, seconds=seconds
     )

@@ -40,11 +40,20 @@ def is_admin_subject(user: Any) -> bool:
     return ImpersonatorGrant.objects.filter(user=user).exists()
 
 
+def _groups_are_organizations() -> bool:
+    """Are a grant's organizations the user's groups (the default ``ORGANIZATION_MODEL``)? Only then
+    do both tables' keys share a column type, and the UNION ALL below a column."""
+    organization = ImpersonatorGrant._meta.get_field("organization").related_model
+    groups = get_user_model()._meta.get_field("groups").related_model
+    return organization is groups
+
+
 def _facts(actor: Any, subject: Any) -> tuple[dict[Any, tuple[Role, ...]], list[Any] | None]:
     """Both users' impersonator grants by user primary key and, with the default
     ``USER_ORGANIZATIONS``, the subject's groups: one query (a UNION ALL of the two tables).
 
-    The groups are ``None`` when a site's own ``USER_ORGANIZATIONS`` decides them.
+    The groups are ``None`` when a site's own ``USER_ORGANIZATIONS`` decides them, or when the
+    organizations are another model than the user's groups (another key type, too).
     """
     rows: QuerySet[Any] = (
         ImpersonatorGrant.objects.filter(user__in=[actor.pk, subject.pk])
@@ -52,7 +61,7 @@ def _facts(actor: Any, subject: Any) -> tuple[dict[Any, tuple[Role, ...]], list[
         .values_list("source", "user_id", "role", "organization_id")
         .order_by()  # a compound statement's parts have no ORDER BY
     )
-    read_groups = token_exchange_settings.USER_ORGANIZATIONS is user_groups
+    read_groups = token_exchange_settings.USER_ORGANIZATIONS is user_groups and _groups_are_organizations()
     if read_groups:
         memberships = (
             _memberships(subject)

@@ -207,15 +207,17 @@ def _running(actor_id: Any) -> QuerySet[ImpersonationSession]:
     )
 
 
-def start(
+def begin(
     request: HttpRequest, *, subject: Any, application: Any, reason: str, seconds: int
 ) -> ImpersonationSession:
     """Start impersonating ``subject`` in ``application``, bound to this browser session, with the
     scopes the client policy allows; every running impersonation of the actor, in any browser,
     ends (replaced).
 
-    Called by ``impersonation_decision.start``, once the rules allow it; raises
-    ``PermissionDenied`` unless the application is launchable.
+    Called only by ``impersonation.decision.start``, once the rule allows it (it was ``start``
+    here, which checked the rule itself: the new name fails loudly in code that still calls it
+    instead of silently skipping the rule); raises ``PermissionDenied`` unless the application
+    is launchable.
     """
     actor: Any = request.user
     launchable = launchable_applications().filter(pk=application.pk).first()

@@ -479,6 +479,10 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
         if record is None or record.impersonation_id is None:
             return super().save_bearer_token(token, request, *args, **kwargs)
         with transaction.atomic(using=router.db_for_write(get_access_token_model())):
+            # Refused here only if the session changed since validate_code/validate_refresh_token
+            # decided (and ended it, committed). oauthlib lets this error out of the request's
+            # transaction, so an end recorded by this second look rolls back with the rest; the
+            # next use of any of its tokens decides again and ends it then.
             if impersonation_decision.session_refusal(record.impersonation_id, lock=True) is not None:
                 raise errors.InvalidGrantError(description="The impersonation has ended.", request=request)
             session = record.impersonation
