@@ -12,7 +12,6 @@ import pytest
 from django.contrib.auth.models import Group
 from django.db import connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Count, Value
 from oauth2_provider.models import get_access_token_model
 
 from token_exchange.constants import ACCESS_TOKEN_TYPE
@@ -162,9 +161,6 @@ def test_a_lookup_across_a_relation_attaches_the_related_rows(
 @pytest.mark.parametrize(
     ("queryset", "reason"),
     [
-        (lambda: Group.objects.annotate(members=Count("user")), "annotations"),
-        (lambda: Group.objects.extra(select={"one": "1"}), "annotations or extra"),
-        (lambda: Group.objects.alias(x=Value(1)).annotate(y=Value(2)), "annotations"),
         (lambda: Group.objects.prefetch_related("permissions"), "prefetches"),
         (lambda: Group.objects.values("pk"), "model instances"),
         (lambda: Group.objects.using("default"), "using()"),

@@ -291,3 +291,32 @@ def test_a_model_whose_insert_django_writes_otherwise_is_left_to_bulk_create(mon
     monkeypatch.undo()
     monkeypatch.setattr(AuditEvent._meta, "db_returning_fields", [AuditEvent._meta.pk, field], raising=False)
     assert not orm_internals.can_insert_plainly(AuditEvent, USING)
+
+
+@compiled_only
+def test_annotations_are_set_on_each_row_as_the_orm_sets_them(portal, end_user, acme):
+    """The client with its policy and the instance's security settings (``load_client``), and a
+    count with an alias beside it: every annotation and ``extra()`` column reaches the rows."""
+    from django.contrib.auth.models import Group
+    from django.db.models import Count, Value
+    from oauth2_provider.models import get_application_model
+
+    from token_exchange.models import SecuritySettings
+
+    SecuritySettings.load()
+    clients = PreparedLookup(
+        lambda: SecuritySettings.with_security_settings(
+            get_application_model().objects.select_related("token_exchange_policy")
+        ),
+        "client_id",
+    )
+    (client,) = assert_identical(clients, portal.client_id)
+    assert SecuritySettings.of(client).token_exchange_enabled is True
+    end_user.groups.add(acme)
+    groups = PreparedLookup(
+        lambda: Group.objects.alias(x=Value(1)).annotate(members=Count("user"), y=Value(2)), "pk"
+    )
+    (group,) = assert_identical(groups, acme.pk)
+    assert (group.members, group.y) == (acme.user_set.count(), 2)
+    extra = PreparedLookup(lambda: Group.objects.extra(select={"one": "1"}), "pk")
+    assert assert_identical(extra, acme.pk)[0].one == 1

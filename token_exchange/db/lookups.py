@@ -42,9 +42,10 @@ class PreparedLookup(Generic[M]):
     ``column`` is a field or a lookup path across relations (``"application__client_id"``).
     ``queryset`` builds the lookup without its filter (``select_related`` welcome); it must not
     depend on anything but the looked-up values, since its SQL is kept for the connection's life
-    (one statement per number of values). It may not annotate, prefetch, come from a related
-    manager or choose a database with ``using()``: the compiled path refuses such a queryset with
-    ``UnsupportedQuerySet`` on its first call rather than drop what it adds. The statement still
+    (one statement per number of values). Annotations are set on each row as the ORM sets them;
+    it may not prefetch, come from a related manager or choose a database with ``using()``: the
+    compiled path refuses such a queryset with ``UnsupportedQuerySet`` on its first call rather
+    than drop what it adds. The statement still
     goes through ``connection.cursor()``: query logging, execute wrappers and
     ``django_assert_num_queries`` see it as any other.
     """

@@ -57,8 +57,8 @@ ENABLED: bool = django.VERSION[:2] in CHECKED_AGAINST
 
 
 class UnsupportedQuerySet(TypeError):
-    """A prepared lookup's queryset would change its rows after the SQL (annotations,
-    prefetches, known related objects, ``values()``…): the fast path would drop that, so it
+    """A prepared lookup's queryset would change its rows after the SQL (prefetches, known
+    related objects, ``values()``…): the fast path would drop that, so it
     refuses. Use the plain ORM for such a read."""
 
 
@@ -90,6 +90,7 @@ class _Compiled:
     fetch_mode: Any  # Django 6.1's: None before
     related: Callable[[], list[Any]]  # select_related populators, fresh when they track peers
     populators: list[Any]
+    annotations: list[tuple[str, int]]  # annotation (and extra()) columns, set on each row
 
 
 def _column_field(model: type[Model], column: str) -> Field[Any, Any]:
@@ -110,8 +111,6 @@ def _refuse_unsupported(queryset: Any, compiler: Any) -> None:
     reasons = []
     if queryset._iterable_class is not ModelIterable:
         reasons.append("it does not return model instances (values()/values_list())")
-    if compiler.annotation_col_map:
-        reasons.append("it has annotations or extra() columns")
     if queryset._prefetch_related_lookups:
         reasons.append("it prefetches (prefetch_related())")
     if queryset._db is not None:
@@ -201,6 +200,7 @@ class CompiledLookups(Generic[M]):
             fetch_mode=fetch_mode,
             related=related,
             populators=related(),
+            annotations=list(compiler.annotation_col_map.items()),
         )
 
     @staticmethod
@@ -225,6 +225,8 @@ class CompiledLookups(Generic[M]):
                 instance._state.peers = peers
             for populator in populators:
                 populator.populate(row, instance)
+            for name, position in compiled.annotations:  # as ModelIterable sets them
+                setattr(instance, name, row[position])
             instances.append(instance)
         return instances
 
