@@ -320,3 +320,20 @@ def test_annotations_are_set_on_each_row_as_the_orm_sets_them(portal, end_user, 
     assert (group.members, group.y) == (acme.user_set.count(), 2)
     extra = PreparedLookup(lambda: Group.objects.extra(select={"one": "1"}), "pk")
     assert assert_identical(extra, acme.pk)[0].one == 1
+
+
+@compiled_only
+def test_a_prepared_query_of_plain_values_gives_the_orms_rows(
+    support, end_user_in_acme, acme, django_assert_num_queries
+):
+    """The impersonation facts' UNION ALL (grants of two users, the groups of one), compiled once
+    and run with new values, against the same queryset built with the values."""
+    from token_exchange.impersonation import facts
+
+    ImpersonatorGrant.objects.create(user=end_user_in_acme, role=ImpersonatorGrant.Role.ADMIN_IMPERSONATOR)
+    for query in (facts._GRANTS_AND_GROUPS, facts._GRANTS):
+        for values in ((support.pk, end_user_in_acme.pk), (end_user_in_acme.pk, support.pk), (support.pk, 0)):
+            with django_assert_num_queries(1):
+                compiled = query.compiled.rows(router.db_for_read(ImpersonatorGrant), values)
+            assert sorted(compiled, key=repr) == sorted(query.orm_rows(*values), key=repr)
+            assert compiled or values[1] == 0

@@ -12,18 +12,18 @@ the same rows at the ORM's price.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from django.db import router
-from django.db.models import Model, QuerySet
+from django.db.models import Field, Model, QuerySet
 
 from token_exchange.db import orm_internals
 from token_exchange.db.orm_internals import UnsupportedQuerySet
 
 M = TypeVar("M", bound=Model)
 
-__all__ = ["PreparedLookup", "UnsupportedQuerySet", "unique_row"]
+__all__ = ["PreparedLookup", "PreparedQuery", "UnsupportedQuerySet", "unique_row"]
 
 
 def unique_row(queryset: QuerySet[M]) -> M | None:
@@ -81,3 +81,33 @@ class PreparedLookup(Generic[M]):
             return list(queryset)
         except OverflowError:
             return []  # SQLite's driver refuses an integer no column can hold: no such row
+
+
+class PreparedQuery:
+    """Plain values (``values_list``, or a UNION ALL of such querysets) for a few values.
+
+    ``build`` makes the queryset from its values, each standing for the value of one of
+    ``fields()`` (read at the first call: models may be swapped); it must not depend on anything
+    else. On the Django versions CI tests, ``orm_internals`` compiles it once per connection with
+    placeholders and then only runs it; elsewhere it is the plain ORM query with the values.
+    """
+
+    def __init__(
+        self,
+        build: Callable[..., QuerySet[Any]],
+        fields: Callable[[], Sequence[Field[Any, Any]]],
+        *,
+        model: Callable[[], type[Model]],
+    ) -> None:
+        self._build = build
+        self._model = model
+        self.compiled = orm_internals.CompiledQueries(build, fields)
+
+    def rows(self, *values: Any) -> list[tuple[Any, ...]]:
+        if not orm_internals.ENABLED:
+            return self.orm_rows(*values)
+        return self.compiled.rows(router.db_for_read(self._model()), values)
+
+    def orm_rows(self, *values: Any) -> list[tuple[Any, ...]]:
+        """The same rows through the public ORM: the path on Django versions CI does not test."""
+        return [tuple(row) for row in self._build(*values)]

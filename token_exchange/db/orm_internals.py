@@ -231,6 +231,50 @@ class CompiledLookups(Generic[M]):
         return instances
 
 
+class CompiledQueries:
+    """``PreparedQuery``'s fast path: a queryset of plain values (``values_list``, a UNION ALL of
+    them, say) compiled once per connection with placeholders, then only run with new values;
+    the columns converted as ``ValuesListIterable`` converts them."""
+
+    def __init__(
+        self, build: Callable[..., QuerySet[Any]], fields: Callable[[], Sequence[Field[Any, Any]]]
+    ) -> None:
+        self._build = build
+        self._fields = fields
+        self._compiled: weakref.WeakKeyDictionary[
+            BaseDatabaseWrapper, tuple[str, tuple[Any, ...], Any, Any]
+        ] = weakref.WeakKeyDictionary()
+
+    def rows(self, using: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        connection = connections[using]
+        compiled = self._compiled.get(connection)
+        if compiled is None:
+            fields = list(self._fields())
+            queryset = self._build(*(_Placeholder(field, index) for index, field in enumerate(fields)))
+            compiler = queryset.query.get_compiler(using=using)
+            sql, params = compiler.as_sql()
+            converters = compiler.get_converters(
+                [column[0] for column in compiler.select[: compiler.col_count]]
+            )
+            compiled = self._compiled[connection] = (sql, tuple(params), list(converters.items()), fields)
+        sql, params, converters, fields = compiled
+        prepared = [
+            field.get_db_prep_value(value, connection, prepared=False)
+            for field, value in zip(fields, values, strict=True)
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [prepared[p.index] if isinstance(p, _Placeholder) else p for p in params])
+            fetched = cursor.fetchall()
+        rows = []
+        for row in fetched:
+            converted = list(row)
+            for position, (functions, expression) in converters:
+                for function in functions:
+                    converted[position] = function(converted[position], expression, connection)
+            rows.append(tuple(converted))
+        return rows
+
+
 def can_insert_plainly(model: type[Model], using: str) -> bool:
     """Whether Django's INSERT of ``model``'s rows is the plain ``VALUES (%s, …)`` that
     ``insert_rows`` writes, returning only the auto primary key."""

@@ -12,10 +12,10 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db.models import CharField, IntegerField, QuerySet, Value
+from django.db.models import CharField, IntegerField, Q, QuerySet, Value
 
 from token_exchange.conf import token_exchange_settings
-from token_exchange.db.lookups import unique_row
+from token_exchange.db.lookups import PreparedQuery, unique_row
 from token_exchange.models import ImpersonatorGrant
 from token_exchange.policy import Link, Party, Role, actor_chain
 
@@ -48,6 +48,39 @@ def _groups_are_organizations() -> bool:
     return organization is groups
 
 
+def _grants(actor: Any, subject: Any) -> QuerySet[Any]:
+    return (
+        ImpersonatorGrant.objects.filter(Q(user=actor) | Q(user=subject))
+        .annotate(source=Value(_GRANT, output_field=IntegerField()))
+        .values_list("source", "user_id", "role", "organization_id")
+        .order_by()  # a compound statement's parts have no ORDER BY
+    )
+
+
+def _grants_and_groups(actor: Any, subject: Any) -> QuerySet[Any]:
+    through: Any = get_user_model().groups.through
+    memberships = (
+        through._default_manager.filter(user=subject)
+        .annotate(
+            source=Value(_MEMBERSHIP, output_field=IntegerField()),
+            role=Value("", output_field=CharField()),
+        )
+        .values_list("source", "user_id", "role", "group_id")
+        .order_by()
+    )
+    return _grants(actor, subject).union(memberships, all=True)
+
+
+def _user_keys() -> list[Any]:
+    pk = get_user_model()._meta.pk
+    return [pk, pk]
+
+
+# Compiled once per connection (building the UNION costs more than PostgreSQL takes to run it).
+_GRANTS = PreparedQuery(_grants, _user_keys, model=lambda: ImpersonatorGrant)
+_GRANTS_AND_GROUPS = PreparedQuery(_grants_and_groups, _user_keys, model=lambda: ImpersonatorGrant)
+
+
 def _facts(actor: Any, subject: Any) -> tuple[dict[Any, tuple[Role, ...]], list[Any] | None]:
     """Both users' impersonator grants by user primary key and, with the default
     ``USER_ORGANIZATIONS``, the subject's groups: one query (a UNION ALL of the two tables).
@@ -55,24 +88,8 @@ def _facts(actor: Any, subject: Any) -> tuple[dict[Any, tuple[Role, ...]], list[
     The groups are ``None`` when a site's own ``USER_ORGANIZATIONS`` decides them, or when the
     organizations are another model than the user's groups (another key type, too).
     """
-    rows: QuerySet[Any] = (
-        ImpersonatorGrant.objects.filter(user__in=[actor.pk, subject.pk])
-        .annotate(source=Value(_GRANT, output_field=IntegerField()))
-        .values_list("source", "user_id", "role", "organization_id")
-        .order_by()  # a compound statement's parts have no ORDER BY
-    )
     read_groups = token_exchange_settings.USER_ORGANIZATIONS is user_groups and _groups_are_organizations()
-    if read_groups:
-        memberships = (
-            _memberships(subject)
-            .annotate(
-                source=Value(_MEMBERSHIP, output_field=IntegerField()),
-                role=Value("", output_field=CharField()),
-            )
-            .values_list("source", "user_id", "role", "group_id")
-            .order_by()
-        )
-        rows = rows.union(memberships, all=True)
+    rows = (_GRANTS_AND_GROUPS if read_groups else _GRANTS).rows(actor.pk, subject.pk)
     roles: dict[Any, list[Role]] = {}
     groups: list[Any] = []
     for source, user_id, role, organization in rows:
