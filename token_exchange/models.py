@@ -23,7 +23,7 @@ from oauth2_provider.settings import oauth2_settings
 from token_exchange import constants
 from token_exchange.client_keys import InvalidKey, parse_public_key
 from token_exchange.conf import token_exchange_settings
-from token_exchange.db.lookups import unique_row
+from token_exchange.db.lookups import PreparedLookup
 
 
 class SecuritySettings(models.Model):
@@ -76,7 +76,7 @@ class SecuritySettings(models.Model):
         process, at the price of one primary-key lookup per token request (none when the
         client was read ``with_security_settings``).
         """
-        row = unique_row(cls.objects.filter(pk=cls.SINGLETON_PK))
+        row = _SECURITY_SETTINGS.get(cls.SINGLETON_PK)
         if row is None:
             row, _created = cls.objects.get_or_create(pk=cls.SINGLETON_PK)
         return row
@@ -104,6 +104,8 @@ class SecuritySettings(models.Model):
             return cls.load()
         return cls.from_db(obj._state.db, fields, values)
 
+
+_SECURITY_SETTINGS = PreparedLookup(lambda: SecuritySettings.objects.all(), "pk")
 
 # The annotations ``with_security_settings`` adds (they never clash with a client's own fields).
 _ANNOTATION = "token_exchange_security_settings_"
