@@ -209,7 +209,8 @@ DELETED = Link(trusted_issuer=True)
     [
         (True, None, True, (ALLOWED_ACTOR,), None, None),
         (False, None, True, (ALLOWED_ACTOR,), None, "impersonation_disabled"),
-        (False, "impersonation_ended", False, (FOREIGN,), "session_ended", "impersonation_disabled"),
+        (False, "impersonation_ended", False, (FOREIGN,), "session_ended", "impersonation_ended"),
+        (False, None, False, (FOREIGN,), "session_ended", "impersonation_disabled"),
         (True, "impersonation_ended", True, (ALLOWED_ACTOR,), None, "impersonation_ended"),
         (True, "impersonation_expired", False, (DELETED,), None, "impersonation_expired"),
         (True, None, False, (ALLOWED_ACTOR,), None, "may_act_mismatch"),

@@ -46,11 +46,13 @@ def test_no_e012_when_they_share_one():
 
 
 class ReplicaReads:
-    """Reads go to a replica: here "sessions", which holds none of these tables, so a read that
-    should have gone to the primary fails loudly instead of returning a stale row."""
+    """Reads of impersonation sessions go to a replica: here "sessions", which holds none of these
+    tables, so a read of the session that should have gone to the primary fails loudly instead of
+    returning a stale row. (The decision also reads the security settings and the users' grants,
+    which a replica may answer like any other read.)"""
 
     def db_for_read(self, model: Any, **hints: Any) -> str:
-        return "sessions"
+        return "sessions" if model is ImpersonationSession else "primary"
 
     def db_for_write(self, model: Any, **hints: Any) -> str:
         return "sessions" if model._meta.app_label == "sessions" else "primary"

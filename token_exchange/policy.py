@@ -182,10 +182,10 @@ def impersonation_decision(facts: ImpersonationFacts) -> str | None:
     every actor of the chain; else the reason code. One rule for every entry point: an exchange
     with an actor token, a re-exchange or refresh of an impersonated token, the code of an
     admin-started impersonation and the tokens issued under one."""
+    if facts.session_closed is not None:
+        return facts.session_closed  # final, whatever else holds
     if not facts.allowed:
         return "impersonation_disabled"
-    if facts.session_closed is not None:
-        return facts.session_closed
     if not facts.may_act:
         return "may_act_mismatch"
     for link in facts.chain:

@@ -39,14 +39,13 @@ def gather(
     may_act: bool = True,
     session: ImpersonationSession | None = None,
 ) -> ImpersonationFacts:
-    """Every fact the rule reads. With the switch off, none is read: nothing about the users
-    is looked at, nothing about them can be told."""
-    if not allowed:
-        return ImpersonationFacts(allowed=False, subject=Party(id=str(subject.pk)), chain=())
+    """Every fact the rule reads, in the order it reads them: a session that is over (known from
+    its row) ends the reading; with the switch off, nothing about the users is looked at, nothing
+    about them can be told."""
     closed = impersonation_sessions.closed(session) if session is not None else None
-    if closed is not None:
+    if closed is not None or not allowed:
         return ImpersonationFacts(
-            allowed=True, subject=Party(id=str(subject.pk)), chain=(), session_closed=closed
+            allowed=allowed, subject=Party(id=str(subject.pk)), chain=(), session_closed=closed
         )
     party, chain = impersonation.chain(links, subject=subject, known=known)
     return ImpersonationFacts(
