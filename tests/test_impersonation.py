@@ -854,11 +854,11 @@ def test_a_refresh_that_fails_midway_leaves_nothing(
     form = {"grant_type": "refresh_token", "refresh_token": impersonated_refresh}
     before = (*token_rows(), AuditEvent.objects.count())
 
-    def broken_insert(groups: Any, using: str) -> None:
+    def broken_insert(saved: Any, groups: Any, using: str) -> None:
         raise RuntimeError("audit table unavailable")
 
     with monkeypatch.context() as patch:
-        patch.setattr("token_exchange.issuance.audit.insert_together", broken_insert)
+        patch.setattr("token_exchange.issuance.audit.save_together", broken_insert)
         with pytest.raises(RuntimeError):
             token_endpoint.post(form, auth=(portal.client_id, portal.plain_secret))
     assert (*token_rows(), AuditEvent.objects.count()) == before

@@ -169,3 +169,106 @@ def test_token_records_and_their_audit_rows_go_in_together(
     assert [AuditEvent.objects.get(pk=row.pk).payload["n"] for row in trail] == list(range(audits))
     if written:
         assert connections[USING].vendor != "postgresql" or together  # the CI cells' path
+
+
+def token_rows(end_user: Any, portal: Any) -> tuple[Any, Any, Any]:
+    """An unsaved ID token, the access token that names it and the refresh token of that access
+    token: what minting hands ``save_together``, in the order their foreign keys need."""
+    from oauth2_provider.models import get_id_token_model, get_refresh_token_model, set_token_value
+
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    id_row = get_id_token_model()(
+        user=end_user, application=portal, jti=uuid.uuid4(), expires=expires, scope="openid"
+    )
+    access_row = get_access_token_model()(
+        user=end_user, application=portal, scope="openid read", expires=expires, id_token=id_row, resource=[]
+    )
+    set_token_value(access_row, uuid.uuid4().hex)
+    refresh_row = get_refresh_token_model()(
+        user=end_user, application=portal, access_token=access_row, token_family=uuid.uuid4(), resource=[]
+    )
+    set_token_value(refresh_row, uuid.uuid4().hex)
+    return id_row, access_row, refresh_row
+
+
+def exchanged(issued_token_type: str, **token: Any) -> ExchangedToken:
+    return ExchangedToken(
+        jti=uuid.uuid4().hex,
+        issued_token_type=issued_token_type,
+        audience=["a"],
+        resource=[],
+        act=None,
+        **token,
+    )
+
+
+def test_token_rows_their_records_and_the_audit_rows_are_one_statement_with_every_link_right(
+    end_user, portal, django_assert_num_queries
+):
+    """``save_together``: DOT's token rows first, each pointing at the one before it, then the
+    records pointing at them, then the audit rows; one statement where the database can, one per
+    row or table elsewhere; every foreign key as the database stored it."""
+    from oauth2_provider.models import get_id_token_model, get_refresh_token_model
+
+    from token_exchange.constants import ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE
+    from token_exchange.db.inserts import save_together
+
+    id_row, access_row, refresh_row = token_rows(end_user, portal)
+    written = [
+        exchanged(ID_TOKEN_TYPE, id_token=id_row),
+        exchanged(ACCESS_TOKEN_TYPE, access_token=access_row),
+        exchanged(REFRESH_TOKEN_TYPE, refresh_token=refresh_row),
+    ]
+    trail = events(end_user, portal, 2)
+    together = orm_internals.ENABLED and orm_internals.can_insert_together(USING)
+    with django_assert_num_queries(1 if together else 5):
+        save_together([id_row, access_row, refresh_row], [written, trail], USING)
+    assert connections[USING].vendor != "postgresql" or together  # the CI cells' path
+    for row in (id_row, access_row, refresh_row, *written, *trail):
+        assert row.pk is not None
+        assert (row._state.adding, row._state.db) == (False, USING)
+    # The instances know their foreign keys, as after save(), and so does the database.
+    assert (access_row.id_token_id, refresh_row.access_token_id) == (id_row.pk, access_row.pk)
+    assert get_access_token_model().objects.get(pk=access_row.pk).id_token_id == id_row.pk
+    assert get_refresh_token_model().objects.get(pk=refresh_row.pk).access_token_id == access_row.pk
+    assert get_id_token_model().objects.get(pk=id_row.pk).jti == id_row.jti
+    stored = {row.pk: row for row in ExchangedToken.objects.filter(pk__in=[row.pk for row in written])}
+    assert [
+        (stored[row.pk].id_token_id, stored[row.pk].access_token_id, stored[row.pk].refresh_token_id)
+        for row in written
+    ] == [(id_row.pk, None, None), (None, access_row.pk, None), (None, None, refresh_row.pk)]
+    assert [row.id_token_id for row in written] == [id_row.pk, None, None]
+    assert get_access_token_model().objects.get(pk=access_row.pk).token_checksum == access_row.token_checksum
+
+
+def test_a_token_row_someone_listens_to_is_saved_with_its_signals(end_user, portal):
+    """Whenever a ``pre_save`` or ``post_save`` receiver listens to one of DOT's token models, its
+    rows go through ``save()`` as before the one-statement write: the receivers see each row."""
+    from django.db.models.signals import post_save, pre_save
+
+    from token_exchange.constants import ID_TOKEN_TYPE
+    from token_exchange.db.inserts import save_together
+
+    seen: list[tuple[str, Any, bool]] = []
+
+    def before(sender: Any, instance: Any, **kwargs: Any) -> None:
+        seen.append(("pre", instance.id_token_id, instance.pk is None))
+
+    def after(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+        seen.append(("post", instance.pk, created))
+
+    AccessToken = get_access_token_model()
+    id_row, access_row, _refresh_row = token_rows(end_user, portal)
+    written = [
+        exchanged(ID_TOKEN_TYPE, id_token=id_row),
+        exchanged(ACCESS_TOKEN_TYPE, access_token=access_row),
+    ]
+    pre_save.connect(before, sender=AccessToken)
+    post_save.connect(after, sender=AccessToken)
+    try:
+        save_together([id_row, access_row], [written, events(end_user, portal, 1)], USING)
+    finally:
+        pre_save.disconnect(before, sender=AccessToken)
+        post_save.disconnect(after, sender=AccessToken)
+    assert seen == [("pre", id_row.pk, True), ("post", access_row.pk, True)]
+    assert ExchangedToken.objects.get(pk=written[1].pk).access_token_id == access_row.pk

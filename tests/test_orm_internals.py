@@ -284,13 +284,22 @@ def test_an_unsaved_related_object_is_refused_as_bulk_create_refuses_it(end_user
 
 
 def test_a_model_whose_insert_django_writes_otherwise_is_left_to_bulk_create(monkeypatch):
-    """A field with a database default, or one the database fills in, is not plain VALUES."""
+    """A field with a database default, or one the database fills in, is not plain VALUES.
+    (The answer is kept per model, as fields do not change once Django has set up; this test
+    changes them, so it forgets the answer each time.)"""
+    forget = orm_internals._fields_insert_plainly.cache_clear
     field = AuditEvent._meta.get_field("client_ip")
+    forget()
     monkeypatch.setattr(field, "db_default", models.Value("127.0.0.1"))
     assert not orm_internals.can_insert_plainly(AuditEvent, USING)
     monkeypatch.undo()
+    forget()
     monkeypatch.setattr(AuditEvent._meta, "db_returning_fields", [AuditEvent._meta.pk, field], raising=False)
     assert not orm_internals.can_insert_plainly(AuditEvent, USING)
+    monkeypatch.undo()
+    forget()
+    returning = connections[USING].features.can_return_rows_from_bulk_insert
+    assert orm_internals.can_insert_plainly(AuditEvent, USING) == returning
 
 
 @compiled_only

@@ -2,11 +2,12 @@
 cost does not grow with the tables around it (``make bench`` measures the time).
 
 Every count includes the transaction's own statements (BEGIN/COMMIT, or a savepoint inside the
-test's transaction). The budgets are issue 19's, on PostgreSQL: a plain exchange at most 6, an
-impersonation at most 9. The client is read with its policy and the instance's security settings
-in one statement; the impersonation rules' facts (both users' grants, the subject's groups) are
-one more; an exchange's ``ExchangedToken`` rows and the audit rows that name them are written in
-one statement. A database without data-modifying ``WITH`` (SQLite) writes those two tables in two.
+test's transaction). Issue 19 asked for a plain exchange in at most 6 on PostgreSQL and an
+impersonation in at most 9; they take 5 and 7. The client is read with its policy and the
+instance's security settings in one statement; the impersonation rules' facts (both users'
+grants, the subject's groups) are one more; everything an exchange writes (DOT's token rows, the
+``ExchangedToken`` rows and the audit rows that name them) is one statement. A database without
+data-modifying ``WITH`` (SQLite) writes each token row, the records and the audit rows apart.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from token_exchange.models import AuditEvent, ImpersonatorGrant, SecuritySetting
 from .client_jwt import assertion, assertion_form, register_key
 from .conftest import make_app
 
-PLAIN_EXCHANGE = 6
-JWT_WITH_ID_TOKEN = 7
-IMPERSONATION = 9
+PLAIN_EXCHANGE = 5
+JWT_WITH_ID_TOKEN = 5
+IMPERSONATION = 7
 # With private_key_jwt the client is read with its keys, in one query, and the security settings
 # by themselves.
-IMPERSONATION_PRIVATE_KEY_JWT = 10
+IMPERSONATION_PRIVATE_KEY_JWT = 8
+# Where the writes go apart (SQLite): one statement per token row (an access token, and an ID
+# token where one is issued) and one more for the records, beside the audit rows' own.
 
 pytestmark = pytest.mark.django_db
 
@@ -87,9 +90,9 @@ def writes_together() -> bool:
     return orm_internals.ENABLED and orm_internals.can_insert_together(using)
 
 
-def statements(assert_max: Any, budget: int, send: Any) -> tuple[Any, int]:
-    """Send, within ``budget`` statements (one more where the two tables are written apart)."""
-    with assert_max(budget if writes_together() else budget + 1) as captured:
+def statements(assert_max: Any, budget: int, send: Any, *, token_rows: int) -> tuple[Any, int]:
+    """Send, within ``budget`` statements (``token_rows`` + 1 more where the writes go apart)."""
+    with assert_max(budget if writes_together() else budget + token_rows + 1) as captured:
         response = send()
     assert response.status_code == 200, response.json()
     return response, len(captured.captured_queries)
@@ -100,7 +103,7 @@ def crowded(django_user_model, portal, support, end_user_in_acme, acme):
     return lambda: crowd(django_user_model, portal, support, end_user_in_acme, acme)
 
 
-def test_plain_exchange_costs_at_most_6_statements_whatever_the_table_sizes(
+def test_plain_exchange_costs_at_most_5_statements_whatever_the_table_sizes(
     token_endpoint, portal, user_tokens, crowded, django_assert_max_num_queries
 ):
     def send():
@@ -111,14 +114,14 @@ def test_plain_exchange_costs_at_most_6_statements_whatever_the_table_sizes(
             scope="read",
         )
 
-    response, small = statements(django_assert_max_num_queries, PLAIN_EXCHANGE, send)
+    response, small = statements(django_assert_max_num_queries, PLAIN_EXCHANGE, send, token_rows=1)
     assert response.json()["issued_token_type"] == ACCESS_TOKEN_TYPE
     crowded()
-    _response, large = statements(django_assert_max_num_queries, PLAIN_EXCHANGE, send)
+    _response, large = statements(django_assert_max_num_queries, PLAIN_EXCHANGE, send, token_rows=1)
     assert large == small
 
 
-def test_exchange_to_a_jwt_with_an_id_token_costs_at_most_7_statements(
+def test_exchange_to_a_jwt_with_an_id_token_costs_at_most_5_statements(
     token_endpoint, portal, user_tokens, crowded, django_assert_max_num_queries
 ):
     def send():
@@ -130,10 +133,10 @@ def test_exchange_to_a_jwt_with_an_id_token_costs_at_most_7_statements(
             scope="openid profile email",
         )
 
-    response, small = statements(django_assert_max_num_queries, JWT_WITH_ID_TOKEN, send)
+    response, small = statements(django_assert_max_num_queries, JWT_WITH_ID_TOKEN, send, token_rows=2)
     assert "id_token" in response.json()
     crowded()
-    _response, large = statements(django_assert_max_num_queries, JWT_WITH_ID_TOKEN, send)
+    _response, large = statements(django_assert_max_num_queries, JWT_WITH_ID_TOKEN, send, token_rows=2)
     assert large == small
 
 
@@ -148,7 +151,7 @@ def impersonation_form(end_user: Any, support_tokens: dict[str, Any]) -> dict[st
     }
 
 
-def test_impersonation_to_a_jwt_and_id_token_costs_at_most_9_statements(
+def test_impersonation_to_a_jwt_and_id_token_costs_at_most_7_statements(
     token_endpoint,
     portal,
     end_user_in_acme,
@@ -160,10 +163,10 @@ def test_impersonation_to_a_jwt_and_id_token_costs_at_most_9_statements(
     def send():
         return token_endpoint.exchange(portal, **impersonation_form(end_user_in_acme, support_tokens))
 
-    response, small = statements(django_assert_max_num_queries, IMPERSONATION, send)
+    response, small = statements(django_assert_max_num_queries, IMPERSONATION, send, token_rows=2)
     assert {"access_token", "id_token"} <= set(response.json())
     crowded()
-    _response, large = statements(django_assert_max_num_queries, IMPERSONATION, send)
+    _response, large = statements(django_assert_max_num_queries, IMPERSONATION, send, token_rows=2)
     assert large == small
 
 
@@ -186,8 +189,12 @@ def test_impersonation_with_private_key_jwt_costs_no_more(
         }
         return token_endpoint.post(form)
 
-    _response, small = statements(django_assert_max_num_queries, IMPERSONATION_PRIVATE_KEY_JWT, send)
+    _response, small = statements(
+        django_assert_max_num_queries, IMPERSONATION_PRIVATE_KEY_JWT, send, token_rows=2
+    )
     crowded()
     register_key(portal)  # a second key: still one query for the client's keys
-    _response, large = statements(django_assert_max_num_queries, IMPERSONATION_PRIVATE_KEY_JWT, send)
+    _response, large = statements(
+        django_assert_max_num_queries, IMPERSONATION_PRIVATE_KEY_JWT, send, token_rows=2
+    )
     assert large == small

@@ -1,4 +1,4 @@
-"""Writing an exchange's own rows (``ExchangedToken``, ``AuditEvent``) in one statement.
+"""Writing an exchange's rows (DOT's token rows, ``ExchangedToken``, ``AuditEvent``) in one statement.
 
 An impersonation writes two of each. ``bulk_create`` does it in one statement too, but on
 PostgreSQL it sends an ``UNNEST`` of typed arrays for two rows or more, which costs 0.35 to
@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
+from django.db import router
 from django.db.models import Model
+from django.db.models.signals import post_save, pre_save
 
 from token_exchange.db import orm_internals
 
@@ -46,3 +48,41 @@ def insert_together(groups: Sequence[Sequence[Model]], using: str) -> None:
         return
     for group in groups:
         insert_rows(group, using)
+
+
+def _save_is_an_insert(model: type[Model]) -> bool:
+    """Whether ``save()`` of a new ``model`` row does nothing but its INSERT: the model keeps
+    Django's own ``save``, and nothing listens to its ``pre_save`` or ``post_save``. Django asks
+    the same of a delete before it deletes without loading rows (``Collector.can_fast_delete``)."""
+    return (
+        model.save is Model.save and not pre_save.has_listeners(model) and not post_save.has_listeners(model)
+    )
+
+
+def save_together(saved: Sequence[Model], groups: Sequence[Sequence[Model]], using: str) -> None:
+    """Store ``saved`` (new rows a caller would ``save()`` one by one, each after the rows it
+    points at: DOT's token rows), then ``groups`` as ``insert_together`` does.
+
+    On PostgreSQL, where the ORM internals are enabled and each ``save()`` would be a plain
+    INSERT (``_save_is_an_insert``), it is all one statement, the rows of ``saved`` first:
+    3 round trips fewer for a JWT with an ID token and a refresh token. Otherwise each row of
+    ``saved`` goes through ``save()``, signals and all, exactly as before, then the groups.
+    """
+    rows = list(saved)
+    if (
+        rows
+        and orm_internals.ENABLED
+        and orm_internals.can_insert_together(using)
+        and all(
+            _save_is_an_insert(type(row))
+            and orm_internals.can_insert_plainly(type(row), using)
+            and router.db_for_write(type(row), instance=row) == using
+            for row in rows
+        )
+        and all(orm_internals.can_insert_plainly(type(group[0]), using) for group in groups if group)
+    ):
+        orm_internals.insert_together([*([row] for row in rows), *groups], using)
+        return
+    for row in rows:
+        row.save()
+    insert_together(groups, using)

@@ -34,6 +34,7 @@ other module.
 
 from __future__ import annotations
 
+import functools
 import operator
 import weakref
 from collections.abc import Callable, Sequence
@@ -278,11 +279,17 @@ class CompiledQueries:
 def can_insert_plainly(model: type[Model], using: str) -> bool:
     """Whether Django's INSERT of ``model``'s rows is the plain ``VALUES (%s, …)`` that
     ``insert_rows`` writes, returning only the auto primary key."""
-    connection = connections[using]
-    meta = model._meta
-    if not connection.features.can_return_rows_from_bulk_insert or meta.auto_field is None:
+    if not connections[using].features.can_return_rows_from_bulk_insert:
         return False
-    if meta.pk is not meta.auto_field or meta.db_returning_fields != [meta.pk]:
+    return _fields_insert_plainly(model)
+
+
+@functools.cache
+def _fields_insert_plainly(model: type[Model]) -> bool:
+    """The model's half of ``can_insert_plainly``, asked on every write: answered once per model
+    (its fields are fixed once Django has set up)."""
+    meta = model._meta
+    if meta.auto_field is None or meta.pk is not meta.auto_field or meta.db_returning_fields != [meta.pk]:
         return False
     return not any(
         hasattr(field, "get_placeholder")
@@ -294,24 +301,70 @@ def can_insert_plainly(model: type[Model], using: str) -> bool:
     )
 
 
-def _insert_sql(rows: Sequence[Model], connection: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
-    """The plain ``INSERT … VALUES … RETURNING pk`` of ``rows`` (one model), and its parameters."""
+def _references(
+    row: Model, fields: Sequence[Field[Any, Any]], earlier: dict[int, int]
+) -> dict[Field[Any, Any], int]:
+    """The foreign keys of ``row`` that point at an unsaved row written earlier in the same
+    statement (``earlier``: ``id()`` of a one-row group's row → the group's number)."""
+    found: dict[Field[Any, Any], int] = {}
+    if not earlier:
+        return found
+    for field in fields:
+        if field.is_relation and field.is_cached(row):  # type: ignore[attr-defined]
+            related = field.get_cached_value(row)  # type: ignore[attr-defined]
+            if related is not None and related.pk is None and id(related) in earlier:
+                found[field] = earlier[id(related)]
+    return found
+
+
+def _insert_sql(
+    rows: Sequence[Model],
+    connection: BaseDatabaseWrapper,
+    earlier: dict[int, int] | None = None,
+    referring: list[Model] | None = None,
+) -> tuple[str, list[Any]]:
+    """The plain ``INSERT … VALUES … RETURNING pk`` of ``rows`` (one model), and its parameters.
+
+    A foreign key to a row of an earlier group of the same ``WITH`` (``earlier``) is written as
+    that group's ``RETURNING`` value, ``(SELECT pk FROM gN)``, instead of a parameter; the rows
+    that have one are added to ``referring``.
+    """
     model = type(rows[0])
     meta = model._meta
     fields = [field for field in meta.concrete_fields if field is not meta.auto_field]
-    for row in rows:
-        # As bulk_create: refuse an unsaved related object, take a saved one's primary key.
-        row._prepare_related_fields_for_save(operation_name="bulk_create")  # type: ignore[attr-defined]
     quote = connection.ops.quote_name
+    values: list[str] = []
+    params: list[Any] = []
+    for row in rows:
+        references = _references(row, fields, earlier or {})
+        if references and referring is not None:
+            referring.append(row)
+        # As bulk_create: refuse an unsaved related object, take a saved one's primary key
+        # (the foreign keys to rows written earlier in the statement aside).
+        checked = [field for field in fields if field.is_relation and field not in references]
+        if checked:
+            row._prepare_related_fields_for_save(operation_name="bulk_create", fields=checked)  # type: ignore[attr-defined]
+        placeholders = []
+        for field in fields:
+            if field in references:
+                # Only a group number goes in: the CTE's name and its quoted key column.
+                key = quote(str(field.related_model._meta.pk.column))  # type: ignore[union-attr]
+                placeholders.append(f"(SELECT {key} FROM g{references[field]})")  # noqa: S608
+            else:
+                value = field.get_db_prep_save(field.pre_save(row, True), connection)
+                if value is None:
+                    # A constant rather than a parameter: psycopg keeps a statement's parsed form
+                    # only up to 50 parameters, which an impersonation's one write exceeded.
+                    placeholders.append("NULL")
+                else:
+                    placeholders.append("%s")
+                    params.append(value)
+        values.append("(" + ", ".join(placeholders) + ")")
     columns = ", ".join(quote(str(field.column)) for field in fields)
-    values = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
     assert meta.pk is not None
-    # Only quoted names from the model's own metadata and %s placeholders go into the SQL.
+    # Only quoted names from the model's own metadata, group numbers, NULL and %s placeholders.
     returning = quote(str(meta.pk.column))
-    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values} RETURNING {returning}"  # noqa: S608
-    params = [
-        field.get_db_prep_save(field.pre_save(row, True), connection) for row in rows for field in fields
-    ]
+    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join(values)} RETURNING {returning}"  # noqa: S608
     return sql, params
 
 
@@ -343,17 +396,25 @@ def insert_together(groups: Sequence[Sequence[Model]], using: str) -> None:
     a data-modifying ``WITH`` per group on PostgreSQL (``can_insert_together``), and give every
     row its id: one round trip instead of one per table.
 
-    Each group's ``RETURNING`` lists its ids in the order of its ``VALUES``, as ``bulk_create``
-    relies on; the groups are told apart by their index in the final ``SELECT``.
+    Groups come in the order their foreign keys need: a row may point at the row of an earlier
+    group that has only one row (DOT's token rows, one per group), and reads its id from that
+    group's ``RETURNING``; the references are checked at the end of the statement, as every
+    foreign key Django creates on PostgreSQL is deferred. Each group's ``RETURNING`` lists its
+    ids in the order of its ``VALUES``, as ``bulk_create`` relies on; the groups are told apart
+    by their index in the final ``SELECT``.
     """
     groups = [group for group in groups if group]
     connection = connections[using]
     parts: list[str] = []
     params: list[Any] = []
+    earlier: dict[int, int] = {}
+    referring: list[Model] = []
     for index, group in enumerate(groups):
-        sql, group_params = _insert_sql(group, connection)
+        sql, group_params = _insert_sql(group, connection, earlier, referring)
         parts.append(f"g{index} AS ({sql})")
         params.extend(group_params)
+        if len(group) == 1:
+            earlier[id(group[0])] = index
     returning = [connection.ops.quote_name(str(type(group[0])._meta.pk.column)) for group in groups]
     # Only quoted names from the models' own metadata, group numbers and %s placeholders.
     select = " UNION ALL ".join(
@@ -365,3 +426,6 @@ def insert_together(groups: Sequence[Sequence[Model]], using: str) -> None:
         found = cursor.fetchall()
     for index, group in enumerate(groups):
         _saved(group, [pk for g, pk in found if g == index], using)
+    for row in referring:
+        # As save() after its related rows were saved: the foreign key takes their ids.
+        row._prepare_related_fields_for_save(operation_name="bulk_create")  # type: ignore[attr-defined]

@@ -17,11 +17,12 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import router, transaction
+from django.db.models import Model
 from django.dispatch import Signal
 
 from token_exchange import signals
 from token_exchange.constants import GRANT_TYPE, KNOWN_TOKEN_TYPES
-from token_exchange.db.inserts import insert_together
+from token_exchange.db.inserts import save_together
 from token_exchange.models import AuditEvent, ExchangedToken
 
 logger = logging.getLogger("token_exchange")
@@ -130,10 +131,18 @@ def _session(session: Any) -> dict[str, Any]:
     return {"id": session.pk, "reason": session.reason, "expires_at": session.expires_at.isoformat()}
 
 
-def _save(rows: list[AuditEvent], using: str, *, along: Sequence[ExchangedToken] = ()) -> list[AuditEvent]:
+def _save(
+    rows: list[AuditEvent],
+    using: str,
+    *,
+    along: Sequence[ExchangedToken] = (),
+    token_rows: Sequence[Model] = (),
+) -> list[AuditEvent]:
     """Insert the rows in one statement, with the token records they name that are not stored
-    yet (``along``): one round trip on PostgreSQL, and never a record without its trail."""
-    insert_together([list(along), rows], using)
+    yet (``along``) and the DOT token rows those records are about (``token_rows``, unsaved,
+    in the order their foreign keys need): one round trip on PostgreSQL, and never a token or a
+    record without its trail."""
+    save_together(token_rows, [list(along), rows], using)
     for row in rows:
         transaction.on_commit(lambda row=row: _send(row), using=using)  # type: ignore[misc]
     return rows
@@ -165,11 +174,13 @@ def issued(
     expires_in: int,
     act: dict[str, Any] | None,
     using: str,
+    token_rows: Sequence[Model] = (),
 ) -> list[AuditEvent]:
     """``token.exchanged`` (for an exchange) and ``user.impersonated`` (when a token has ``act``).
 
     Call inside the transaction that stores the tokens. Records of ``tokens`` not stored yet
-    (minting's) are written here, in the same statement as the audit rows.
+    (minting's) are written here, in the same statement as the audit rows, and so are the DOT
+    token rows they are about (``token_rows``, not stored yet, each after the rows it points at).
     """
     tokens = list(tokens)
     payload = _base_payload(context)
@@ -195,7 +206,7 @@ def issued(
         rows.append(AuditEvent(event_type=EventType.TOKEN_EXCHANGED, payload=payload, **common))
     if act is not None:
         rows.append(AuditEvent(event_type=EventType.USER_IMPERSONATED, payload=payload, **common))
-    return _save(rows, using, along=[token for token in tokens if token._state.adding])
+    return _save(rows, using, along=[token for token in tokens if token._state.adding], token_rows=token_rows)
 
 
 def _session_event(event_type: str, session: Any, client_ip: str | None, **extra: Any) -> AuditEvent:

@@ -21,6 +21,7 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import router, transaction
+from django.db.models import Model
 from django.utils import timezone
 from oauth2_provider.models import (
     get_access_token_model,
@@ -110,7 +111,8 @@ def _id_token(
     expires: datetime.datetime,
     access_token: str | None,
 ) -> tuple[str, Any]:
-    """An OIDC ID token signed the way DOT signs the client's ID tokens, and its IDToken row."""
+    """An OIDC ID token signed the way DOT signs the client's ID tokens, and its IDToken row
+    (not stored yet: ``_audit`` writes it)."""
     client = issuance.client
     jti = uuid.uuid4()
     audience = list(dict.fromkeys([client.client_id, *issuance.audience]))
@@ -135,7 +137,7 @@ def _id_token(
     key = client.jwk_key
     kid = key.thumbprint() if client.algorithm == "RS256" else None
     value = jose.sign(claims, key, client.algorithm, typ="JWT", kid=kid)
-    row = get_id_token_model().objects.create(
+    row = get_id_token_model()(
         user=issuance.user,
         application=client,
         jti=jti,
@@ -213,11 +215,13 @@ def _store(
         # RFC 8693 §2.2.1: the ID token travels in access_token and is no bearer token.
         id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=None)
         record = _record(issuance, ID_TOKEN_TYPE, lineage_fields, id_token=id_row)
-        _audit(issuance, [record], using)
+        _audit(issuance, [record], [id_row], using)
         response.update(access_token=id_token, token_type=NOT_APPLICABLE)
         return
 
     AccessToken = get_access_token_model()
+    # Written by _audit in this order, each after the rows it points at.
+    token_rows: list[Model] = []
     records: list[ExchangedToken] = []
     record = _record(issuance, issuance.requested_token_type, lineage_fields)
     if issuance.requested_token_type == JWT_TYPE:
@@ -227,6 +231,7 @@ def _store(
     id_row = None
     if issuance.issue_id_token:
         id_token, id_row = _id_token(issuance, now=now, expires=expires, access_token=access_token)
+        token_rows.append(id_row)
         records.append(_record(issuance, ID_TOKEN_TYPE, lineage_fields, id_token=id_row))
         response["id_token"] = id_token
 
@@ -239,7 +244,7 @@ def _store(
         resource=list(issuance.resource),
     )
     set_token_value(token_row, access_token)
-    token_row.save()
+    token_rows.append(token_row)
     record.access_token = token_row
     records.append(record)
     response.update(access_token=access_token, token_type=BEARER)
@@ -254,15 +259,16 @@ def _store(
             resource=list(issuance.resource),
         )
         set_token_value(refresh_row, refresh_token)
-        refresh_row.save()
+        token_rows.append(refresh_row)
         records.append(_record(issuance, REFRESH_TOKEN_TYPE, lineage_fields, refresh_token=refresh_row))
         response["refresh_token"] = refresh_token
 
-    _audit(issuance, records, using)
+    _audit(issuance, records, token_rows, using)
 
 
-def _audit(issuance: Issuance, records: list[ExchangedToken], using: str) -> None:
-    """The audit rows, written with ``records`` (not stored yet) in one statement."""
+def _audit(issuance: Issuance, records: list[ExchangedToken], token_rows: list[Model], using: str) -> None:
+    """The audit rows, written with ``records`` and ``token_rows`` (none stored yet) in one
+    statement where the database can (``inserts.save_together``)."""
     audit.issued(
         issuance.audit_context,
         tokens=records,
@@ -272,4 +278,5 @@ def _audit(issuance: Issuance, records: list[ExchangedToken], using: str) -> Non
         expires_in=issuance.expires_in,
         act=issuance.act,
         using=using,
+        token_rows=token_rows,
     )
