@@ -460,3 +460,38 @@ def test_createclientkey_force_that_cannot_rename_stores_no_key(portal, tmp_path
     assert not ClientKey.objects.exists()
     assert path.read_text() == "an old key\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["portal.json"]
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256", "HS256"])
+def test_our_signatures_are_byte_for_byte_what_jwcryptos_jws_writes(algorithm):
+    """``jose.sign`` runs jwcrypto's signing step without ``JWS``'s header checks (issue 19): for
+    our fixed header the result must be exactly ``JWS``'s, and verify with another library."""
+    from jwcrypto import jwk, jws
+
+    from token_exchange.jwt import jose
+
+    if algorithm == "HS256":
+        from jwcrypto.common import base64url_decode
+
+        key = jwk.JWK.generate(kty="oct", size=256)
+        verifying: Any = base64url_decode(json.loads(key.export())["k"])
+    elif algorithm == "ES256":
+        key = jwk.JWK.generate(kty="EC", crv="P-256")
+        verifying = key.get_op_key("verify")
+    else:
+        key = jwk.JWK.generate(kty="RSA", size=2048)
+        verifying = key.get_op_key("verify")
+    claims = {"iss": "https://idp.example.com", "sub": "7", "act": {"sub": "3"}, "aud": ["a", "b"], "n": 1.5}
+    ours = jose.sign(claims, key, algorithm, typ="at+jwt", kid="k1")
+    theirs = jws.JWS(json.dumps(claims, separators=(",", ":")).encode())
+    header = {"alg": algorithm, "typ": "at+jwt", "kid": "k1"}
+    theirs.add_signature(key, alg=algorithm, protected=json.dumps(header, separators=(",", ":")))
+    expected = theirs.serialize(compact=True)
+    if algorithm == "ES256":  # ECDSA signatures are randomized: the header and payload must agree
+        assert ours.rsplit(".", 1)[0] == expected.rsplit(".", 1)[0]
+    else:
+        assert ours == expected
+    decoded = jwt.decode_complete(ours, verifying, algorithms=[algorithm], options={"verify_aud": False})
+    assert decoded["header"] == {"alg": algorithm, "typ": "at+jwt", "kid": "k1"}
+    assert decoded["payload"] == claims
+    assert jose.verify(ours, key, algorithm)[1] == claims

@@ -60,12 +60,20 @@ def verify(token: str, key: jwk.JWK, algorithm: str) -> tuple[dict[str, Any], di
 
 
 def sign(claims: dict[str, Any], key: jwk.JWK, algorithm: str, *, typ: str, kid: str | None = None) -> str:
+    """The compact JWS of ``claims`` under our own protected header (``alg``, ``typ``, ``kid``).
+
+    Signed with jwcrypto's ``JWSCore``, the signing step its ``JWS`` object runs: ``JWS`` first
+    copies its whole header registry (``copy.deepcopy``, 0.05 ms of a 0.33 ms RS256 signature,
+    issue 19) to check headers a caller could give it. This header is ours, three fixed names,
+    no ``crit``, no unprotected part, so there is nothing to check; ``tests/test_signed_jwt.py``
+    proves the output is byte for byte what ``JWS`` writes (RS256 signatures are deterministic).
+    """
     header: dict[str, Any] = {"alg": algorithm, "typ": typ}
     if kid:
         header["kid"] = kid
-    signer = jws.JWS(json.dumps(claims, separators=(",", ":"), default=str).encode("utf-8"))
-    signer.add_signature(key, alg=algorithm, protected=json.dumps(header, separators=(",", ":")))
-    return str(signer.serialize(compact=True))
+    payload = json.dumps(claims, separators=(",", ":"), default=str).encode("utf-8")
+    signed = jws.JWSCore(algorithm, key, json.dumps(header, separators=(",", ":")), payload).sign()
+    return f"{signed['protected']}.{signed['payload'].decode('ascii')}.{signed['signature']}"
 
 
 def server_key(private_key_pem: str) -> jwk.JWK:
