@@ -5,7 +5,8 @@ creates is a row of DOT's own tables, JWTs included, so introspection, revocatio
 resource-server checks and the refresh grant treat exchanged tokens like any other. The
 RFC 8693 extras (audience, ``act``, ``jti``) go into one ``ExchangedToken`` row per token, with
 its lineage: the root authorization it lives by, and the others it depends on (``lineage``).
-Those rows are written by ``audit.issued`` in one statement with the audit rows that name them.
+Those rows, and DOT's token rows, are written by ``audit.issued`` in one statement with the
+audit rows that name them (on PostgreSQL; ``inserts.save_together``).
 The readers refused any presented token whose lineage had ended.
 """
 
