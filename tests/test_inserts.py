@@ -272,3 +272,91 @@ def test_a_token_row_someone_listens_to_is_saved_with_its_signals(end_user, port
         post_save.disconnect(after, sender=AccessToken)
     assert seen == [("pre", id_row.pk, True), ("post", access_row.pk, True)]
     assert ExchangedToken.objects.get(pk=written[1].pk).access_token_id == access_row.pk
+
+
+def test_dots_token_models_are_written_in_the_one_statement():
+    """The fast path's precondition holds for DOT's own token models (else the budgets fail)."""
+    from oauth2_provider.models import get_id_token_model, get_refresh_token_model
+
+    for model in (get_id_token_model(), get_access_token_model(), get_refresh_token_model()):
+        assert orm_internals.save_is_a_plain_insert(model), model
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["save_base overridden", "order_with_respect_to", "a field's own pre_save", "the manager's _insert"],
+)
+def test_a_model_whose_save_does_more_than_insert_keeps_its_save(end_user, portal, monkeypatch, change):
+    """What ``save()`` does beyond the INSERT is kept: a patched ``save_base`` (django-model-utils'
+    ``FieldTracker`` does it), ``order_with_respect_to``, a field whose ``pre_save`` may read
+    anything, a manager whose ``_insert`` differs: each sends the token rows through ``save()``."""
+    from token_exchange.constants import ID_TOKEN_TYPE
+    from token_exchange.db.inserts import save_together
+
+    AccessToken = get_access_token_model()
+    calls: list[Any] = []
+    if change == "save_base overridden":
+        original = AccessToken.save_base
+
+        def save_base(self: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append(self)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(AccessToken, "save_base", save_base)
+    elif change == "order_with_respect_to":
+        monkeypatch.setattr(AccessToken._meta, "order_with_respect_to", AccessToken._meta.get_field("user"))
+    elif change == "a field's own pre_save":
+        field = AccessToken._meta.get_field("scope")
+        monkeypatch.setattr(
+            type(field), "pre_save", lambda self, instance, add: getattr(instance, self.attname)
+        )
+    else:
+        own = type("OwnInsert", (QuerySet,), {"_insert": lambda self, *args, **kwargs: None})
+        monkeypatch.setattr(AccessToken._base_manager, "_queryset_class", own)
+    orm_internals.save_is_a_plain_insert.cache_clear()
+    try:
+        assert not orm_internals.save_is_a_plain_insert(AccessToken)
+        if change == "save_base overridden":
+            id_row, access_row, _refresh_row = token_rows(end_user, portal)
+            written = [
+                exchanged(ID_TOKEN_TYPE, id_token=id_row),
+                exchanged(ACCESS_TOKEN_TYPE, access_token=access_row),
+            ]
+            save_together([id_row, access_row], [written, events(end_user, portal, 1)], USING)
+            assert calls == [access_row]
+            assert ExchangedToken.objects.get(pk=written[1].pk).access_token_id == access_row.pk
+    finally:
+        monkeypatch.undo()
+        orm_internals.save_is_a_plain_insert.cache_clear()
+    assert orm_internals.save_is_a_plain_insert(AccessToken)
+
+
+def test_an_expression_value_or_a_to_field_reference_keeps_the_rows_apart(end_user, portal, monkeypatch):
+    """A value the ORM compiles (``Now()``) is written by ``save()``, not as a parameter; a
+    foreign key to an unsaved row that names another column than its primary key (``to_field``)
+    could not read it from the earlier part's ``RETURNING`` and is refused for the one statement."""
+    from django.db.models.functions import Now
+    from oauth2_provider.models import get_id_token_model
+
+    from token_exchange.constants import ID_TOKEN_TYPE
+    from token_exchange.db.inserts import save_together
+
+    id_row, access_row, _refresh_row = token_rows(end_user, portal)
+    assert orm_internals.rows_insert_plainly([id_row, access_row])
+    access_row.expires = Now()
+    assert not orm_internals.rows_insert_plainly([id_row, access_row])
+    written = [
+        exchanged(ID_TOKEN_TYPE, id_token=id_row),
+        exchanged(ACCESS_TOKEN_TYPE, access_token=access_row),
+    ]
+    save_together([id_row, access_row], [written, events(end_user, portal, 1)], USING)
+    stored = get_access_token_model().objects.get(pk=access_row.pk)
+    assert stored.expires is not None
+    assert stored.id_token_id == id_row.pk
+
+    id_row, access_row, _refresh_row = token_rows(end_user, portal)
+    field = get_access_token_model()._meta.get_field("id_token")
+    monkeypatch.setitem(
+        field.__dict__, "foreign_related_fields", (get_id_token_model()._meta.get_field("jti"),)
+    )
+    assert not orm_internals.rows_insert_plainly([id_row, access_row])

@@ -217,42 +217,48 @@ def one_server(prerequisites: None, tmp_path: Path) -> Iterator[Server]:
 
 
 class HeldAuditTable:
-    """A transaction of the test's own that holds the audit table against writes: a token request
-    reaches the statement that writes its audit rows, and waits there, inside its transaction."""
+    """Holds a token request at the moment its audit rows are being written, inside its
+    transaction, with its token rows written: a ``BEFORE INSERT`` trigger on the audit table
+    takes a shared advisory lock that this test holds exclusively. (On PostgreSQL an exchange
+    writes its token rows, their records and the audit rows in one statement, the audit rows
+    last: the trigger catches it between the two, where a table lock would stop the whole
+    statement before it wrote anything.)"""
+
+    KEY = 8693_0021
 
     def __init__(self) -> None:
-        self.connection = psycopg.connect(database_url(AuditEvent))
-        self.connection.execute(f"LOCK TABLE {AuditEvent._meta.db_table} IN SHARE ROW EXCLUSIVE MODE")
+        table = AuditEvent._meta.db_table
+        self.connection = psycopg.connect(database_url(AuditEvent), autocommit=True)
+        self.connection.execute("SELECT pg_advisory_lock(%s)", [self.KEY])
+        self.connection.execute(
+            "CREATE OR REPLACE FUNCTION scale_out_hold_audit() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_advisory_xact_lock_shared({self.KEY}); RETURN NEW; END $$"
+        )
+        self.connection.execute(
+            f'CREATE TRIGGER scale_out_hold_audit BEFORE INSERT ON "{table}" '
+            "FOR EACH ROW EXECUTE FUNCTION scale_out_hold_audit()"
+        )
 
     def waiting_backend(self, timeout: float = 30) -> int:
-        """The server's database connection, once it waits for the lock: in the middle of the
-        token request's transaction. (Watched from a connection of its own: within a transaction,
-        PostgreSQL shows the same snapshot of pg_stat_activity to every read.)"""
+        """The server's database connection, once it waits in the trigger: in the middle of the
+        token request's transaction (begun before this statement), having written its tokens
+        (it holds a transaction id). (Watched from a connection of its own: within a
+        transaction, PostgreSQL shows the same snapshot of pg_stat_activity to every read.)"""
         deadline = time.monotonic() + timeout
         with psycopg.connect(database_url(AuditEvent), autocommit=True) as watcher:
             while time.monotonic() < deadline:
                 row = watcher.execute(
-                    "SELECT pid, backend_xid IS NOT NULL, query FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    "SELECT pid, backend_xid IS NOT NULL, xact_start < query_start, query "
+                    "FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
                 ).fetchone()
                 if row:
-                    pid, has_written, query = row
-                    # On PostgreSQL an exchange writes everything in one statement: DOT's token
-                    # rows, their records and the audit rows (pg_stat_activity shows its first
-                    # kilobyte only), so the request waits with nothing written yet and the
-                    # statement is all or nothing. Where the audit rows are written by
-                    # themselves, the token rows were written before it.
-                    # The one write starts with the first token row: an ID token, else the access token.
-                    one_write = tuple(
-                        f'WITH g0 AS (INSERT INTO "{model._meta.db_table}"'
-                        for model in (IDToken, AccessToken)
-                    )
-                    audit_alone = f'INSERT INTO "{AuditEvent._meta.db_table}"'
-                    assert query.startswith((*one_write, audit_alone)), query[:80]
-                    assert has_written or query.startswith(one_write), query[:80]
+                    pid, has_written, in_transaction, query = row
+                    assert has_written, query[:80]
+                    assert in_transaction, query[:80]
                     return int(pid)
                 time.sleep(0.02)
-        raise AssertionError("no request waited for the audit table")
+        raise AssertionError("no request waited at the audit rows")
 
     def backend_gone(self, pid: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -264,9 +270,13 @@ class HeldAuditTable:
         raise AssertionError(f"backend {pid} still there")
 
     def release(self) -> None:
-        if not self.connection.closed:
-            self.connection.rollback()
-            self.connection.close()
+        if self.connection.closed:
+            return
+        table = AuditEvent._meta.db_table
+        self.connection.execute("SELECT pg_advisory_unlock(%s)", [self.KEY])
+        self.connection.execute(f'DROP TRIGGER IF EXISTS scale_out_hold_audit ON "{table}"')
+        self.connection.execute("DROP FUNCTION IF EXISTS scale_out_hold_audit()")
+        self.connection.close()
 
 
 def in_background(send: Callable[[], requests.Response]) -> tuple[threading.Thread, list[Any]]:

@@ -51,11 +51,14 @@ def insert_together(groups: Sequence[Sequence[Model]], using: str) -> None:
 
 
 def _save_is_an_insert(model: type[Model]) -> bool:
-    """Whether ``save()`` of a new ``model`` row does nothing but its INSERT: the model keeps
-    Django's own ``save``, and nothing listens to its ``pre_save`` or ``post_save``. Django asks
-    the same of a delete before it deletes without loading rows (``Collector.can_fast_delete``)."""
+    """Whether ``save()`` of a new ``model`` row does nothing but its plain INSERT: Django's own
+    save path and plain fields (``orm_internals.save_is_a_plain_insert``), and nothing listening
+    to its ``pre_save`` or ``post_save`` now. Django asks the same of signals before it deletes
+    without loading rows (``Collector.can_fast_delete``)."""
     return (
-        model.save is Model.save and not pre_save.has_listeners(model) and not post_save.has_listeners(model)
+        orm_internals.save_is_a_plain_insert(model)
+        and not pre_save.has_listeners(model)
+        and not post_save.has_listeners(model)
     )
 
 
@@ -80,6 +83,7 @@ def save_together(saved: Sequence[Model], groups: Sequence[Sequence[Model]], usi
             for row in rows
         )
         and all(orm_internals.can_insert_plainly(type(group[0]), using) for group in groups if group)
+        and orm_internals.rows_insert_plainly(rows)
     ):
         orm_internals.insert_together([*([row] for row in rows), *groups], using)
         return

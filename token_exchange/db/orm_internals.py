@@ -312,7 +312,12 @@ def _references(
     for field in fields:
         if field.is_relation and field.is_cached(row):  # type: ignore[attr-defined]
             related = field.get_cached_value(row)  # type: ignore[attr-defined]
-            if related is not None and related.pk is None and id(related) in earlier:
+            if (
+                related is not None
+                and related.pk is None
+                and id(related) in earlier
+                and field.target_field is related._meta.pk  # type: ignore[attr-defined]
+            ):
                 found[field] = earlier[id(related)]
     return found
 
@@ -384,6 +389,65 @@ def insert_rows(rows: Sequence[M], using: str) -> None:
         cursor.execute(sql, params)
         ids = [pk for (pk,) in cursor.fetchall()]
     _saved(rows, ids, using)
+
+
+def _plain_pre_saves() -> frozenset[Callable[..., Any]]:
+    """``Field.pre_save`` implementations that read only their own field (and the clock): Django's
+    own, and DOT's token fields' (``ResourceJSONField``: None → []; ``TokenChecksumField``: the
+    checksum of the row's own token)."""
+    import oauth2_provider.models as dot_models
+    from django.db.models import DateField, DateTimeField
+
+    known = {Field.pre_save, DateField.pre_save, DateTimeField.pre_save}
+    for name in ("ResourceJSONField", "TokenChecksumField"):
+        field_class = getattr(dot_models, name, None)
+        if field_class is not None:
+            known.add(field_class.pre_save)
+    return frozenset(known)
+
+
+_SAVE_PATH = ("save", "save_base", "_save_parents", "_save_table", "_do_insert")
+
+
+@functools.cache
+def save_is_a_plain_insert(model: type[Model]) -> bool:
+    """Whether ``save()`` of a new ``model`` row does nothing but ``insert_together``'s INSERT,
+    signals aside (``inserts`` asks those live): Django's own save path (``save``,
+    ``save_base`` — which django-model-utils' ``FieldTracker`` patches —, ``_save_parents``,
+    ``_save_table``, ``_do_insert``) and the base manager's ``_insert``; no
+    ``order_with_respect_to`` (``save`` numbers the row); every field's ``pre_save`` one that
+    reads only its own field (``_plain_pre_saves``), so that none reads a foreign key the
+    statement fills in; and a plain INSERT (``can_insert_plainly``'s model half). Asked once per
+    model: its class and fields are fixed once Django has set up."""
+    if any(getattr(model, name, None) is not getattr(Model, name) for name in _SAVE_PATH):
+        return False
+    meta = model._meta
+    if meta.order_with_respect_to is not None or meta.parents:
+        return False
+    queryset_class = model._base_manager._queryset_class  # type: ignore[attr-defined]
+    if getattr(queryset_class, "_insert", None) is not QuerySet._insert:  # type: ignore[attr-defined]
+        return False
+    plain = _plain_pre_saves()
+    if any(type(field).pre_save not in plain for field in meta.concrete_fields):
+        return False
+    return _fields_insert_plainly(model)
+
+
+def rows_insert_plainly(rows: Sequence[Model]) -> bool:
+    """Whether ``insert_together`` can write ``rows`` as ``save()``/``bulk_create`` would: no
+    value is an expression (``Now()``, ``F()``: the ORM compiles those, the plain INSERT cannot),
+    and every foreign key to an unsaved row points at its primary key (a ``to_field`` would need
+    that column from the earlier part's ``RETURNING``, which returns only the primary key)."""
+    for row in rows:
+        for field in row._meta.concrete_fields:
+            if hasattr(getattr(row, field.attname, None), "resolve_expression"):
+                return False
+            if field.is_relation and field.is_cached(row):  # type: ignore[attr-defined]
+                related = field.get_cached_value(row)  # type: ignore[attr-defined]
+                unsaved = related is not None and related.pk is None
+                if unsaved and field.target_field is not related._meta.pk:  # type: ignore[attr-defined]
+                    return False
+    return True
 
 
 def can_insert_together(using: str) -> bool:
