@@ -49,6 +49,10 @@ def _string(value: Any) -> str | None:
     return None if isinstance(value, str) else ""
 
 
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else ""
+
+
 def _one_of(*choices: str) -> Rule:
     def rule(value: Any) -> str | None:
         return None if isinstance(value, str) and value in choices else ""
@@ -377,6 +381,48 @@ class TokenExchangeSettings:
         merged["ALGORITHMS"] = list(merged["ALGORITHMS"])
         return merged
 
+    @property
+    def FEDERATION_CACHE(self) -> str:
+        """The ``CACHES`` alias that holds trusted issuers' fetched JWKS and the fetch
+        schedule (default ``"default"``). Shared by all processes (Redis, Memcached), an issuer
+        is asked once per interval for the whole site; per process otherwise. See
+        docs/federation.md."""
+        return str(self._checked("FEDERATION_CACHE", "default"))
+
+    @property
+    def FEDERATION_TIMEOUT_SECONDS(self) -> int:
+        """Seconds a trusted issuer's JWKS endpoint has for its whole answer (default 5)."""
+        return int(self._checked("FEDERATION_TIMEOUT_SECONDS", 5))
+
+    @property
+    def FEDERATION_ALLOW_HTTP_LOOPBACK(self) -> bool:
+        """Whether a trusted issuer's ``jwks_uri`` may be plain ``http`` on a loopback address
+        (``127.0.0.1``, ``::1``, ``localhost``): for tests and development only (default False).
+
+        .. warning:: Never in production: keys fetched over plain HTTP are keys anyone on the
+           path can replace.
+        """
+        return bool(self._checked("FEDERATION_ALLOW_HTTP_LOOPBACK", False))
+
+    @property
+    def FEDERATION_RESOLVER(self) -> Callable[..., Any]:
+        """Who a trusted issuer's verified token stands for here: a callable (or its dotted path)
+        ``(trust, claims) -> user or None``; default ``token_exchange.federation.identities.resolve``
+        (linked identities, then the issuer's email matching and user creation options)."""
+        return self._callable("FEDERATION_RESOLVER", "token_exchange.federation.identities.resolve")
+
+    @property
+    def JWT_BEARER_MAX_LIFETIME_SECONDS(self) -> int:
+        """The longest an assertion of the JWT authorization grant may live, ``exp`` minus
+        ``iat`` (default 300), whatever its issuer's own maximum (RFC 7523 §3)."""
+        return int(self._checked("JWT_BEARER_MAX_LIFETIME_SECONDS", 300))
+
+    @property
+    def JWT_BEARER_REFRESH_TOKENS(self) -> bool:
+        """Whether the JWT authorization grant issues refresh tokens (with ``offline_access``);
+        default False: the client comes back with a fresh assertion."""
+        return bool(self._checked("JWT_BEARER_REFRESH_TOKENS", False))
+
     def _callable(self, name: str, default: str) -> Callable[..., Any]:
         value = self._checked(name, default)
         return import_string(value) if isinstance(value, str) else value  # type: ignore[no-any-return]
@@ -414,6 +460,16 @@ SETTINGS: dict[str, Setting] = {
         "'token_exchange'",
         _one_of("token_exchange", "oauth2_provider"),
     ),
+    "FEDERATION_CACHE": Setting("a CACHES alias (a string)", "'default'", _string),
+    "FEDERATION_TIMEOUT_SECONDS": Setting("an integer of seconds from 1 to 30", "5", _int_from(1, 30)),
+    "FEDERATION_ALLOW_HTTP_LOOPBACK": Setting("True or False", "False", _boolean),
+    "FEDERATION_RESOLVER": Setting(
+        _CALLABLE, "'token_exchange.federation.identities.resolve'", _callable_or_path
+    ),
+    "JWT_BEARER_MAX_LIFETIME_SECONDS": Setting(
+        "an integer of seconds from 1 to 3600", "300", _int_from(1, 3600)
+    ),
+    "JWT_BEARER_REFRESH_TOKENS": Setting("True or False", "False", _boolean),
     "RESOURCE_SERVER": Setting(
         "a dict of resource server settings (docs/resource-servers.md)",
         "{'ISSUER': 'https://id.example.com/o', 'RESOURCE_URI': 'https://api.example.com/'}",

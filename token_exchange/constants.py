@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Final
 
 GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+# RFC 7523 §2.1: a JWT from a trusted issuer as an authorization grant (token_exchange.federation).
+JWT_BEARER_GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # RFC 8628 §3.4: the device authorization grant (DOT's), which this package serves and describes.
 DEVICE_CODE_GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:device_code"
 

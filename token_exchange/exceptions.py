@@ -44,6 +44,9 @@ class Refusal(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        # A trusted issuer's verified token refused for whom it names: {"iss", "sub"}, for the
+        # audit row (token_exchange.tokens.external).
+        self.external: dict[str, str] | None = None
 
     def as_oauth2_error(self) -> errors.OAuth2Error:
         return self.error_class(description=self.description)

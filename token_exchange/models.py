@@ -1,9 +1,10 @@
 """Models of the token exchange app.
 
-``SecuritySettings``, ``ClientPolicy``, ``ClientKey``, ``ImpersonatorGrant``,
-``ImpersonationSession`` and ``AuditEvent`` are public API. ``ExchangedToken`` keeps what DOT's
-token tables have no column for (the RFC 8693 audience, the ``act`` claim, a ``jti``) for every
-access and refresh token that an exchange, or a refresh of an exchanged token, issues.
+``SecuritySettings``, ``ClientPolicy``, ``ClientKey``, ``TrustedIssuer``, ``FederatedIdentity``,
+``ImpersonatorGrant``, ``ImpersonationSession`` and ``AuditEvent`` are public API.
+``ExchangedToken`` keeps what DOT's token tables have no column for (the RFC 8693 audience, the
+``act`` claim, a ``jti``) for every access and refresh token that an exchange, or a refresh of an
+exchanged token, issues.
 """
 
 from __future__ import annotations
@@ -172,6 +173,25 @@ class ClientPolicy(models.Model):
             "of them are meant for it."
         ),
     )
+    trusted_issuers: models.ManyToManyField[TrustedIssuer, Any] = models.ManyToManyField(
+        "TrustedIssuer",
+        blank=True,
+        related_name="client_policies",
+        verbose_name=_("trusted issuers"),
+        help_text=_(
+            "Identity providers whose tokens this client may present: as the subject_token of a "
+            "token exchange, and (with the JWT authorization grant enabled) as an assertion. "
+            "None: this client presents tokens of this server only."
+        ),
+    )
+    jwt_bearer_enabled = models.BooleanField(
+        _("JWT authorization grant enabled"),
+        default=False,
+        help_text=_(
+            "Allow this client to use urn:ietf:params:oauth:grant-type:jwt-bearer (RFC 7523) with "
+            "assertions from its trusted issuers."
+        ),
+    )
     launch_url = models.URLField(
         _("launch URL"),
         blank=True,
@@ -301,6 +321,196 @@ class ClientKey(models.Model):
             raise ValidationError({"public_key": str(exc)}) from exc
 
 
+def _default_algorithms() -> list[str]:
+    return ["RS256"]
+
+
+class TrustedIssuer(models.Model):
+    """An identity provider whose signed JWTs this server accepts, under the rules set here
+    (``token_exchange.federation``, docs/federation.md).
+
+    Nothing about a token is trusted beyond these rules: its ``iss`` must be exactly ``issuer``,
+    its key must be one of this issuer's (never one a token header names), its ``alg`` one of
+    ``algorithms``, its ``aud`` one of ``audiences``, its kind one this issuer may present, and
+    every ``required_claims`` value must be there. Only clients whose ``ClientPolicy`` names the
+    issuer may present its tokens, and only subjects linked to a local user
+    (``FederatedIdentity``) are accepted unless the options below say otherwise.
+    """
+
+    name = models.CharField(_("name"), max_length=100)
+    issuer = models.CharField(
+        _("issuer"),
+        max_length=255,
+        unique=True,
+        help_text=_("The exact iss of its tokens, e.g. https://accounts.google.com (compared as is)."),
+    )
+    enabled = models.BooleanField(
+        _("enabled"),
+        default=True,
+        help_text=_("Off: its tokens are refused, and every token issued here for them is revoked now."),
+    )
+    jwks_uri = models.URLField(
+        _("JWKS URI"),
+        max_length=500,
+        blank=True,
+        help_text=_(
+            "Where its public keys are published (HTTPS). Fetched without following redirects, "
+            "cached and shared by every process. Leave empty to paste the keys below instead."
+        ),
+    )
+    jwks = models.JSONField(
+        _("JWKS"),
+        null=True,
+        blank=True,
+        help_text=_('Its public keys as a JSON Web Key Set ({"keys": [...]}), when it has no JWKS URI.'),
+    )
+    algorithms = models.JSONField(
+        _("algorithms"),
+        default=_default_algorithms,
+        help_text=_(
+            'The JWS algorithms its tokens may use, as a JSON list (["RS256"]). Asymmetric only: '
+            "RS*, PS*, ES*."
+        ),
+    )
+    audiences = models.JSONField(
+        _("audiences"),
+        default=list,
+        help_text=_(
+            "The aud values its tokens must carry (any one of them) to be accepted here, as a JSON "
+            "list: the client_id this site has at that provider (ID tokens), or this server's "
+            "resource identifier there (access tokens)."
+        ),
+    )
+    accept_id_tokens = models.BooleanField(
+        _("accepts ID tokens"),
+        default=False,
+        help_text=_("Its OpenID Connect ID tokens (subject_token_type id_token)."),
+    )
+    accept_access_tokens = models.BooleanField(
+        _("accepts JWT access tokens"),
+        default=False,
+        help_text=_("Its RFC 9068 JWT access tokens (typ at+jwt; subject_token_type access_token)."),
+    )
+    accept_jwts = models.BooleanField(
+        _("accepts other JWTs"),
+        default=False,
+        help_text=_("Other signed JWTs it issues (subject_token_type jwt, and JWT authorization grants)."),
+    )
+    max_token_age_seconds = models.PositiveIntegerField(
+        _("maximum token age (seconds)"),
+        default=3600,
+        help_text=_("A token issued (iat) longer ago than this is refused, whatever its exp says."),
+    )
+    max_token_lifetime_seconds = models.PositiveIntegerField(
+        _("maximum token lifetime (seconds)"),
+        default=7200,
+        help_text=_("A token whose exp is further than this from its iat is refused."),
+    )
+    required_claims = models.JSONField(
+        _("required claims"),
+        default=dict,
+        blank=True,
+        help_text=_(
+            'Claims its tokens must carry, each with its allowed values, as a JSON object: {"tid": '
+            '["<your tenant id>"]} for Microsoft Entra ID, {"hd": ["example.com"]} for Google. '
+            "Compared as strings, exactly. For a multi-tenant provider this is what keeps other "
+            "tenants' users out."
+        ),
+    )
+    scope = models.CharField(
+        _("scope"),
+        max_length=255,
+        blank=True,
+        help_text=_(
+            "The space-separated scopes a token issued here for its tokens may carry, at most (and "
+            "never more than the client's). Empty: none, so nothing is issued."
+        ),
+    )
+    resources = models.JSONField(
+        _("resources"),
+        default=list,
+        blank=True,
+        help_text=_(
+            "Resource URIs of this site that tokens issued for its tokens may be restricted to, "
+            "as a JSON list. Empty: they are issued to the requesting client only."
+        ),
+    )
+    match_verified_email = models.BooleanField(
+        _("match users by verified email"),
+        default=False,
+        help_text=_(
+            "An unlinked subject whose token says email_verified true is linked to the one active "
+            "local user with that email. Only for a provider that verifies emails it does not own."
+        ),
+    )
+    create_users = models.BooleanField(
+        _("create users"),
+        default=False,
+        help_text=_("An unlinked subject that matches nobody becomes a new local user, linked to it."),
+    )
+    provider_id = models.CharField(
+        _("sign-in provider"),
+        max_length=200,
+        blank=True,
+        help_text=_(
+            "The id under which the site's own sign-in knows this provider, for a resolver that "
+            "reads it (token_exchange.contrib.allauth: django-allauth's provider id, e.g. google)."
+        ),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("trusted issuer")
+        verbose_name_plural = _("trusted issuers")
+        ordering = ["name", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(jwks_uri="") & Q(jwks__isnull=False)) | (~Q(jwks_uri="") & Q(jwks__isnull=True)),
+                name="token_exchange_trustedissuer_one_key_source",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.issuer})"
+
+    def clean(self) -> None:
+        # Imported here: the rules module reads the settings and the constants only.
+        from token_exchange.federation import issuers
+
+        errors = issuers.configuration_errors(self)
+        if errors:
+            raise ValidationError(errors)
+
+
+class FederatedIdentity(models.Model):
+    """A subject of a trusted issuer, linked to a local user: whom that issuer's tokens about
+    ``subject`` (their ``sub``) stand for here."""
+
+    issuer = models.ForeignKey(
+        TrustedIssuer, on_delete=models.CASCADE, related_name="identities", verbose_name=_("issuer")
+    )
+    subject = models.CharField(_("subject"), max_length=255, help_text=_("The sub of its tokens."))
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="federated_identities",
+        verbose_name=_("user"),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("linked identity")
+        verbose_name_plural = _("linked identities")
+        ordering = ["issuer_id", "subject"]
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="token_exchange_one_link_per_subject")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer.issuer}"
+
+
 class ExchangedToken(models.Model):
     """The RFC 8693 claims of one access, refresh or ID token (or authorization code) issued by
     this app.
@@ -378,6 +588,16 @@ class ExchangedToken(models.Model):
         verbose_name=_("actor's access token"),
     )
     lineage = models.UUIDField(_("older actors' authorizations"), null=True, blank=True, db_index=True)
+    # Issued for a trusted issuer's token (token_exchange.federation): the link it was issued
+    # under, whose removal (or its issuer's) revokes the token.
+    federated_identity = models.ForeignKey(
+        FederatedIdentity,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="tokens",
+        verbose_name=_("linked identity"),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
     class Meta:
@@ -595,6 +815,8 @@ class AuditEvent(models.Model):
         USER_CHANGED = "user.changed", _("User's powers changed")
         TOKENS_REVOKED = "tokens.revoked", _("Tokens revoked")
         TOKEN_EXCHANGE_THROTTLED = "token.exchange_throttled", _("Token exchange throttled")
+        TRUSTED_ISSUER_CHANGED = "trusted_issuer.changed", _("Trusted issuer changed")
+        FEDERATED_IDENTITY_CHANGED = "federated_identity.changed", _("Linked identity changed")
 
     event_type = models.CharField(_("event type"), max_length=64, choices=EventType.choices)
     created_at = models.DateTimeField(_("created at"), default=timezone.now)

@@ -43,6 +43,13 @@ client_key_changed = Signal()
 # A client policy was created, changed or deleted. kwargs: event (AuditEvent "client_policy.changed").
 client_policy_changed = Signal()
 
+# A trusted issuer was added, changed or deleted. kwargs: event (AuditEvent "trusted_issuer.changed").
+trusted_issuer_changed = Signal()
+
+# A linked identity (a trusted issuer's subject as a local user) was added, changed or deleted.
+# kwargs: event (AuditEvent "federated_identity.changed").
+federated_identity_changed = Signal()
+
 # A security-relevant field of an application changed (client type, secret, redirect URIs, grant
 # type, ...), or one was created or deleted. kwargs: event (AuditEvent "application.changed"; a
 # secret is only ever reported as changed, never shown).
