@@ -11,9 +11,11 @@ class TokenExchangeConfig(AppConfig):
 
     def ready(self) -> None:
         # Wires the system checks and the signal receivers; queries nothing.
+        from token_exchange.federation import withdrawal
         from token_exchange.impersonation import sessions as impersonation_sessions
         from token_exchange.issuance import change_audit, lineage
 
         impersonation_sessions.connect_receivers()
         lineage.connect_receivers()
         change_audit.connect_receivers()
+        withdrawal.connect_receivers()

@@ -21,7 +21,7 @@ from django.db.models import Model
 from django.dispatch import Signal
 
 from token_exchange import signals
-from token_exchange.constants import GRANT_TYPE, KNOWN_TOKEN_TYPES
+from token_exchange.constants import GRANT_TYPE, JWT_BEARER_GRANT_TYPE, KNOWN_TOKEN_TYPES
 from token_exchange.db.inserts import save_together
 from token_exchange.models import AuditEvent, ExchangedToken
 
@@ -43,6 +43,8 @@ _SIGNALS: dict[str, Signal] = {
     EventType.USER_CHANGED: signals.user_changed,
     EventType.TOKENS_REVOKED: signals.tokens_revoked,
     EventType.TOKEN_EXCHANGE_THROTTLED: signals.token_exchange_throttled,
+    EventType.TRUSTED_ISSUER_CHANGED: signals.trusted_issuer_changed,
+    EventType.FEDERATED_IDENTITY_CHANGED: signals.federated_identity_changed,
 }
 
 
@@ -64,6 +66,8 @@ class AuditContext:
     issuer: str | None = None
     impersonation: Any = None  # the ImpersonationSession an admin-started sign-in runs under
     act: dict[str, Any] | None = None  # the act claim of the presented (impersonated) subject token
+    # A trusted issuer's subject token or assertion, once verified: {"iss", "sub"} (federation).
+    external: dict[str, str] | None = None
 
     def note_types(self, values: Iterable[tuple[str, str]]) -> None:
         """Copy the token type identifiers of the form body; unknown strings are not kept."""
@@ -124,6 +128,8 @@ def _base_payload(context: AuditContext) -> dict[str, Any]:
         payload["actor"] = {"issuer": context.act.get("iss"), "user_id": context.act.get("sub")}
     if context.impersonation is not None:
         payload["impersonation"] = _session(context.impersonation)
+    if context.external is not None:
+        payload["external_subject"] = dict(context.external)
     return payload
 
 
@@ -202,7 +208,7 @@ def issued(
         **actor_column(context, act),
     }
     rows = []
-    if context.grant_type == GRANT_TYPE:
+    if context.grant_type in (GRANT_TYPE, JWT_BEARER_GRANT_TYPE):
         rows.append(AuditEvent(event_type=EventType.TOKEN_EXCHANGED, payload=payload, **common))
     if act is not None:
         rows.append(AuditEvent(event_type=EventType.USER_IMPERSONATED, payload=payload, **common))

@@ -1,6 +1,7 @@
-"""Audit rows for every change to impersonator grants, client keys, client policies, the
-security-relevant fields of applications, and the user flags and groups that decide who may
-impersonate whom (``is_active``, ``is_staff``, ``is_superuser``, auth group membership).
+"""Audit rows for every change to impersonator grants, client keys, client policies (their trusted
+issuers included), trusted issuers, linked identities, the security-relevant fields of
+applications, and the user flags and groups that decide who may impersonate whom
+(``is_active``, ``is_staff``, ``is_superuser``, auth group membership).
 
 Model signals, not the admin, write them, so that a change from the shell, a management command
 or a site's own code is audited too:
@@ -48,7 +49,14 @@ from jwcrypto import jwk
 from oauth2_provider.models import get_application_model
 
 from token_exchange.issuance import audit
-from token_exchange.models import AuditEvent, ClientKey, ClientPolicy, ImpersonatorGrant
+from token_exchange.models import (
+    AuditEvent,
+    ClientKey,
+    ClientPolicy,
+    FederatedIdentity,
+    ImpersonatorGrant,
+    TrustedIssuer,
+)
 
 EventType = AuditEvent.EventType
 
@@ -145,6 +153,18 @@ def _client_policy(policy: ClientPolicy) -> dict[str, Any]:
     return values
 
 
+def _trusted_issuer(row: TrustedIssuer) -> dict[str, Any]:
+    return {
+        field.attname: _plain(getattr(row, field.attname))
+        for field in TrustedIssuer._meta.concrete_fields
+        if not field.primary_key and field.name not in ("created_at", "updated_at")
+    }
+
+
+def _federated_identity(row: FederatedIdentity) -> dict[str, Any]:
+    return {"issuer_id": _id(row.issuer_id), "subject": row.subject, "user_id": _id(row.user_id)}
+
+
 def _grant(row: ImpersonatorGrant) -> dict[str, Any]:
     return {
         "user_id": _id(row.user_id),
@@ -219,6 +239,17 @@ def _audited() -> dict[type[Model], Audited]:
             _client_policy,
             lambda policy: {"id": policy.pk, "client_id": policy.application.client_id},
             application=lambda policy: policy.application,
+        ),
+        TrustedIssuer: Audited(
+            EventType.TRUSTED_ISSUER_CHANGED,
+            _trusted_issuer,
+            lambda row: {"id": row.pk, "issuer": row.issuer},
+        ),
+        FederatedIdentity: Audited(
+            EventType.FEDERATED_IDENTITY_CHANGED,
+            _federated_identity,
+            lambda row: {"id": row.pk, "issuer": row.issuer.issuer, "subject": row.subject},
+            subject=lambda row: row.user,
         ),
         Application: Audited(
             EventType.APPLICATION_CHANGED,
@@ -363,6 +394,50 @@ def _groups_changing(
         instance.__dict__.pop(_GROUPS_BEFORE + "_users", None)
 
 
+_ISSUERS_BEFORE = "_token_exchange_audit_trusted_issuers"
+
+
+def _issuer_names(policy: ClientPolicy) -> list[str]:
+    return sorted(policy.trusted_issuers.values_list("issuer", flat=True))
+
+
+def _trusted_issuers_changing(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any = None, **_: Any
+) -> None:
+    """``m2m_changed`` of the policy-to-trusted-issuer table: one ``client_policy.changed`` row
+    per client policy whose trusted issuers changed, from either side (the policy's form, or
+    ``issuer.client_policies.add``/``clear``)."""
+    if not action.startswith(("pre_", "post_")):
+        return
+    if not reverse:
+        policies = [instance]
+    elif action.endswith("_clear"):
+        policies = (
+            list(ClientPolicy.objects.filter(trusted_issuers=instance)) if action == "pre_clear" else []
+        )
+        policies = policies or instance.__dict__.get(_ISSUERS_BEFORE + "_policies", [])
+        instance.__dict__[_ISSUERS_BEFORE + "_policies"] = policies
+    else:
+        policies = list(ClientPolicy.objects.filter(pk__in=pk_set or ()))
+    remembered: dict[Any, list[str]] = instance.__dict__.setdefault(_ISSUERS_BEFORE, {})
+    for policy in policies:
+        if action.startswith("pre_"):
+            remembered[policy.pk] = _issuer_names(policy)
+            continue
+        before = remembered.pop(policy.pk, None)
+        after = _issuer_names(policy)
+        if before is not None and before != after:
+            _write(
+                _SPECS[ClientPolicy],
+                policy,
+                action="changed",
+                before={"trusted_issuers": before},
+                after={"trusted_issuers": after},
+            )
+    if action.startswith("post_"):
+        instance.__dict__.pop(_ISSUERS_BEFORE + "_policies", None)
+
+
 _SPECS: dict[type[Model], Audited] = {}
 
 
@@ -377,4 +452,9 @@ def connect_receivers() -> None:
     through = get_user_model()._meta.get_field("groups").remote_field.through
     m2m_changed.connect(
         _groups_changing, sender=through, dispatch_uid="token_exchange.issuance.change_audit.groups"
+    )
+    m2m_changed.connect(
+        _trusted_issuers_changing,
+        sender=ClientPolicy.trusted_issuers.through,
+        dispatch_uid="token_exchange.issuance.change_audit.trusted_issuers",
     )

@@ -125,7 +125,9 @@ class Descent:
     authorizations they depend on (``also``), and the ``ActorAuthorization`` keys whose rows
     they depend on too (``inherited``)."""
 
-    root: Authorization
+    # None: the issued tokens are their own root, as a login's are (a trusted issuer's token
+    # was exchanged: nothing of this server's is older); minting fills it in.
+    root: Authorization | None
     also: tuple[Authorization, ...] = ()
     inherited: tuple[uuid.UUID, ...] = ()
 
@@ -154,6 +156,8 @@ def descent(*, subject: Any, actor: Any = None) -> Descent | None:
     The grant refuses a presented token whose authorization is unknown before it gets here
     (``known``); this fails closed all the same.
     """
+    if getattr(subject, "federated", None) is not None and actor is None:
+        return Descent(root=None)
     of_subject = _ancestry(subject)
     if actor is None:
         if of_subject is None and getattr(subject, "impersonation_id", None) is not None:
@@ -168,7 +172,7 @@ def descent(*, subject: Any, actor: Any = None) -> Descent | None:
         return of_actor
     return Descent(
         root=of_actor.root,
-        also=(*of_actor.also, of_subject.root, *of_subject.also),
+        also=(*of_actor.also, *filter(None, [of_subject.root]), *of_subject.also),
         inherited=(*of_actor.inherited, *of_subject.inherited),
     )
 
@@ -470,6 +474,8 @@ def issue(descent: Descent, *, using: str) -> dict[str, Any]:
     under a new ``lineage`` key, written once (one query, and one more to copy the rows of the
     presented tokens' own keys); a single inherited key with nothing to add is shared as it is.
     """
+    if descent.root is None:
+        return {"lineage": None}  # minting names the tokens' own authorization
     if not descent.also and len(descent.inherited) <= 1:
         return {**descent.root.fields(), "lineage": descent.inherited[0] if descent.inherited else None}
     others = list(descent.also)

@@ -68,6 +68,8 @@ class Issuance:
     # The authorizations the tokens will live by: lineage.descent(subject=..., actor=...); None
     # only under an admin-started impersonation (the session rules the tokens).
     lineage: Descent | None = None
+    # Issued for a trusted issuer's token: the FederatedIdentity it was mapped by.
+    federated_identity_id: int | None = None
 
 
 def _epoch(moment: datetime.datetime) -> int:
@@ -158,6 +160,7 @@ def _record(
         resource=list(issuance.resource),
         act=issuance.act,
         impersonation_id=issuance.impersonation_id,
+        federated_identity_id=issuance.federated_identity_id,
         **lineage_fields,
         **token,
     )
@@ -250,6 +253,7 @@ def _store(
     records.append(record)
     response.update(access_token=access_token, token_type=BEARER)
 
+    refresh_row: Any = None
     if issuance.issue_refresh_token:
         refresh_token = new_refresh_token()
         refresh_row = get_refresh_token_model()(
@@ -263,6 +267,18 @@ def _store(
         token_rows.append(refresh_row)
         records.append(_record(issuance, REFRESH_TOKEN_TYPE, lineage_fields, refresh_token=refresh_row))
         response["refresh_token"] = refresh_token
+
+    if issuance.lineage is not None and issuance.lineage.root is None:
+        # Their own authorization (lineage.Descent): the refresh token's family, else the access
+        # token itself, as for a login's tokens.
+        own: dict[str, Any] = (
+            {"actor_token_family": refresh_row.token_family}
+            if refresh_row is not None
+            else {"actor_access_token": token_row}
+        )
+        for each in records:
+            for name, value in own.items():
+                setattr(each, name, value)
 
     _audit(issuance, records, token_rows, using)
 

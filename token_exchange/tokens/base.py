@@ -14,6 +14,15 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Federated:
+    """A presented token of a trusted issuer: whose it was, and the link it was mapped by."""
+
+    issuer: str  # the external iss
+    subject: str  # the external sub
+    identity_id: int  # the FederatedIdentity
+
+
+@dataclass(frozen=True)
 class VerifiedToken:
     """What the grant knows about a presented token once it has been verified.
 
@@ -42,6 +51,9 @@ class VerifiedToken:
     authorization: Authorization | None = None
     # Its own authorization (family or itself), which revoking it ends; None for a named user.
     own_authorization: Authorization | None = None
+    # A trusted issuer's token (token_exchange.federation): the tokens issued for it are their
+    # own authorization, and its link's removal revokes them.
+    federated: Federated | None = None
 
 
 def native_audience(resource: list[str] | None, client_id: str) -> tuple[str, ...]:

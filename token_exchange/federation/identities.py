@@ -1,0 +1,66 @@
+"""Who a trusted issuer's verified subject is here.
+
+A ``FederatedIdentity`` (issuer + ``sub``) names the local user; without one, the resolver
+(``FEDERATION_RESOLVER``, by default :func:`resolve`) may find or create the user, and the link is
+then written, so the next token of that subject finds it directly and withdrawing it
+(``withdrawal``) reaches every token issued for it. Every way of not finding a user (unlinked,
+ambiguous, inactive) is one refusal to the client, whatever the reason code says in the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.contrib.auth import get_user_model
+
+from token_exchange.conf import token_exchange_settings
+from token_exchange.federation.assertion import FederationRefusal, VerifiedExternalToken
+from token_exchange.models import FederatedIdentity, TrustedIssuer
+
+
+def user_of(token: VerifiedExternalToken) -> tuple[Any, FederatedIdentity]:
+    """The active local user ``token``'s subject stands for, and its link; else
+    :class:`FederationRefusal` (carrying ``token``, for the audit row)."""
+    link = (
+        FederatedIdentity.objects.select_related("user")
+        .filter(issuer=token.trust, subject=token.subject)
+        .first()
+    )
+    if link is None:
+        user = token_exchange_settings.FEDERATION_RESOLVER(token.trust, token.claims)
+        if user is None:
+            raise FederationRefusal("unlinked_subject", token)
+        link, _created = FederatedIdentity.objects.get_or_create(
+            issuer=token.trust, subject=token.subject, defaults={"user": user}
+        )
+    if not link.user.is_active:
+        raise FederationRefusal("inactive_user", token)
+    return link.user, link
+
+
+def resolve(trust: TrustedIssuer, claims: dict[str, Any]) -> Any:
+    """The default resolver of an unlinked subject: with ``match_verified_email``, the one
+    active user with the token's email when ``email_verified`` is exactly ``true`` and that user
+    is no staff member or superuser (an issuer vouching for an email cannot hand out an admin);
+    with ``create_users``, a new user when nobody matched. Else None."""
+    User = get_user_model()
+    email = claims.get("email")
+    verified = claims.get("email_verified") is True and isinstance(email, str) and "@" in email
+    email_field = User.get_email_field_name()
+    if trust.match_verified_email and verified:
+        matches = list(
+            User._default_manager.filter(**{f"{email_field}__iexact": email, "is_active": True})[:2]
+        )
+        if len(matches) > 1:
+            return None  # two users, one email: nobody can tell which
+        if matches:
+            user = matches[0]
+            return None if token_exchange_settings.IS_ADMIN_SUBJECT(user) else user
+    if trust.create_users:
+        digest = hashlib.sha256(f"{trust.issuer}\n{claims['sub']}".encode()).hexdigest()[:24]
+        fields: dict[str, Any] = {User.USERNAME_FIELD: f"federated-{digest}"}
+        if verified:
+            fields[email_field] = email
+        return User._default_manager.create_user(**fields)
+    return None

@@ -1,0 +1,108 @@
+"""Taking trust away revokes what it let in, at once.
+
+Every token issued for a trusted issuer's token is its own authorization (``lineage``), and its
+``ExchangedToken`` names the ``FederatedIdentity`` it was issued under. So when an admin (or the
+site's code: these are model signals, not admin hooks)
+
+* deletes a linked identity (or its issuer, which deletes its links), or points it at another user,
+* disables a trusted issuer,
+* takes a trusted issuer off a client's policy (that client's tokens of the issuer),
+
+those tokens are revoked, and with them everything exchanged from them, in the transaction of
+the change, with one ``tokens.revoked`` audit row (reason ``trust_withdrawn``). A token a
+resource server checks offline as a JWT lives until its ``exp``; anything that asks this server
+sees the end at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q
+from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
+
+from token_exchange.issuance import lineage
+from token_exchange.models import ClientPolicy, ExchangedToken, FederatedIdentity, TrustedIssuer
+
+TRUST_WITHDRAWN = "trust_withdrawn"
+_USER_BEFORE = "_token_exchange_link_user_before"
+
+
+def revoke(records: Q, *, subject: Any = None) -> None:
+    """Revoke the tokens of these ``ExchangedToken`` rows and everything descending from them."""
+    found = list(
+        ExchangedToken.objects.filter(records).values_list("pk", "actor_token_family", "actor_access_token")
+    )
+    if not found:
+        return
+    lineage.cascade(
+        families=sorted({family for _pk, family, _at in found if family is not None}),
+        access_tokens=sorted({at for _pk, _family, at in found if at is not None}),
+        records=[pk for pk, _family, _at in found],
+        reasons=(TRUST_WITHDRAWN, TRUST_WITHDRAWN),
+        only_ended=False,
+        subject=subject,
+    )
+
+
+def _link_deleting(sender: Any, instance: FederatedIdentity, **_: Any) -> None:
+    revoke(Q(federated_identity=instance), subject=instance.user)
+
+
+def _link_saving(sender: Any, instance: FederatedIdentity, raw: bool = False, **_: Any) -> None:
+    if raw or instance.pk is None:
+        return
+    before = FederatedIdentity.objects.filter(pk=instance.pk).values_list("user_id", flat=True).first()
+    instance.__dict__[_USER_BEFORE] = before
+
+
+def _link_saved(sender: Any, instance: FederatedIdentity, created: bool, raw: bool = False, **_: Any) -> None:
+    before = instance.__dict__.pop(_USER_BEFORE, None)
+    if not raw and not created and before is not None and before != instance.user_id:
+        # Every token of the link so far was issued for the user it named before.
+        revoke(Q(federated_identity=instance))
+
+
+def _issuer_saved(sender: Any, instance: TrustedIssuer, raw: bool = False, **_: Any) -> None:
+    if not raw and not instance.enabled:
+        revoke(Q(federated_identity__issuer=instance))
+
+
+def _policy_issuers_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any = None, **_: Any
+) -> None:
+    """A trusted issuer taken off a client's policy: that client's tokens of it."""
+    if action not in ("pre_remove", "pre_clear"):
+        return
+    if not reverse:  # from the policy's side: instance is the ClientPolicy
+        issuers = Q(federated_identity__issuer__in=pk_set) if action == "pre_remove" else Q()
+        clients = [instance.application_id]
+        revoke(Q(federated_identity__isnull=False) & issuers & _of_clients(clients))
+        return
+    # From the issuer's side: instance is the TrustedIssuer
+    policies = ClientPolicy.objects.filter(trusted_issuers=instance)
+    if action == "pre_remove":
+        policies = policies.filter(pk__in=pk_set)
+    clients = list(policies.values_list("application_id", flat=True))
+    if clients:
+        revoke(Q(federated_identity__issuer=instance) & _of_clients(clients))
+
+
+def _of_clients(clients: list[Any]) -> Q:
+    return (
+        Q(access_token__application__in=clients)
+        | Q(refresh_token__application__in=clients)
+        | Q(id_token__application__in=clients)
+    )
+
+
+def connect_receivers() -> None:
+    """Connect the receivers (called from ``TokenExchangeConfig.ready``)."""
+    uid = "token_exchange.federation.withdrawal"
+    pre_delete.connect(_link_deleting, sender=FederatedIdentity, dispatch_uid=f"{uid}.link_deleting")
+    pre_save.connect(_link_saving, sender=FederatedIdentity, dispatch_uid=f"{uid}.link_saving")
+    post_save.connect(_link_saved, sender=FederatedIdentity, dispatch_uid=f"{uid}.link_saved")
+    post_save.connect(_issuer_saved, sender=TrustedIssuer, dispatch_uid=f"{uid}.issuer_saved")
+    m2m_changed.connect(
+        _policy_issuers_changed, sender=ClientPolicy.trusted_issuers.through, dispatch_uid=f"{uid}.policy"
+    )
