@@ -47,12 +47,13 @@ from token_exchange.exceptions import (
     ReplayStoreUnavailable,
     ScopeRefusal,
 )
+from token_exchange.federation.assertion import unverified_issuer
 from token_exchange.impersonation import decision as impersonation_decision
 from token_exchange.impersonation import sessions as impersonation_sessions
 from token_exchange.issuance import audit, lineage
 from token_exchange.issuance.minting import Issuance, mint
 from token_exchange.models import ClientPolicy, SecuritySettings
-from token_exchange.tokens import VerifiedToken, read_token
+from token_exchange.tokens import VerifiedToken, read_token, registry
 
 logger = logging.getLogger("token_exchange")
 
@@ -61,7 +62,7 @@ logger = logging.getLogger("token_exchange")
 MAX_TOKEN_LENGTH = 16 * 1024
 
 # Parameters that carry credentials: they must never travel in a URL (RFC 9700 §4.3.2).
-_BODY_ONLY = frozenset({"subject_token", "actor_token", "client_secret", "client_assertion"})
+_BODY_ONLY = frozenset({"subject_token", "actor_token", "client_secret", "client_assertion", "assertion"})
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,14 @@ def parse_scope(value: str | None) -> frozenset[str]:
     return tokens
 
 
-def parse_parameters(request: Request) -> ExchangeParameters:
-    """Read the form body into :class:`ExchangeParameters` or raise ``invalid_request``."""
+ACTOR_ONLY = "This subject_token_type is only accepted together with an actor_token."
+
+
+def parse_parameters(request: Request, *, client_id: str | None = None) -> ExchangeParameters:
+    """Read the form body into :class:`ExchangeParameters` or raise ``invalid_request``.
+
+    ``client_id``: the authenticated client's, to tell its own subject JWT (only beside an actor)
+    from a trusted issuer's (the grant decides whose it is, ``registry.route``)."""
     body: list[tuple[str, str]] = list(request.decoded_body or [])
     values: dict[str, list[str]] = {}
     for key, value in body:
@@ -196,7 +203,11 @@ def parse_parameters(request: Request) -> ExchangeParameters:
     if actor_token_type is not None and actor_token_type not in ACTOR_TOKEN_TYPES:
         raise _invalid_request("Unsupported actor_token_type.")
     if subject_token_type in ACTOR_ONLY_SUBJECT_TYPES and actor_token is None:
-        raise _invalid_request("This subject_token_type is only accepted together with an actor_token.")
+        # A JWT naming an issuer other than the client may be a trusted issuer's: the grant
+        # decides (registry.route). The client's own, or a user id, needs an actor.
+        iss = unverified_issuer(subject_token) if subject_token_type == JWT_TYPE else None
+        if iss is None or iss == client_id:
+            raise _invalid_request(ACTOR_ONLY)
     if requested_token_type not in REQUESTABLE_TOKEN_TYPES:
         raise _invalid_request("Unsupported requested_token_type.")
 
@@ -240,8 +251,12 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
 
     # The steps, in the order RFC 6749 §5.2 lets a client learn about its mistakes.
 
+    grant_type = GRANT_TYPE
+    # The parameter a client-signed JWT read after the client's authentication arrives in.
+    signed_jwt_parameter = "subject_token"
+
     def exchange(self, request: Request, token_handler: Any) -> dict[str, Any]:
-        if request.grant_type != GRANT_TYPE:
+        if request.grant_type != self.grant_type:
             raise errors.UnsupportedGrantTypeError()
         self.check_request_shape(request)
         # A replay store that cannot check the client assertion's jti: 503 from here, with no
@@ -253,20 +268,24 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
         if not security.token_exchange_enabled:
             raise errors.UnsupportedGrantTypeError(description="Token exchange is disabled.")
         # From here on the client is known: every refusal is logged, audited and counted.
-        context = audit.AuditContext(application=client, client_ip=audit.client_ip(request.headers))
+        context = audit.AuditContext(
+            application=client, client_ip=audit.client_ip(request.headers), grant_type=self.grant_type
+        )
         context.note_types(request.decoded_body or [])
         # Outside the try: a 429 is no refusal of its own (not audited, not counted).
         throttle.check(context)
         try:
             self.check_client_policy(client)
-            params = parse_parameters(request)
-            issuance = self.decide(request, client, params, security, context)
-            return mint(
-                issuance,
-                new_access_token=lambda: str(token_handler.token_generator(request)),
-                new_refresh_token=lambda: str(token_handler.refresh_token_generator(request)),
+            issuance = self.issuance(request, client, security, context)
+            return self.response(
+                mint(
+                    issuance,
+                    new_access_token=lambda: str(token_handler.token_generator(request)),
+                    new_refresh_token=lambda: str(token_handler.refresh_token_generator(request)),
+                )
             )
         except Refusal as refusal:
+            context.external = refusal.external or context.external
             self.refuse(context, refusal.reason, refusal.error_class.error, parameter=refusal.parameter)
             raise refusal.as_oauth2_error() from refusal
         except ReplayStoreUnavailable as unavailable:
@@ -275,12 +294,26 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             # token is never one). The trail says so, not "replayed_jti", and it is not the
             # client's misbehaviour: not counted toward the throttle. 503, the client may retry.
             self.refuse(
-                context, unavailable.reason, unavailable.error, parameter="subject_token", counted=False
+                context,
+                unavailable.reason,
+                unavailable.error,
+                parameter=self.signed_jwt_parameter,
+                counted=False,
             )
             raise
         except errors.OAuth2Error as error:
             self.refuse(context, error.error, error.error)
             raise
+
+    def issuance(
+        self, request: Request, client: Any, security: SecuritySettings, context: audit.AuditContext
+    ) -> Issuance:
+        """What to issue, decided: RFC 8693's parameters, read and judged."""
+        params = parse_parameters(request, client_id=client.client_id)
+        return self.decide(request, client, params, security, context)
+
+    def response(self, minted: dict[str, Any]) -> dict[str, Any]:
+        return minted
 
     def refuse(
         self,
@@ -369,14 +402,27 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             # Before any token is read: with the switch off, nothing about them is revealed.
             raise Refusal("impersonation_disabled")
 
-        # 1. The tokens.
-        named = params.subject_token_type in ACTOR_ONLY_SUBJECT_TYPES
+        # 1. The tokens. A trusted issuer's token (token_exchange.federation) is a subject only,
+        # exchanged without an actor: the impersonation rules are about this server's users
+        # acting for each other, with tokens this server issued.
+        external = registry.is_external(
+            params.subject_token_type,
+            params.subject_token,
+            issuer=issuer,
+            client_id=client.client_id,
+            beside_actor=params.actor_token is not None,
+        )
+        if external and params.actor_token is not None:
+            raise InvalidSubjectToken("external_subject_with_actor")
+        named = params.subject_token_type in ACTOR_ONLY_SUBJECT_TYPES and not external
+        if named and params.actor_token is None:
+            raise _invalid_request(ACTOR_ONLY)
         subject: VerifiedToken | None = None
         waiting: InvalidSubjectToken | None = None
         try:
             # A subject JWT whose jti the replay store cannot check raises ReplayStoreUnavailable
             # (503) here, before its sub is read: the answer says nothing about whom it names.
-            subject = self.read_subject(params, client, issuer, context)
+            subject = self.read_subject(params, client, issuer, context, external=external)
         except InvalidSubjectToken as refusal:
             if not named:
                 raise
@@ -403,6 +449,10 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             raise Refusal("client_cannot_sign_id_tokens")
         if requested == JWT_TYPE and not oauth2_settings.OIDC_RSA_PRIVATE_KEY:
             raise Refusal("no_signing_key")
+        if external and requested == ID_TOKEN_TYPE:
+            # The tokens issued for an external subject are their own authorization, which an
+            # access token carries (lineage): an ID token alone would have none.
+            raise Refusal("id_token_for_external_subject")
         if claims.impersonation_id is not None and requested == JWT_TYPE:
             # Stop revokes by deleting rows; a resource server that checks a JWT offline
             # would accept it until exp. Tokens of an admin-started impersonation stay revocable.
@@ -436,15 +486,29 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             act=terms.act,
             impersonation_id=subject.impersonation_id,
             lineage=lineage.descent(subject=subject, actor=actor),
+            federated_identity_id=subject.federated.identity_id if subject.federated else None,
         )
 
     def read_subject(
-        self, params: ExchangeParameters, client: Any, issuer: str, context: audit.AuditContext
+        self,
+        params: ExchangeParameters,
+        client: Any,
+        issuer: str,
+        context: audit.AuditContext,
+        *,
+        external: bool = False,
     ) -> VerifiedToken:
         subject = read_token(
-            params.subject_token_type, params.subject_token, InvalidSubjectToken, issuer=issuer, client=client
+            params.subject_token_type,
+            params.subject_token,
+            InvalidSubjectToken,
+            issuer=issuer,
+            client=client,
+            external=external,
         )
         context.subject = subject.user
+        if subject.federated is not None:
+            context.external = {"iss": subject.federated.issuer, "sub": subject.federated.subject}
         context.act = subject.act
         if subject.client_id is not None and not policy.may_present(
             client_id=client.client_id,

@@ -41,6 +41,7 @@ from token_exchange.constants import (
     CLIENT_KEY_ALGORITHMS,
     DEVICE_CODE_GRANT_TYPE,
     GRANT_TYPE,
+    JWT_BEARER_GRANT_TYPE,
     PRIVATE_KEY_JWT,
 )
 from token_exchange.jwt import client_assertion
@@ -77,7 +78,7 @@ def authorization_server_metadata(request: HttpRequest) -> dict[str, Any]:
     # The issuer of our tokens, wherever the document was asked for (DOT derives its own from
     # the request's path when OIDC_ISS_ENDPOINT is unset).
     document["issuer"] = issuer
-    grant_types = [*document.get("grant_types_supported", []), GRANT_TYPE]
+    grant_types = [*document.get("grant_types_supported", []), GRANT_TYPE, JWT_BEARER_GRANT_TYPE]
     document["grant_types_supported"] = list(dict.fromkeys(grant_types))
     device_authorization = _endpoint_url(issuer, "device-authorization")
     if DEVICE_CODE_GRANT_TYPE in grant_types and device_authorization:

@@ -20,23 +20,30 @@ from oauth2_provider.models import get_access_token_model
 from oauthlib import oauth2, openid
 from oauthlib.oauth2 import TokenEndpoint
 
-from token_exchange.constants import GRANT_TYPE
+from token_exchange.constants import GRANT_TYPE, JWT_BEARER_GRANT_TYPE
 from token_exchange.grant import TokenExchangeGrant
+from token_exchange.jwt_bearer import JwtBearerGrant
 
 
 class _TokenExchangeMixin:
     """Registers the grant and runs each token request in one database transaction."""
 
     token_exchange_grant: TokenExchangeGrant
+    jwt_bearer_grant: JwtBearerGrant
 
     def _register_token_exchange(self, request_validator: Any) -> None:
         self.token_exchange_grant = TokenExchangeGrant(request_validator)
+        self.jwt_bearer_grant = JwtBearerGrant(request_validator)
         endpoint: Any = self
         TokenEndpoint.__init__(
             endpoint,
             default_grant_type=endpoint.default_grant_type,
             default_token_type=endpoint.default_token_type,
-            grant_types={**endpoint.grant_types, GRANT_TYPE: self.token_exchange_grant},
+            grant_types={
+                **endpoint.grant_types,
+                GRANT_TYPE: self.token_exchange_grant,
+                JWT_BEARER_GRANT_TYPE: self.jwt_bearer_grant,
+            },
         )
 
     def create_token_response(self, uri: str, *args: Any, **kwargs: Any) -> tuple[dict[str, str], str, int]:
