@@ -13,7 +13,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e . --group dev
 	touch $@
 
-install: $(VENV)/.installed
+# The external OpenID provider the tests start (tests/external_idp: panva's oidc-provider, pinned
+# by its package-lock.json), installed again whenever the lock file changes.
+EXTERNAL_IDP := tests/external_idp
+
+$(EXTERNAL_IDP)/node_modules/.installed: $(EXTERNAL_IDP)/package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --prefix $(EXTERNAL_IDP)
+	touch $@
+
+install: $(VENV)/.installed $(EXTERNAL_IDP)/node_modules/.installed
 
 # The browser tests drive Debian's Chromium (Playwright downloads no browser here). Installed with
 # apt-get when missing (as root, or through sudo); CHROMIUM_PATH points at another build.

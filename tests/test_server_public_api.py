@@ -14,8 +14,9 @@ from oauth2_provider.oauth2_backends import OAuthLibCore
 from oauth2_provider.settings import oauth2_settings
 from oauthlib import oauth2, openid
 
-from token_exchange.constants import GRANT_TYPE
+from token_exchange.constants import GRANT_TYPE, JWT_BEARER_GRANT_TYPE
 from token_exchange.grant import TokenExchangeGrant
+from token_exchange.jwt_bearer import JwtBearerGrant
 from token_exchange.oauth import backend, server
 from token_exchange.oauth.validator import TokenExchangeValidator
 
@@ -35,16 +36,21 @@ def test_the_token_endpoint_knows_the_grant(ours: type, theirs: type) -> None:
     assert isinstance(ours_built, theirs)
     assert isinstance(ours_built.token_exchange_grant, TokenExchangeGrant)
     assert ours_built.grant_types[GRANT_TYPE] is ours_built.token_exchange_grant
+    assert isinstance(ours_built.jwt_bearer_grant, JwtBearerGrant)
+    assert ours_built.grant_types[JWT_BEARER_GRANT_TYPE] is ours_built.jwt_bearer_grant
 
 
 @pytest.mark.parametrize(("ours", "theirs"), SERVERS)
 def test_every_grant_oauthlib_registers_stays_registered(ours: type, theirs: type) -> None:
     ours_built, theirs_built = build(ours), build(theirs)
 
-    assert ours_built.grant_types.keys() == theirs_built.grant_types.keys() | {GRANT_TYPE}
+    assert ours_built.grant_types.keys() == theirs_built.grant_types.keys() | {
+        GRANT_TYPE,
+        JWT_BEARER_GRANT_TYPE,
+    }
     assert DEVICE_CODE in ours_built.grant_types  # oauthlib 3.3 and later
     for name, grant in ours_built.grant_types.items():
-        if name != GRANT_TYPE:
+        if name not in (GRANT_TYPE, JWT_BEARER_GRANT_TYPE):
             assert type(grant) is type(theirs_built.grant_types[name]), name
     assert ours_built.grant_types["refresh_token"] is ours_built.refresh_grant
     assert ours_built.default_grant_type == theirs_built.default_grant_type
