@@ -375,3 +375,46 @@ def test_the_lists_fit_at_1280_px(page, demo):
     screenshot(page, "audit-events")
     page.goto(demo + application_admin())
     assert "Xk2v9QpL7rT4wZ8nB3mC6yH1jF5sD0aGeUiOoPlK" in page.inner_text("#result_list")
+
+
+def test_an_admin_trusts_an_identity_provider_and_links_a_customer(page, demo):
+    """Trust for another identity provider, as an admin sets it: the form refuses an issuer
+    without an audience (any token it issued to anyone would do), then takes a tenant-bound
+    Microsoft Entra ID issuer, and a linked identity maps one of its subjects to a customer."""
+    from token_exchange.models import FederatedIdentity, TrustedIssuer
+
+    customer = get_user_model().objects.get(username="end-user")
+    tenant = "11111111-2222-3333-4444-555555555555"
+    log_in(page, demo, "admin")
+    page.goto(f"{demo}/admin/token_exchange/trustedissuer/add/")
+    page.fill("#id_name", "Contoso (Microsoft Entra ID)")
+    page.fill("#id_issuer", f"https://login.microsoftonline.com/{tenant}/v2.0")
+    page.fill("#id_jwks_uri", "https://login.microsoftonline.com/common/discovery/v2.0/keys")
+    page.fill("#id_audiences", "[]")
+    page.check("#id_accept_access_tokens")
+    page.fill("#id_required_claims", f'{{"tid": ["{tenant}"]}}')
+    page.fill("#id_scope", "openid read")
+    page.click("input[name=_continue]")
+    assert "At least one audience" in page.locator(".errorlist").first.inner_text()
+    page.fill("#id_audiences", '["api://contoso-portal"]')
+    page.click("input[name=_continue]")
+    page.wait_for_url(re.compile(r".*/trustedissuer/\d+/change/"))
+    trust = TrustedIssuer.objects.get(name="Contoso (Microsoft Entra ID)")
+    assert trust.required_claims == {"tid": [tenant]}
+
+    page.locator("#identities-group a.addlink, #identities-group .add-row a").first.click()
+    page.fill("#id_identities-0-subject", "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ")
+    page.fill("#id_identities-0-user", str(customer.pk))
+    page.click("input[name=_continue]")
+    page.wait_for_url(re.compile(r".*/trustedissuer/\d+/change/"))
+    assert FederatedIdentity.objects.get(issuer=trust).user == customer
+    assert page.input_value("#id_jwks") == ""  # nothing pasted reads as nothing, not "null"
+    assert_fits(page)
+    page.locator("fieldset", has_text="What its tokens must be").scroll_into_view_if_needed()
+    page.evaluate("window.scrollBy(0, -60)")
+    screenshot(page, "trusted-issuer")
+
+    page.goto(f"{demo}/admin/token_exchange/federatedidentity/")
+    assert "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ" in page.inner_text("#result_list")
+    assert_fits(page)
+    screenshot(page, "linked-identities")

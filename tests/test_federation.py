@@ -716,3 +716,22 @@ def test_discovery_lists_the_jwt_bearer_grant(http, live_server):
         document = requests.get(live_server.url + path, timeout=10).json()
         assert JWT_BEARER_GRANT_TYPE in document["grant_types_supported"], path
         assert GRANT_TYPE in document["grant_types_supported"], path
+
+
+def test_a_subject_whose_created_user_was_unlinked_is_not_let_back_in(
+    http, portal, external_idp, trust, django_user_model
+):
+    trust.create_users = True
+    trust.save()
+    token = external_idp.id_token(sub="comeback", email="back@partner.example", email_verified=True)
+    assert exchange(http, portal, token, scope="read").status_code == 200
+    FederatedIdentity.objects.get(issuer=trust, subject="comeback").delete()
+    users = django_user_model.objects.count()
+    refused(
+        lambda: exchange(http, portal, external_idp.id_token(sub="comeback"), scope="read"),
+        status=400,
+        error="invalid_request",
+        description=TOKEN_REFUSED,
+        reasons=["unlinked_subject"],
+    )
+    assert django_user_model.objects.count() == users

@@ -10,7 +10,7 @@ exchanged token, issues.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -25,6 +25,9 @@ from token_exchange import constants
 from token_exchange.client_keys import InvalidKey, parse_public_key
 from token_exchange.conf import token_exchange_settings
 from token_exchange.db.lookups import PreparedLookup
+
+if TYPE_CHECKING:
+    from django.db.models.fields.related_descriptors import ManyRelatedManager
 
 
 class SecuritySettings(models.Model):
@@ -459,6 +462,9 @@ class TrustedIssuer(models.Model):
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    if TYPE_CHECKING:
+        client_policies: ManyRelatedManager[ClientPolicy, Any]
 
     class Meta:
         verbose_name = _("trusted issuer")

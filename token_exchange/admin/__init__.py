@@ -59,9 +59,11 @@ from token_exchange.models import (
     AuditEvent,
     ClientKey,
     ClientPolicy,
+    FederatedIdentity,
     ImpersonationSession,
     ImpersonatorGrant,
     SecuritySettings,
+    TrustedIssuer,
 )
 from token_exchange.policy import Role
 
@@ -227,7 +229,14 @@ class ClientPolicyInline(NeedsApplicationChange, admin.StackedInline):  # type: 
     formfield_overrides = _URL_FIELDS
     can_delete = False
     max_num = 1
-    fields = ("token_exchange_enabled", "admin_impersonation_enabled", "launch_url")
+    fields = (
+        "token_exchange_enabled",
+        "admin_impersonation_enabled",
+        "launch_url",
+        "trusted_issuers",
+        "jwt_bearer_enabled",
+    )
+    filter_horizontal = ("trusted_issuers",)
     verbose_name = _("token exchange policy")
     verbose_name_plural = _("token exchange policy")
 
@@ -368,8 +377,154 @@ class ClientKeyAdmin(AuditedChangesMixin, NeedsApplicationChange, admin.ModelAdm
 class ClientPolicyAdmin(AuditedChangesMixin, NeedsApplicationChange, admin.ModelAdmin):  # type: ignore[type-arg]
     formfield_overrides = _URL_FIELDS
     list_display = ("application", "token_exchange_enabled", "admin_impersonation_enabled", "launch_url")
-    list_filter = ("token_exchange_enabled", "admin_impersonation_enabled")
+    list_filter = ("token_exchange_enabled", "admin_impersonation_enabled", "jwt_bearer_enabled")
     raw_id_fields = ("application",)
+    filter_horizontal = ("trusted_issuers",)
+
+
+# --- Trusted issuers and linked identities (token_exchange.federation) ----------------------------
+
+
+class FederatedIdentityInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = FederatedIdentity
+    fields = ("subject", "user", "created_at")
+    readonly_fields = ("created_at",)
+    raw_id_fields = ("user",)
+    extra = 0
+    verbose_name = _("linked identity")
+    verbose_name_plural = _("linked identities: its subjects, and who they are here")
+
+
+class OptionalJSONField(forms.JSONField):
+    """A JSON field shown empty when it holds nothing (Django shows ``null``)."""
+
+    def prepare_value(self, value: Any) -> Any:
+        return "" if value is None else super().prepare_value(value)
+
+
+class TrustedIssuerForm(forms.ModelForm):  # type: ignore[type-arg]
+    jwks_uri = forms.URLField(
+        label=_("JWKS URI"),
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        widget=forms.URLInput(attrs={"size": 80}),
+        help_text=TrustedIssuer._meta.get_field("jwks_uri").help_text,
+    )
+    jwks = OptionalJSONField(
+        label=_("JWKS"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+        help_text=TrustedIssuer._meta.get_field("jwks").help_text,
+    )
+
+    class Meta:
+        model = TrustedIssuer
+        fields = (
+            "name",
+            "issuer",
+            "enabled",
+            "jwks_uri",
+            "jwks",
+            "algorithms",
+            "audiences",
+            "accept_id_tokens",
+            "accept_access_tokens",
+            "accept_jwts",
+            "max_token_age_seconds",
+            "max_token_lifetime_seconds",
+            "required_claims",
+            "scope",
+            "resources",
+            "match_verified_email",
+            "create_users",
+            "provider_id",
+        )
+        widgets = {
+            "issuer": forms.TextInput(attrs={"size": 80}),
+            "scope": forms.TextInput(attrs={"size": 80}),
+            **{
+                name: forms.Textarea(attrs={"rows": 1, "cols": 80})
+                for name in ("algorithms", "audiences", "required_claims", "resources")
+            },
+        }
+
+
+@admin.register(TrustedIssuer)
+class TrustedIssuerAdmin(AuditedChangesMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+    form = TrustedIssuerForm
+    formfield_overrides = _URL_FIELDS
+    list_display = ("name", "issuer", "enabled", "kinds", "keys", "clients")
+    list_filter = ("enabled",)
+    search_fields = ("name", "issuer")
+    readonly_fields = ("clients", "created_at", "updated_at")
+    inlines = [FederatedIdentityInline]
+    fieldsets = [
+        (None, {"fields": ("name", "issuer", "enabled")}),
+        (_("Its keys"), {"fields": ("jwks_uri", "jwks", "algorithms")}),
+        (
+            _("What its tokens must be"),
+            {
+                "fields": (
+                    "audiences",
+                    ("accept_id_tokens", "accept_access_tokens", "accept_jwts"),
+                    ("max_token_age_seconds", "max_token_lifetime_seconds"),
+                    "required_claims",
+                )
+            },
+        ),
+        (_("What is issued for them"), {"fields": ("scope", "resources", "clients")}),
+        (_("Unlinked subjects"), {"fields": ("match_verified_email", "create_users", "provider_id")}),
+        (None, {"fields": ("created_at", "updated_at")}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TrustedIssuer]:
+        return super().get_queryset(request).prefetch_related("client_policies__application")
+
+    @admin.display(description=_("accepts"))
+    def kinds(self, obj: TrustedIssuer) -> str:
+        kinds = [
+            label
+            for accepted, label in (
+                (obj.accept_id_tokens, _("ID tokens")),
+                (obj.accept_access_tokens, _("access tokens")),
+                (obj.accept_jwts, _("JWTs")),
+            )
+            if accepted
+        ]
+        return ", ".join(str(kind) for kind in kinds) or "—"
+
+    @admin.display(description=_("keys"))
+    def keys(self, obj: TrustedIssuer) -> str:
+        return obj.jwks_uri or str(_("pasted JWKS"))
+
+    @admin.display(description=_("clients that may present its tokens"))
+    def clients(self, obj: TrustedIssuer) -> str:
+        names = [str(policy.application) for policy in obj.client_policies.all()]
+        return ", ".join(sorted(names)) or str(_("none yet: name it on a client's token exchange policy"))
+
+
+@admin.register(FederatedIdentity)
+class FederatedIdentityAdmin(AuditedChangesMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("subject_column", "issuer_name", "user", "created")
+    list_filter = ("issuer",)
+    search_fields = ("subject", "issuer__issuer", "user__username", "user__email")
+    raw_id_fields = ("user",)
+    readonly_fields = ("created_at",)
+    list_select_related = ("issuer", "user")
+
+    # Subjects are often opaque 43-character strings (Entra ID's pairwise sub): they wrap.
+    @admin.display(description=_("subject"), ordering="subject")
+    def subject_column(self, obj: FederatedIdentity) -> str:
+        return format_html('<span style="word-break: break-all">{}</span>', obj.subject)
+
+    @admin.display(description=_("issuer"), ordering="issuer__name")
+    def issuer_name(self, obj: FederatedIdentity) -> str:
+        return obj.issuer.name
+
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created(self, obj: FederatedIdentity) -> str:
+        return _short_time(obj.created_at)
 
 
 # --- Impersonator grants ------------------------------------------------------------------------

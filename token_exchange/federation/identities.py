@@ -59,7 +59,13 @@ def resolve(trust: TrustedIssuer, claims: dict[str, Any]) -> Any:
             return None if token_exchange_settings.IS_ADMIN_SUBJECT(user) else user
     if trust.create_users:
         digest = hashlib.sha256(f"{trust.issuer}\n{claims['sub']}".encode()).hexdigest()[:24]
-        fields: dict[str, Any] = {User.USERNAME_FIELD: f"federated-{digest}"}
+        username = f"federated-{digest}"
+        if User._default_manager.filter(**{User.USERNAME_FIELD: username}).exists():
+            # Created for this subject before, and its link since deleted: an admin withdrew it.
+            # Creating the user again would fail; handing the old one back would undo the
+            # withdrawal. Linking it again is an admin's decision.
+            return None
+        fields: dict[str, Any] = {User.USERNAME_FIELD: username}
         if verified:
             fields[email_field] = email
         return User._default_manager.create_user(**fields)
