@@ -283,6 +283,29 @@ def test_w011_throttle_cache_per_process(backend, expected):
     assert checks.W011.msg.startswith("TOKEN_EXCHANGE['THROTTLE_CACHE'] is a per-process cache")
 
 
+def test_w017_keys_over_plain_http_on_loopback():
+    with override_settings(TOKEN_EXCHANGE={"FEDERATION_ALLOW_HTTP_LOOPBACK": True}):
+        assert [m.id for m in checks.check_federation_loopback()] == ["token_exchange.W017"]
+    with override_settings(TOKEN_EXCHANGE={}):
+        assert checks.check_federation_loopback() == []
+    assert checks.W017.msg == (
+        "TOKEN_EXCHANGE['FEDERATION_ALLOW_HTTP_LOOPBACK'] is on: a trusted issuer's keys may be fetched "
+        "over plain HTTP from this machine's loopback interface, where any local process can serve them."
+    )
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"), [(LOCMEM, ["token_exchange.W018"]), (REDIS, [])], ids=["locmem", "redis"]
+)
+def test_w018_federation_cache_per_process(backend, expected):
+    with override_settings(CACHES={"default": backend}):
+        assert [m.id for m in checks.check_federation_cache_is_shared()] == expected
+    assert checks.W018.msg == (
+        "TOKEN_EXCHANGE['FEDERATION_CACHE'] is a per-process cache: every process fetches each trusted "
+        "issuer's keys on its own, and an unknown kid costs the issuer one request per process and interval."
+    )
+
+
 def security_checks(*, deploy: bool) -> list[str]:
     """The ids of token_exchange's security checks that ``manage.py check`` reports, with or
     without ``--deploy``, as registered."""

@@ -43,7 +43,7 @@ from token_exchange.models import (
     TrustedIssuer,
 )
 
-from .adversarial import SCOPE_REFUSED, TOKEN_REFUSED, TokenClient, last_audit_pk, refused
+from .adversarial import SCOPE_REFUSED, TARGET_REFUSED, TOKEN_REFUSED, TokenClient, last_audit_pk, refused
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.adversarial]
 
@@ -735,3 +735,58 @@ def test_a_subject_whose_created_user_was_unlinked_is_not_let_back_in(
         reasons=["unlinked_subject"],
     )
     assert django_user_model.objects.count() == users
+
+
+def test_an_id_token_comes_with_openid_and_names_our_user(
+    http, portal, external_idp, alice, end_user, our_issuer
+):
+    response = exchange(http, portal, external_idp.id_token(sub="alice"), scope="openid read")
+    assert response.status_code == 200, response.text
+    claims = claims_of(response.json()["id_token"])
+    assert claims["iss"] == our_issuer
+    assert claims["sub"] == str(end_user.pk)
+    assert claims["aud"] == portal.client_id
+
+
+def test_the_audience_is_one_of_the_trusts_resources_or_the_client(http, portal, external_idp, trust, alice):
+    trust.resources = ["https://aggregates.example.com/"]
+    trust.save()
+    id_token = external_idp.id_token(sub="alice")
+    response = exchange(http, portal, id_token, scope="read", audience="https://aggregates.example.com/")
+    assert response.status_code == 200, response.text
+    record = ExchangedToken.objects.get(access_token__isnull=False, federated_identity=alice)
+    assert record.audience == ["https://aggregates.example.com/"]
+    assert record.resource == ["https://aggregates.example.com/"]
+    refused(
+        lambda: exchange(http, portal, id_token, scope="read", audience="https://settings.example.com/"),
+        status=400,
+        error="invalid_target",
+        description=TARGET_REFUSED,
+        reasons=["audience_exceeds_subject"],
+    )
+
+
+def test_two_users_with_one_email_match_nobody(
+    http, portal, external_idp, trust, end_user, django_user_model
+):
+    django_user_model.objects.create_user("twin", end_user.email, "pw")
+    trust.match_verified_email = True
+    trust.save()
+    token = external_idp.id_token(sub="bob", email=end_user.email, email_verified=True)
+    refused(
+        lambda: exchange(http, portal, token),
+        status=400,
+        error="invalid_request",
+        description=TOKEN_REFUSED,
+        reasons=["unlinked_subject"],
+    )
+
+
+def test_the_jwt_bearer_grant_issues_refresh_tokens_only_when_told(
+    http, portal, external_idp, alice, our_issuer, settings
+):
+    settings.TOKEN_EXCHANGE = {**settings.TOKEN_EXCHANGE, "JWT_BEARER_REFRESH_TOKENS": True}
+    assertion = external_idp.login(sub="alice", resource=our_issuer, scope="openid api")["access_token"]
+    response = jwt_bearer(http, portal, assertion, scope="read offline_access")
+    assert response.status_code == 200, response.text
+    assert "refresh_token" in response.json()

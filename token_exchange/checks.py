@@ -541,6 +541,46 @@ def check_throttle_cache_is_shared(app_configs: Any = None, **kwargs: Any) -> li
     return []
 
 
+W017 = Warning(
+    "TOKEN_EXCHANGE['FEDERATION_ALLOW_HTTP_LOOPBACK'] is on: a trusted issuer's keys may be fetched "
+    "over plain HTTP from this machine's loopback interface, where any local process can serve them.",
+    hint="Turn it off outside tests and development; trusted issuers publish their keys over HTTPS.",
+    id="token_exchange.W017",
+)
+W018 = Warning(
+    "TOKEN_EXCHANGE['FEDERATION_CACHE'] is a per-process cache: every process fetches each trusted "
+    "issuer's keys on its own, and an unknown kid costs the issuer one request per process and interval.",
+    hint="Point TOKEN_EXCHANGE['FEDERATION_CACHE'] at a CACHES alias shared by all processes (Redis, "
+    "Memcached or the database cache).",
+    id="token_exchange.W018",
+)
+
+
+@register(Tags.security, deploy=True)
+def check_federation_loopback(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return [W017] if token_exchange_settings.FEDERATION_ALLOW_HTTP_LOOPBACK else []
+    except ImproperlyConfigured:
+        return []  # E008 says so
+
+
+@register(Tags.caches, deploy=True)
+def check_federation_cache_is_shared(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        alias = token_exchange_settings.FEDERATION_CACHE
+    except ImproperlyConfigured:
+        return []
+    config = (getattr(settings, "CACHES", None) or {}).get(alias)
+    backend = str(config.get("BACKEND", "")) if isinstance(config, dict) else ""
+    if backend and any(is_subclass(backend, path) for path in _PER_PROCESS_CACHES):
+        return [W018]
+    return []
+
+
 # Hashers built to be slow (key stretching for passwords people choose), and their subclasses.
 _SLOW_HASHERS = (
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
