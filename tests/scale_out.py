@@ -176,7 +176,7 @@ class Server:
         return [line for line in lines if any(marker in line for marker in markers)]
 
 
-def server_env(*, database: str, redis_url: str) -> dict[str, str]:
+def server_env(*, database: str, redis_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
     env.update(
         DJANGO_SETTINGS_MODULE="example_project.settings",
@@ -187,14 +187,21 @@ def server_env(*, database: str, redis_url: str) -> dict[str, str]:
         DJANGO_SECRET_KEY=SECRET_KEY,
         PYTHONUNBUFFERED="1",
     )
+    env.update(extra or {})
     return env
 
 
 @contextmanager
 def servers(
-    count: int, *, database: str, redis_url: str, directory: Path, workers: int = 1
+    count: int,
+    *,
+    database: str,
+    redis_url: str,
+    directory: Path,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[list[Server]]:
-    env = server_env(database=database, redis_url=redis_url)
+    env = server_env(database=database, redis_url=redis_url, extra=extra_env)
     started: list[Server] = []
     try:
         for index in range(count):
