@@ -317,7 +317,13 @@ def security_checks(*, deploy: bool) -> list[str]:
 
 
 @pytest.mark.parametrize("issuer", [None, ""], ids=["unset", "empty"])
-def test_w014_an_issuer_that_follows_the_request(issuer):
+def test_w014_an_issuer_that_follows_the_request(issuer, settings):
+    # The demo fetches its partner's keys over plain HTTP on loopback (W017); not this test's subject.
+    settings.TOKEN_EXCHANGE = {
+        key: value
+        for key, value in settings.TOKEN_EXCHANGE.items()
+        if key != "FEDERATION_ALLOW_HTTP_LOOPBACK"
+    }
     assert security_checks(deploy=True) == []  # the example project names its issuer
     without_issuer = {k: v for k, v in settings.OAUTH2_PROVIDER.items() if k != "OIDC_ISS_ENDPOINT"}
     if issuer is not None:
