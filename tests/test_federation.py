@@ -22,6 +22,7 @@ from typing import Any
 import jwt as pyjwt
 import pytest
 from django.core.cache import caches
+from django.core.management import call_command
 from jwcrypto import jwk, jws
 from oauth2_provider.models import get_access_token_model, get_refresh_token_model
 from oauth2_provider.settings import oauth2_settings
@@ -677,7 +678,18 @@ def _checksum(token: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "withdraw", ["delete_link", "relink", "disable_issuer", "delete_issuer", "off_policy"]
+    "withdraw",
+    [
+        "delete_link",
+        "relink",
+        "change_subject",
+        "disable_issuer",
+        "repoint_issuer",
+        "delete_issuer",
+        "off_policy",
+        "clear_policy",
+        "delete_policy",
+    ],
 )
 def test_withdrawing_trust_revokes_the_tokens_and_what_was_exchanged_from_them(
     http, portal, external_idp, trust, alice, end_user, admin_user, withdraw
@@ -697,9 +709,19 @@ def test_withdrawing_trust_revokes_the_tokens_and_what_was_exchanged_from_them(
     elif withdraw == "relink":
         alice.user = admin_user
         alice.save()
+    elif withdraw == "change_subject":
+        alice.subject = "alice-2"
+        alice.save()
     elif withdraw == "disable_issuer":
         trust.enabled = False
         trust.save()
+    elif withdraw == "repoint_issuer":
+        trust.jwks_uri = "https://elsewhere.example/jwks"
+        trust.save()
+    elif withdraw == "clear_policy":
+        portal.token_exchange_policy.trusted_issuers.clear()
+    elif withdraw == "delete_policy":
+        portal.token_exchange_policy.delete()
     elif withdraw == "delete_issuer":
         trust.delete()
     else:
@@ -793,3 +815,122 @@ def test_the_jwt_bearer_grant_issues_refresh_tokens_only_when_told(
     response = jwt_bearer(http, portal, assertion, scope="read offline_access")
     assert response.status_code == 200, response.text
     assert "refresh_token" in response.json()
+
+
+def test_withdrawing_trust_reaches_refreshed_tokens_after_cleartokens(http, portal, external_idp, alice):
+    issued = _issued(http, portal, external_idp)
+    refreshed = http.post(
+        {"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]},
+        auth=(portal.client_id, portal.plain_secret),
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    call_command("cleartokens")  # DOT's cleanup removes the rotated-away rows (and their records)
+    assert ExchangedToken.objects.filter(federated_identity=alice).exists()
+
+    alice.delete()
+
+    assert not _alive(refreshed.json()["access_token"])
+    again = http.post(
+        {"grant_type": "refresh_token", "refresh_token": refreshed.json()["refresh_token"]},
+        auth=(portal.client_id, portal.plain_secret),
+    )
+    assert again.status_code == 400
+
+
+@pytest.mark.parametrize("iss", ["\\ud800", "idp\\u0000"], ids=["lone-surrogate", "nul"])
+def test_an_issuer_that_no_column_can_hold_is_refused_not_a_server_error(
+    http, portal, external_idp, alice, our_issuer, iss
+):
+    claims = json.dumps(id_claims(external_idp)).replace(json.dumps(external_idp.issuer), f'"{iss}"')
+    key = jwk.JWK(**external_idp.keys[0])
+    parts = jws.JWSCore("RS256", key, json.dumps({"alg": "RS256", "kid": key["kid"]}), claims).sign()
+    token = f"{parts['protected']}.{parts['payload'].decode()}.{parts['signature']}"
+    refused(
+        lambda: exchange(http, portal, token),
+        status=400,
+        error="invalid_request",
+        description=TOKEN_REFUSED,
+        reasons=["wrong_issuer"],
+    )
+    refused(
+        lambda: jwt_bearer(http, portal, token),
+        status=400,
+        error="invalid_grant",
+        description=TOKEN_REFUSED,
+        reasons=["wrong_issuer"],
+    )
+
+
+def test_a_jwt_bearer_assertion_may_name_the_token_endpoint(
+    http, portal, external_idp, trust, alice, our_issuer
+):
+    endpoint = our_issuer.rsplit("/o", 1)[0] + "/o/token/"
+    for aud, status in ((endpoint, 200), ("/o/token/", 400)):
+        now = int(time.time())
+        claims = {
+            "iss": trust.issuer,
+            "sub": "alice",
+            "aud": aud,
+            "iat": now,
+            "exp": now + 60,
+            "jti": uuid.uuid4().hex,
+        }
+        response = jwt_bearer(http, portal, signed(external_idp.keys[0], claims, typ="at+jwt"))
+        assert response.status_code == status, (aud, response.text)
+
+
+def test_an_access_token_without_at_jwt_is_no_id_token(http, portal, external_idp, alice):
+    token = signed(external_idp.keys[0], id_claims(external_idp, scope="api"), typ="JWT")
+    refused(
+        lambda: exchange(http, portal, token),
+        status=400,
+        error="invalid_request",
+        description=TOKEN_REFUSED,
+        reasons=["access_token_as_id_token"],
+    )
+
+
+def test_an_email_match_is_exact_and_ascii(http, portal, external_idp, trust, django_user_model):
+    django_user_model.objects.create_user("sales", "sales@example.com", "pw")
+    trust.match_verified_email = True
+    trust.save()
+    token = external_idp.id_token(sub="s", email="\u017fales@example.com", email_verified=True)
+    refused(
+        lambda: exchange(http, portal, token),
+        status=400,
+        error="invalid_request",
+        description=TOKEN_REFUSED,
+        reasons=["unlinked_subject"],
+    )
+
+
+def test_staff_are_reached_only_through_a_link_an_admin_made(http, portal, external_idp, trust, end_user):
+    trust.match_verified_email = True
+    trust.save()
+    token = external_idp.id_token(sub="bob", email=end_user.email, email_verified=True)
+    assert exchange(http, portal, token, scope="read").status_code == 200
+    link = FederatedIdentity.objects.get(issuer=trust, subject="bob")
+    assert link.linked_by == FederatedIdentity.LinkedBy.AUTOMATIC
+    end_user.is_staff = True  # promoted after the automatic link
+    end_user.save()
+    refused(
+        lambda: exchange(http, portal, external_idp.id_token(sub="bob"), scope="read"),
+        status=400,
+        error="invalid_request",
+        description=TOKEN_REFUSED,
+        reasons=["admin_subject_not_linked_by_an_admin"],
+    )
+    # A link an admin made reaches them.
+    link.delete()
+    FederatedIdentity.objects.create(issuer=trust, subject="bob", user=end_user)
+    assert exchange(http, portal, external_idp.id_token(sub="bob"), scope="read").status_code == 200
+
+
+def test_without_a_target_the_token_is_for_the_client_only(http, portal, external_idp, trust, alice):
+    trust.resources = ["https://aggregates.example.com/"]
+    trust.save()
+    response = exchange(http, portal, external_idp.id_token(sub="alice"), scope="read")
+    assert response.status_code == 200, response.text
+    record = ExchangedToken.objects.get(access_token__isnull=False, federated_identity=alice)
+    assert record.audience == [portal.client_id]
+    assert record.resource == []

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
+from jwcrypto import jwk
 
 from token_exchange.models import AuditEvent, ClientPolicy, FederatedIdentity, TrustedIssuer
 
@@ -15,6 +18,10 @@ from .test_admin import application_form
 pytestmark = pytest.mark.django_db
 EventType = AuditEvent.EventType
 ADD = "/admin/token_exchange/trustedissuer/add/"
+# An RSA key pasted with its primes but without "d": still a private key.
+_RSA = jwk.JWK.generate(kty="RSA", size=2048).export_private(as_dict=True)
+PRIVATE_PARTS = {key: value for key, value in _RSA.items() if key != "d"}
+SMALL_RSA = jwk.JWK.generate(kty="RSA", size=1024).export_public(as_dict=True)
 
 
 @pytest.fixture
@@ -91,8 +98,10 @@ def test_a_trusted_issuer_is_added_and_audited(admin_client_, root):
         (
             {"jwks_uri": "", "jwks": '{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}'},
             "jwks",
-            "public keys only",
+            "Only RSA and EC keys.",
         ),
+        ({"jwks_uri": "", "jwks": json.dumps({"keys": [PRIVATE_PARTS]})}, "jwks", "public keys only"),
+        ({"jwks_uri": "", "jwks": json.dumps({"keys": [SMALL_RSA]})}, "jwks", "at least 2048 bits"),
     ],
 )
 def test_a_trusted_issuer_that_would_trust_too_much_is_refused(admin_client_, changes, field, message):
@@ -169,3 +178,15 @@ def test_deleting_a_linked_identity_in_the_admin_is_audited(admin_client_, end_u
     }
     assert event.actor == root
     assert event.subject == end_user
+
+
+@pytest.mark.parametrize("model", ["trustedissuer", "federatedidentity"])
+def test_only_superusers_decide_trust_whatever_their_permissions(django_user_model, model):
+    staff = django_user_model.objects.create_user("staff", "staff@example.com", "pw", is_staff=True)
+    staff.user_permissions.add(
+        *Permission.objects.filter(codename__in=[f"{action}_{model}" for action in ("add", "change", "view")])
+    )
+    client = Client()
+    client.force_login(staff)
+    assert client.get(f"/admin/token_exchange/{model}/add/").status_code == 403
+    assert client.get(f"/admin/token_exchange/{model}/").status_code == 200  # they may look

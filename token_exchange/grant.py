@@ -92,6 +92,7 @@ class PresentedClaims:
     expires: datetime.datetime | None
     act: dict[str, Any] | None
     impersonation_id: int | None
+    default_audience: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, token: VerifiedToken | None) -> PresentedClaims:
@@ -104,6 +105,7 @@ class PresentedClaims:
             expires=token.expires,
             act=token.act,
             impersonation_id=token.impersonation_id,
+            default_audience=token.default_audience,
         )
 
     @classmethod
@@ -531,6 +533,8 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             requested=params.scope, subject_scope=subject.scope, client_scopes=client_scopes
         )
         audience = policy.resolve_audience(requested=params.target, allowed=subject.audience)
+        if not params.target and subject.default_audience is not None:
+            audience = subject.default_audience
         return Terms(
             scope=scope,
             audience=audience,

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import math
 from typing import Any
+from urllib.parse import urlsplit
 
+from django.urls import reverse
 from oauth2_provider.scopes import get_scopes_backend
 from oauthlib.common import Request
 from oauthlib.oauth2.rfc6749 import errors
@@ -37,6 +39,14 @@ from token_exchange.issuance.minting import Issuance
 from token_exchange.jwt import replay
 from token_exchange.models import ClientPolicy, SecuritySettings
 from token_exchange.tokens.external import refused
+
+
+def token_endpoint(issuer: str) -> str:
+    """This server's token endpoint URL as its discovery documents name it: DOT's ``token`` URL
+    on the issuer's scheme and host (``oauth.metadata``). From the issuer, never from the
+    request's Host."""
+    parts = urlsplit(issuer)
+    return f"{parts.scheme}://{parts.netloc}{reverse('oauth2_provider:token')}"
 
 
 class InvalidAssertion(Refusal):
@@ -74,7 +84,7 @@ class JwtBearerGrant(TokenExchangeGrant):
                 assertion,
                 client=client,
                 presented_as=JWT_TYPE,
-                audiences=(issuer, str(request.uri).split("?")[0]),
+                audiences=(issuer, token_endpoint(issuer)),
                 max_lifetime=token_exchange_settings.JWT_BEARER_MAX_LIFETIME_SECONDS,
                 jti_required=True,
             )

@@ -497,11 +497,21 @@ class FederatedIdentity(models.Model):
         TrustedIssuer, on_delete=models.CASCADE, related_name="identities", verbose_name=_("issuer")
     )
     subject = models.CharField(_("subject"), max_length=255, help_text=_("The sub of its tokens."))
+
+    class LinkedBy(models.TextChoices):
+        ADMIN = "admin", _("an admin")
+        AUTOMATIC = "automatic", _("automatically, on first use")
+
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.CASCADE,
         related_name="federated_identities",
         verbose_name=_("user"),
+    )
+    # Staff and superusers are reached only through a link an admin made: an automatic one (a
+    # verified email, a created user, a resolver) to a user who is, or becomes, one is refused.
+    linked_by = models.CharField(
+        _("linked by"), max_length=16, choices=LinkedBy.choices, default=LinkedBy.ADMIN, editable=False
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 

@@ -385,10 +385,26 @@ class ClientPolicyAdmin(AuditedChangesMixin, NeedsApplicationChange, admin.Model
 # --- Trusted issuers and linked identities (token_exchange.federation) ----------------------------
 
 
-class FederatedIdentityInline(admin.TabularInline):  # type: ignore[type-arg]
+class SuperusersDecideTrust:
+    """Trusting an issuer, or linking one of its subjects to a user, hands out sign-ins as that
+    user: only superusers add, change or delete them, whatever model permissions say (staff with
+    ``add_federatedidentity`` alone could otherwise link their own account somewhere to a
+    superuser). Others with the view permission see them."""
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+
+class FederatedIdentityInline(SuperusersDecideTrust, admin.TabularInline):  # type: ignore[type-arg]
     model = FederatedIdentity
-    fields = ("subject", "user", "created_at")
-    readonly_fields = ("created_at",)
+    fields = ("subject", "user", "linked_by", "created_at")
+    readonly_fields = ("linked_by", "created_at")
     raw_id_fields = ("user",)
     extra = 0
     verbose_name = _("linked identity")
@@ -451,7 +467,7 @@ class TrustedIssuerForm(forms.ModelForm):  # type: ignore[type-arg]
 
 
 @admin.register(TrustedIssuer)
-class TrustedIssuerAdmin(AuditedChangesMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+class TrustedIssuerAdmin(SuperusersDecideTrust, AuditedChangesMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     form = TrustedIssuerForm
     formfield_overrides = _URL_FIELDS
     list_display = ("name", "issuer", "enabled", "kinds", "keys", "clients")
@@ -505,12 +521,12 @@ class TrustedIssuerAdmin(AuditedChangesMixin, admin.ModelAdmin):  # type: ignore
 
 
 @admin.register(FederatedIdentity)
-class FederatedIdentityAdmin(AuditedChangesMixin, admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("subject_column", "issuer_name", "user", "created")
+class FederatedIdentityAdmin(SuperusersDecideTrust, AuditedChangesMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("subject_column", "issuer_name", "user", "linked_by", "created")
     list_filter = ("issuer",)
     search_fields = ("subject", "issuer__issuer", "user__username", "user__email")
     raw_id_fields = ("user",)
-    readonly_fields = ("created_at",)
+    readonly_fields = ("linked_by", "created_at")
     list_select_related = ("issuer", "user")
 
     # Subjects are often opaque 43-character strings (Entra ID's pairwise sub): they wrap.

@@ -22,6 +22,7 @@ from token_exchange.conf import token_exchange_settings
 from token_exchange.federation import issuers, jwks, rules
 from token_exchange.jwt import jose
 from token_exchange.models import TrustedIssuer
+from token_exchange.parameters import storable
 
 
 class FederationRefusal(Exception):
@@ -79,7 +80,8 @@ def verify(
     except jose.JoseError:
         raise FederationRefusal("malformed_jwt") from None
     iss = unverified.get("iss")
-    trust = issuers.for_client(client, iss) if isinstance(iss, str) and iss else None
+    # Compared with a column: never a NUL byte or a lone surrogate (a 503 or a 500 otherwise).
+    trust = issuers.for_client(client, iss) if isinstance(iss, str) and iss and storable(iss) else None
     if trust is None:
         # The reason our own readers give for an iss they do not accept: to this client, this iss
         # is nobody's it may present.
@@ -113,6 +115,7 @@ def verify(
         max_age=trust.max_token_age_seconds,
         max_lifetime=min(lifetime, max_lifetime) if max_lifetime is not None else lifetime,
         jti_required=jti_required,
+        kind_presented=kind,
     )
     if reason is not None:
         raise FederationRefusal(reason)

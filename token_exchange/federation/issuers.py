@@ -9,11 +9,26 @@ from urllib.parse import urlsplit
 from django.utils.translation import gettext as _
 from jwcrypto import jwk
 
+from token_exchange.client_keys import MIN_RSA_BITS
 from token_exchange.conf import token_exchange_settings
 from token_exchange.constants import CLIENT_KEY_ALGORITHMS
 from token_exchange.models import TrustedIssuer
 
 _LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+# Members of a JWK that only a private or symmetric key has (RFC 7518 §6.2.2, §6.3.2, §6.4).
+PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+
+def usable_public_key(key: jwk.JWK) -> bool:
+    """An EC key, or an RSA key of at least ``MIN_RSA_BITS`` (RFC 7518 §3.3), without private parts."""
+    if key.has_private:
+        return False
+    if key.get("kty") == "RSA":
+        size: int = key.get_op_key("verify").key_size
+        return size >= MIN_RSA_BITS
+    return bool(key.get("kty") == "EC")
 
 
 def is_loopback(host: str) -> bool:
@@ -66,14 +81,16 @@ def jwks_errors(value: Any) -> str | None:
     for item in value["keys"]:
         if not isinstance(item, dict):
             return _("Every key must be a JSON object.")
-        if "d" in item or "k" in item:
+        if item.get("kty") not in ("RSA", "EC"):
+            return _("Only RSA and EC keys.")
+        if set(item) & PRIVATE_MEMBERS:
             return _("Paste public keys only: a private or symmetric key does not belong here.")
         try:
             key = jwk.JWK(**item)
         except (jwk.InvalidJWKValue, ValueError, TypeError) as exc:
             return _("A key is not a valid JWK: %(error)s") % {"error": exc}
-        if key.get("kty") not in ("RSA", "EC"):
-            return _("Only RSA and EC keys.")
+        if not usable_public_key(key):
+            return _("RSA keys need at least %(bits)s bits.") % {"bits": MIN_RSA_BITS}
     return None
 
 

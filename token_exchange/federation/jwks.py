@@ -35,7 +35,7 @@ from django.core.cache import caches
 from jwcrypto import jwk
 
 from token_exchange.conf import token_exchange_settings
-from token_exchange.federation.issuers import fetchable
+from token_exchange.federation.issuers import PRIVATE_MEMBERS, fetchable, usable_public_key
 from token_exchange.models import TrustedIssuer
 from token_exchange.resource_server import download
 
@@ -71,21 +71,23 @@ def _cache_key(uri: str) -> str:
 
 
 def public_keys(value: Any) -> list[dict[str, Any]]:
-    """The public signing keys of a JWK Set (RSA and EC; a key that does not parse, is private or
-    is for encryption is left out), as JWK dicts."""
+    """The public signing keys of a JWK Set (RSA of 2048 bits or more, and EC; a key that does not
+    parse, has a private member, is too small or is for encryption is left out), as JWK dicts."""
     if not isinstance(value, dict) or not isinstance(value.get("keys"), list):
         return []
     keys = []
     for item in value["keys"]:
-        if not isinstance(item, dict) or "d" in item or item.get("use") not in (None, "sig"):
+        if not isinstance(item, dict) or item.get("use") not in (None, "sig"):
             continue
-        if item.get("kty") not in ("RSA", "EC"):
+        if item.get("kty") not in ("RSA", "EC") or set(item) & PRIVATE_MEMBERS:
             continue
         try:
             key = jwk.JWK(**item)
+            usable = usable_public_key(key)
         except (jwk.InvalidJWKValue, ValueError, TypeError):
             continue
-        keys.append(key.export_public(as_dict=True))
+        if usable:
+            keys.append(key.export_public(as_dict=True))
     return keys
 
 

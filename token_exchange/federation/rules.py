@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from token_exchange.constants import ACCESS_TOKEN_TYPE, CLIENT_KEY_ALGORITHMS, ID_TOKEN_TYPE, JWT_TYPE
+from token_exchange.parameters import storable
 
 # Headers that carry a key or say where to fetch one (RFC 7515 §4.1.2-4.1.6). The issuer's keys
 # are the ones its row names; a token that offers its own is refused, never followed
@@ -119,6 +120,7 @@ def claims_refusal(
     max_age: int,
     max_lifetime: int,
     jti_required: bool = False,
+    kind_presented: str | None = None,
 ) -> str | None:
     """Why a trusted issuer's (signature-verified) claims are refused, or None. Pure.
 
@@ -149,12 +151,16 @@ def claims_refusal(
     if exp <= iat or exp - iat > max_lifetime:
         return "lifetime_too_long"
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub or len(sub) > MAX_SUBJECT_LENGTH:
+    if not isinstance(sub, str) or not sub or len(sub) > MAX_SUBJECT_LENGTH or not storable(sub):
         return "malformed_subject"
     if jti_required:
         jti = claims.get("jti")
-        if not isinstance(jti, str) or not jti or len(jti) > MAX_SUBJECT_LENGTH:
+        if not isinstance(jti, str) or not jti or len(jti) > MAX_SUBJECT_LENGTH or not storable(jti):
             return "missing_jti"
+    if kind_presented == KIND_ID_TOKEN and ("scope" in claims or "scp" in claims):
+        # An access token without at+jwt (Entra ID, Keycloak and Auth0 write typ JWT) presented
+        # as an ID token: ID tokens carry no scope (OIDC Core §2).
+        return "access_token_as_id_token"
     if "act" in claims:
         # Delegation recorded by another domain: whose act it is cannot be checked here, and a
         # token issued for it would drop it. Refused rather than silently lost.

@@ -4,9 +4,10 @@ Every token issued for a trusted issuer's token is its own authorization (``line
 ``ExchangedToken`` names the ``FederatedIdentity`` it was issued under. So when an admin (or the
 site's code: these are model signals, not admin hooks)
 
-* deletes a linked identity (or its issuer, which deletes its links), or points it at another user,
-* disables a trusted issuer,
-* takes a trusted issuer off a client's policy (that client's tokens of the issuer),
+* deletes a linked identity (or its issuer, which deletes its links), or changes its issuer,
+  subject or user,
+* disables a trusted issuer, or changes its ``issuer`` or its ``jwks_uri``,
+* takes a trusted issuer off a client's policy, or deletes the policy (that client's tokens),
 
 those tokens are revoked, and with them everything exchanged from them, in the transaction of
 the change, with one ``tokens.revoked`` audit row (reason ``trust_withdrawn``). A token a
@@ -25,7 +26,8 @@ from token_exchange.issuance import lineage
 from token_exchange.models import ClientPolicy, ExchangedToken, FederatedIdentity, TrustedIssuer
 
 TRUST_WITHDRAWN = "trust_withdrawn"
-_USER_BEFORE = "_token_exchange_link_user_before"
+_LINK_BEFORE = "_token_exchange_link_before"
+_ISSUER_BEFORE = "_token_exchange_issuer_before"
 
 
 def revoke(records: Q, *, subject: Any = None) -> None:
@@ -52,20 +54,49 @@ def _link_deleting(sender: Any, instance: FederatedIdentity, **_: Any) -> None:
 def _link_saving(sender: Any, instance: FederatedIdentity, raw: bool = False, **_: Any) -> None:
     if raw or instance.pk is None:
         return
-    before = FederatedIdentity.objects.filter(pk=instance.pk).values_list("user_id", flat=True).first()
-    instance.__dict__[_USER_BEFORE] = before
+    before = (
+        FederatedIdentity.objects.filter(pk=instance.pk)
+        .values_list("issuer_id", "subject", "user_id")
+        .first()
+    )
+    instance.__dict__[_LINK_BEFORE] = before
 
 
 def _link_saved(sender: Any, instance: FederatedIdentity, created: bool, raw: bool = False, **_: Any) -> None:
-    before = instance.__dict__.pop(_USER_BEFORE, None)
-    if not raw and not created and before is not None and before != instance.user_id:
-        # Every token of the link so far was issued for the user it named before.
+    before = instance.__dict__.pop(_LINK_BEFORE, None)
+    now = (instance.issuer_id, instance.subject, instance.user_id)
+    if not raw and not created and before is not None and tuple(before) != now:
+        # Another issuer, subject or user: every token of the link so far was issued for what
+        # it said before.
         revoke(Q(federated_identity=instance))
 
 
+# Which provider a trusted issuer is: its iss and where its keys come from. Changing either makes
+# its links (and the tokens issued under them) about somebody else. Editing a pasted key set (a
+# rotation) does not.
+_IDENTITY_FIELDS = ("issuer", "jwks_uri")
+
+
+def _issuer_saving(sender: Any, instance: TrustedIssuer, raw: bool = False, **_: Any) -> None:
+    if raw or instance.pk is None:
+        return
+    instance.__dict__[_ISSUER_BEFORE] = (
+        TrustedIssuer.objects.filter(pk=instance.pk).values(*_IDENTITY_FIELDS).first()
+    )
+
+
 def _issuer_saved(sender: Any, instance: TrustedIssuer, raw: bool = False, **_: Any) -> None:
-    if not raw and not instance.enabled:
+    before = instance.__dict__.pop(_ISSUER_BEFORE, None)
+    if raw:
+        return
+    changed = before is not None and any(before[name] != getattr(instance, name) for name in _IDENTITY_FIELDS)
+    if not instance.enabled or changed:
         revoke(Q(federated_identity__issuer=instance))
+
+
+def _policy_deleting(sender: Any, instance: ClientPolicy, **_: Any) -> None:
+    """A client policy deleted (its trusted issuers go with it, without ``m2m_changed``)."""
+    revoke(Q(federated_identity__isnull=False) & _of_clients([instance.application_id]))
 
 
 def _policy_issuers_changed(
@@ -102,7 +133,9 @@ def connect_receivers() -> None:
     pre_delete.connect(_link_deleting, sender=FederatedIdentity, dispatch_uid=f"{uid}.link_deleting")
     pre_save.connect(_link_saving, sender=FederatedIdentity, dispatch_uid=f"{uid}.link_saving")
     post_save.connect(_link_saved, sender=FederatedIdentity, dispatch_uid=f"{uid}.link_saved")
+    pre_save.connect(_issuer_saving, sender=TrustedIssuer, dispatch_uid=f"{uid}.issuer_saving")
     post_save.connect(_issuer_saved, sender=TrustedIssuer, dispatch_uid=f"{uid}.issuer_saved")
+    pre_delete.connect(_policy_deleting, sender=ClientPolicy, dispatch_uid=f"{uid}.policy_deleting")
     m2m_changed.connect(
         _policy_issuers_changed, sender=ClientPolicy.trusted_issuers.through, dispatch_uid=f"{uid}.policy"
     )

@@ -459,6 +459,10 @@ class TokenExchangeValidator(OAuth2Validator):  # type: ignore[misc]
             actor_token_family=record.actor_token_family,
             actor_access_token_id=record.actor_access_token_id,
             lineage=record.lineage,
+            # A token issued for a trusted issuer's token stays under its link through every
+            # refresh: withdrawing the link finds the refreshed rows (federation.withdrawal), even
+            # after cleartokens removed the first ones.
+            federated_identity_id=record.federated_identity_id,
             **token,
         )
         _state(request, _ISSUED).append(created)

@@ -54,6 +54,9 @@ class VerifiedToken:
     # A trusted issuer's token (token_exchange.federation): the tokens issued for it are their
     # own authorization, and its link's removal revokes them.
     federated: Federated | None = None
+    # What an exchange without audience or resource parameters issues for, when narrower than
+    # ``audience`` (a trusted issuer's token: the requesting client; its resources on request).
+    default_audience: tuple[str, ...] | None = None
 
 
 def native_audience(resource: list[str] | None, client_id: str) -> tuple[str, ...]:

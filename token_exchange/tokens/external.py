@@ -47,6 +47,7 @@ def verified_token(
         client_id=None,  # not one of this server's clients
         scope=frozenset((trust.scope or "").split()),
         audience=tuple(dict.fromkeys([client.client_id, *trust.resources])),
+        default_audience=(client.client_id,),
         resource=(),
         expires=None,  # this server's lifetimes: the other domain's exp bounded the token's use
         reference=f"external:{link.pk}:{jti}"
