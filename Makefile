@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: install chromium demo resource-server serve test test-sqlite-then-scale-out test-scale-out test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale bench-http bench-gc matrix tox package-check screenshots clean
+.PHONY: install chromium demo resource-server partner-idp serve test test-sqlite-then-scale-out test-scale-out test-sqlite test-postgres test-swapped test-multidb lint fuzz bench bench-scale bench-http bench-gc matrix tox package-check screenshots clean
 
 # pip 25.1+ reads PEP 735 dependency groups (pyproject.toml [dependency-groups]).
 $(VENV)/.installed: pyproject.toml
@@ -13,9 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e . --group dev
 	touch $@
 
-# The external OpenID provider the tests start (tests/external_idp: panva's oidc-provider, pinned
-# by its package-lock.json), installed again whenever the lock file changes.
-EXTERNAL_IDP := tests/external_idp
+# The partner's OpenID provider that the tests start and `make partner-idp` runs
+# (example_project/partner_idp: panva's oidc-provider, pinned by its package-lock.json), installed
+# again whenever the lock file changes.
+EXTERNAL_IDP := example_project/partner_idp
 
 $(EXTERNAL_IDP)/node_modules/.installed: $(EXTERNAL_IDP)/package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund --prefix $(EXTERNAL_IDP)
@@ -69,6 +70,17 @@ resource-server: install
 	$(PY) -m django migrate --noinput
 	$(PY) -m django runserver $(HOST):$(RS_PORT)
 
+# Another identity provider (example_project/partner_idp: panva's oidc-provider under Node.js) at
+# http://127.0.0.1:$(PARTNER_PORT), signing with a key kept in partner_idp/partner-idp-key.json.
+# seed_demo trusts it as "Partner IdP", its user alice being the demo's end-user; the
+# walkthrough's last steps sign alice in there and bring her tokens to the demo. Another port:
+# `make partner-idp PARTNER_PORT=9002`, and PARTNER_ORIGIN=http://127.0.0.1:9002 for seed_demo
+# (`make demo`) and the walkthrough.
+PARTNER_PORT = 8002
+
+partner-idp: install
+	$(PY) -m example_project.partner_idp serve --port $(PARTNER_PORT)
+
 # The example served as a deployment is (docs/deployment.md): gunicorn with WORKERS processes
 # (example_project/gunicorn.conf.py), DEBUG off, a fixed issuer, persistent database connections,
 # and the replay store and throttle in Redis, shared by every process. On the demo's SQLite file
@@ -108,12 +120,16 @@ test-sqlite-then-scale-out:
 # or the variables of `make serve`.
 SUITE_ENV := env -u DEMO_ORIGIN -u OIDC_ISS_ENDPOINT -u REDIS_URL -u DJANGO_DEBUG -u DJANGO_SECRET_KEY -u DATABASE_CONN_MAX_AGE
 
+# The django-allauth resolver's tests need allauth's apps and tables (tests/settings_allauth.py):
+# a run of their own after the main one, which leaves them out.
 test-sqlite: install chromium
-	$(SUITE_ENV) $(PY) -m pytest -m "not scale_out"
+	$(SUITE_ENV) $(PY) -m pytest -m "not scale_out and not allauth"
+	$(SUITE_ENV) DJANGO_SETTINGS_MODULE=tests.settings_allauth $(PY) -m pytest -m allauth -p no:cacheprovider
 
 test-postgres: install chromium
 	@if $(PY) -c "import psycopg; psycopg.connect('$(POSTGRES_URL)', connect_timeout=3).close()" 2>/dev/null; then \
-		$(SUITE_ENV) DATABASE_URL=$(POSTGRES_URL) $(PY) -m pytest -m "not scale_out"; \
+		$(SUITE_ENV) DATABASE_URL=$(POSTGRES_URL) $(PY) -m pytest -m "not scale_out and not allauth" && \
+		$(SUITE_ENV) DATABASE_URL=$(POSTGRES_URL) DJANGO_SETTINGS_MODULE=tests.settings_allauth $(PY) -m pytest -m allauth -p no:cacheprovider; \
 	elif [ "$${REQUIRE_POSTGRES:-0}" = "1" ]; then \
 		echo "PostgreSQL at $(POSTGRES_URL) does not answer, and REQUIRE_POSTGRES=1"; exit 1; \
 	else \
@@ -140,6 +156,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) manage.py makemigrations --check --dry-run
+	DJANGO_SETTINGS_MODULE=tests.settings_allauth $(PY) manage.py makemigrations --check --dry-run
 	$(PY) manage.py check --fail-level WARNING
 
 # The fuzz properties at length: 5,000 examples each instead of make test's 100 (SQLite).
@@ -189,9 +206,9 @@ tox: matrix
 # "default": the whole suite under each (SQLite).
 test-swapped: install chromium
 	DJANGO_SETTINGS_MODULE=tests.settings_swapped $(PY) manage.py makemigrations --check --dry-run
-	$(SUITE_ENV) DJANGO_SETTINGS_MODULE=tests.settings_swapped $(PY) -m pytest -p no:cacheprovider -q
+	$(SUITE_ENV) DJANGO_SETTINGS_MODULE=tests.settings_swapped $(PY) -m pytest -p no:cacheprovider -q -m "not allauth"
 test-multidb: install chromium
-	$(SUITE_ENV) DJANGO_SETTINGS_MODULE=tests.settings_multidb $(PY) -m pytest -p no:cacheprovider -q
+	$(SUITE_ENV) DJANGO_SETTINGS_MODULE=tests.settings_multidb $(PY) -m pytest -p no:cacheprovider -q -m "not allauth"
 
 # Build the sdist and the wheel, check them, install the wheel alone into a clean virtual
 # environment and run the example project on it over HTTP (.ci/installed-package).

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -262,7 +263,14 @@ else:
             "OPTIONS": {"MAX_ENTRIES": 100_000},
         },
     }
-TOKEN_EXCHANGE = {"REPLAY_CACHE": "token_exchange_replay"}
+TOKEN_EXCHANGE = {
+    "REPLAY_CACHE": "token_exchange_replay",
+    # The partner's provider of `make partner-idp` publishes its keys on plain http at
+    # 127.0.0.1:8002: fetched by the development server of `make demo` only, never with DEBUG off
+    # (`make serve`), and not in the test suite, which reads these settings too and checks them as
+    # a deployment's (token_exchange.W017); its tests turn it on where they need it.
+    "FEDERATION_ALLOW_HTTP_LOOPBACK": DEBUG and sys.argv[1:2] == ["runserver"],
+}
 
 LOGGING: dict[str, Any] = {
     "version": 1,

@@ -156,3 +156,29 @@ curl -s -D - -o /dev/null "$RS/introspected/aggregates/" -H "Authorization: Bear
 else
   echo "(steps 15-17: start the resource server with 'make resource-server' and run them again)"
 fi
+
+# --- Tokens from another identity provider (`make partner-idp` in another terminal, port 8002):
+#     seed_demo trusts it as "Partner IdP" for the portal, its user alice being the end user.
+#     Skipped when it is not running.
+JWT_GRANT=urn:ietf:params:oauth:grant-type:jwt-bearer
+# 18. alice signs in at the partner (its own code flow), asking for an access token for this
+#     server (a JWT signed by the partner, aud = our issuer): sets PARTNER_ID_TOKEN and
+#     PARTNER_ACCESS_TOKEN.
+if PARTNER_LOGIN=$("$PY" -m example_project.partner_idp login alice --resource "$DEMO_ORIGIN/o"); then
+eval "$PARTNER_LOGIN"
+# 19. The partner's ID token as subject: a token of ours for the end user, for the aggregates API
+#     (a resource the trusted issuer allows) with scope read; the API accepts it.
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$EXCHANGE \
+  -d subject_token="$PARTNER_ID_TOKEN" -d subject_token_type=urn:ietf:params:oauth:token-type:id_token \
+  -d audience=https://aggregates.example.com/ -d scope=read | tee /tmp/from-partner.json | show
+FROM_PARTNER=$(field access_token < /tmp/from-partner.json)
+curl -s "$DEMO_ORIGIN/api/aggregates/" -H "Authorization: Bearer $FROM_PARTNER" | show
+# 20. The partner's access token as a JWT authorization grant (RFC 7523): a token of ours ...
+curl -s -u portal:portal-secret "$TOKEN" -d grant_type=$JWT_GRANT \
+  -d assertion="$PARTNER_ACCESS_TOKEN" -d scope=read | show
+#     ... once: the same assertion again is refused (400 invalid_grant), its jti is spent.
+curl -s -w "\nstatus: %{http_code}\n" -u portal:portal-secret "$TOKEN" -d grant_type=$JWT_GRANT \
+  -d assertion="$PARTNER_ACCESS_TOKEN" -d scope=read
+else
+  echo "(steps 18-20: start the partner's provider with 'make partner-idp' and run them again)"
+fi

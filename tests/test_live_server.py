@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 
+import jwt as pyjwt
 import pytest
 import requests
+from django.core.cache import caches
 from django.core.management import call_command
+from oauth2_provider.settings import oauth2_settings
 
 from example_project.demo import data
+from example_project.demo.management.commands.seed_demo import trust_partner_idp
+from tests import external_idp as harness
 from token_exchange.constants import (
     ACCESS_TOKEN_TYPE,
     CLIENT_ASSERTION_TYPE,
     GRANT_TYPE,
     ID_TOKEN_TYPE,
     INTROSPECT_AUDIENCE,
+    JWT_BEARER_GRANT_TYPE,
     JWT_TYPE,
 )
-from token_exchange.models import ClientPolicy
+from token_exchange.models import ClientPolicy, FederatedIdentity
 
 from .jwt_helpers import verify
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_walkthrough_over_http(live_server, portal, aggregates, user_tokens, end_user):
@@ -180,3 +191,107 @@ def test_jwt_profile_with_the_walkthrough_script_over_http(
     )
     assert replayed.status_code == 401
     assert replayed.json()["error"] == "invalid_client"
+
+
+@pytest.fixture(scope="module")
+def partner_idp() -> Iterator[harness.ExternalIdP]:
+    """The partner's provider of `make partner-idp`, on a free port: its access tokens live five
+    minutes, so that each can be a JWT authorization grant."""
+    idp = harness.ExternalIdP.start(keys=[harness.new_rsa_jwk("partner-1")], access_token_ttl=300)
+    yield idp
+    idp.stop()
+
+
+def partner_login(issuer: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m example_project.partner_idp login alice …``, as the walkthrough runs it."""
+    env = {key: value for key, value in os.environ.items() if key != "PARTNER_ORIGIN"}
+    return subprocess.run(
+        [sys.executable, "-m", "example_project.partner_idp", "login", "alice", "--issuer", issuer, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_tokens_of_the_partners_provider_with_the_walkthrough_over_http(
+    live_server, settings, portal, aggregates, end_user, partner_idp
+):
+    """Steps 18-20 of the walkthrough: alice signs in at the partner (the login command), her ID
+    token becomes a token of ours for the aggregates API, and her access token a JWT
+    authorization grant, once."""
+    # The partner publishes its keys on plain http, on loopback (settings.py: with DEBUG on).
+    settings.TOKEN_EXCHANGE = {**settings.TOKEN_EXCHANGE, "FEDERATION_ALLOW_HTTP_LOOPBACK": True}
+    caches["default"].clear()  # the keys of an earlier provider, cached under the same row id
+    ClientPolicy.objects.filter(application=aggregates).update(resource_uris=[data.AGGREGATES_URI])
+    trust = trust_partner_idp(partner_idp.issuer)
+    assert trust.jwks_uri == partner_idp.jwks_uri  # where oidc-provider publishes them
+    assert FederatedIdentity.objects.get(issuer=trust, subject="alice").user == end_user
+    assert trust_partner_idp(partner_idp.issuer) == trust  # seed_demo runs again: nothing new
+    issuer = str(oauth2_settings.OIDC_ISS_ENDPOINT)
+
+    login = partner_login(partner_idp.issuer, "--resource", issuer)
+
+    assert login.returncode == 0, login.stderr
+    lines = login.stdout.splitlines()
+    assert [line.split("=", 1)[0] for line in lines] == [
+        "export PARTNER_ID_TOKEN",
+        "export PARTNER_ACCESS_TOKEN",
+    ]
+    variables = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    id_token, access_token = variables["PARTNER_ID_TOKEN"], variables["PARTNER_ACCESS_TOKEN"]
+    assert pyjwt.decode(id_token, options={"verify_signature": False})["aud"] == "partner-app"
+    assert pyjwt.get_unverified_header(access_token)["typ"] == "at+jwt"
+    assert pyjwt.decode(access_token, options={"verify_signature": False})["aud"] == issuer
+    auth = ("portal", portal.plain_secret)
+    token_url = f"{live_server.url}/o/token/"
+
+    exchanged = requests.post(
+        token_url,
+        data={
+            "grant_type": GRANT_TYPE,
+            "subject_token": id_token,
+            "subject_token_type": ID_TOKEN_TYPE,
+            "audience": data.AGGREGATES_URI,
+            "scope": "read",
+        },
+        auth=auth,
+        timeout=10,
+    )
+    assert exchanged.status_code == 200, exchanged.text
+    assert exchanged.json()["scope"] == "read"
+    bearer = {"Authorization": f"Bearer {exchanged.json()['access_token']}"}
+    api = requests.get(f"{live_server.url}/api/aggregates/", headers=bearer, timeout=10)
+    assert api.status_code == 200, api.text
+    assert api.json() == {"sub": str(end_user.pk), "scope": "read", "act": None}
+    assert requests.get(f"{live_server.url}/api/settings/", headers=bearer, timeout=10).status_code == 403
+
+    grant = {"grant_type": JWT_BEARER_GRANT_TYPE, "assertion": access_token, "scope": "read"}
+    granted = requests.post(token_url, data=grant, auth=auth, timeout=10)
+    assert granted.status_code == 200, granted.text
+    assert granted.json()["scope"] == "read"
+    introspected = requests.post(
+        f"{live_server.url}/o/introspect/",
+        data={"token": granted.json()["access_token"]},
+        auth=("aggregates", aggregates.plain_secret),
+        timeout=10,
+    ).json()
+    assert (introspected["active"], introspected["username"]) == (True, end_user.username)
+
+    replayed = requests.post(token_url, data=grant, auth=auth, timeout=10)
+    assert replayed.status_code == 400
+    assert replayed.json()["error"] == "invalid_grant"
+
+
+def test_the_login_command_says_when_no_provider_answers():
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        issuer = f"http://127.0.0.1:{closed.getsockname()[1]}"
+
+    login = partner_login(issuer)
+
+    assert login.returncode == 1
+    assert login.stdout == ""
+    assert f"no OpenID provider answers at {issuer}" in login.stderr
+    assert "make partner-idp" in login.stderr

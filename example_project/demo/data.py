@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from example_project import partner_idp
+
 PORTAL_CLIENT_ID = "portal"
 PORTAL_SECRET = "portal-secret"
 # On the demo's own server (settings.DEMO_ORIGIN, `make demo PORT=…`): seed_demo stores these
@@ -61,3 +63,16 @@ USERS = (
 APIS = (("aggregates", "aggregates-secret"), ("settings", "settings-secret"))
 # The resource indicator each API serves: it may introspect the tokens meant for it.
 API_RESOURCES = {"aggregates": AGGREGATES_URI, "settings": SETTINGS_URI}
+
+# Another identity provider, whose users bring their tokens here: the partner's OpenID provider
+# (`make partner-idp`, example_project/partner_idp) at PARTNER_ORIGIN, port 8002 on loopback
+# unless that variable names another. Its ID tokens name its client partner-app; the tokens
+# issued here for its tokens serve the portal or the aggregates API, with openid and read at most.
+PARTNER_NAME = "Partner IdP"
+PARTNER_ORIGIN = partner_idp.default_issuer()
+PARTNER_AUDIENCES = [partner_idp.PARTNER_APP.client_id]
+PARTNER_SCOPE = "openid read"
+PARTNER_RESOURCES = [AGGREGATES_URI]
+# Its user alice is the demo's end user.
+PARTNER_SUBJECT = "alice"
+PARTNER_USER = USERS[0].username

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand
@@ -11,9 +12,49 @@ from oauth2_provider.settings import oauth2_settings
 
 from example_project.demo import data
 from token_exchange.constants import INTROSPECT_AUDIENCE
-from token_exchange.models import ClientPolicy, ImpersonatorGrant, SecuritySettings
+from token_exchange.models import (
+    ClientPolicy,
+    FederatedIdentity,
+    ImpersonatorGrant,
+    SecuritySettings,
+    TrustedIssuer,
+)
 
 SUPPORT_PERMISSIONS = ("view_user", "view_auditevent", "view_impersonationsession")
+
+
+def trust_partner_idp(issuer: str = data.PARTNER_ORIGIN) -> TrustedIssuer:
+    """The partner's OpenID provider at ``issuer`` (`make partner-idp`), trusted for the portal:
+    its ID tokens and JWT access tokens as subject tokens, and its JWTs (an access token for this
+    server) as JWT authorization grants. Its user alice is the end user. Needs the portal and the
+    end user; idempotent, like the rest of the demo data."""
+    trust, _ = TrustedIssuer.objects.update_or_create(
+        issuer=issuer,
+        defaults={
+            "name": data.PARTNER_NAME,
+            "enabled": True,
+            # Where oidc-provider publishes its keys (its discovery document's jwks_uri).
+            "jwks_uri": f"{issuer}/jwks",
+            "jwks": None,
+            "algorithms": ["RS256"],
+            "audiences": data.PARTNER_AUDIENCES,
+            "accept_id_tokens": True,
+            "accept_access_tokens": True,
+            "accept_jwts": True,
+            "scope": data.PARTNER_SCOPE,
+            "resources": data.PARTNER_RESOURCES,
+        },
+    )
+    policy = ClientPolicy.objects.get(application__client_id=data.PORTAL_CLIENT_ID)
+    policy.trusted_issuers.add(trust)
+    policy.jwt_bearer_enabled = True
+    policy.save()
+    FederatedIdentity.objects.update_or_create(
+        issuer=trust,
+        subject=data.PARTNER_SUBJECT,
+        defaults={"user": get_user_model().objects.get(username=data.PARTNER_USER)},
+    )
+    return trust
 
 
 class Command(BaseCommand):
@@ -111,6 +152,7 @@ class Command(BaseCommand):
         security = SecuritySettings.load()
         security.allow_impersonation = True
         security.save()
+        partner = trust_partner_idp()
 
         self.stdout.write("Demo data ready.\n")
         self.stdout.write(f"  issuer             {oauth2_settings.OIDC_ISS_ENDPOINT}")
@@ -122,6 +164,16 @@ class Command(BaseCommand):
                 f"  client {name:<11} {name} / {secret} (introspects tokens for {data.API_RESOURCES[name]})"
             )
         self.stdout.write(f"  client portal-spa  public, PKCE; open {data.PORTAL_SPA_URL}")
+        self.stdout.write(
+            f"  trusted issuer     {partner.name}, {partner.issuer} (`make partner-idp`): its "
+            f"{data.PARTNER_SUBJECT} is {data.PARTNER_USER}"
+        )
+        indent = " " * 21
+        self.stdout.write(f"{indent}(the portal exchanges its tokens, and takes them as JWT grants)")
+        if not settings.DEBUG and partner.jwks_uri.startswith("http:"):
+            # Plain http on loopback: fetched by `make demo`'s development server only
+            # (FEDERATION_ALLOW_HTTP_LOOPBACK, settings.py); served as a deployment, never.
+            self.stdout.write(f"{indent}(not with DEBUG off: its keys at {partner.jwks_uri} are plain http)")
         for spec in data.USERS:
             roles = ""
             if spec.impersonator is not None:

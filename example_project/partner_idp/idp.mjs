@@ -1,6 +1,7 @@
-// An OpenID provider this project did not write (panva's oidc-provider), for the tests: they start
-// it (tests/external_idp/__init__.py), sign users in without a browser, and present the ID tokens
-// and RFC 9068 JWT access tokens it issues to our token endpoint.
+// An OpenID provider this project did not write (panva's oidc-provider): the partner's, in the
+// example project (`make partner-idp`, `python -m example_project.partner_idp`) and in the tests.
+// Both start it through example_project/partner_idp/__init__.py, sign users in without a browser,
+// and present the ID tokens and RFC 9068 JWT access tokens it issues to our token endpoint.
 //
 // Configured by the environment:
 //   PORT              port on 127.0.0.1 (0: any free one); the issuer is http://127.0.0.1:PORT
