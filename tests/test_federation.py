@@ -934,3 +934,28 @@ def test_without_a_target_the_token_is_for_the_client_only(http, portal, externa
     record = ExchangedToken.objects.get(access_token__isnull=False, federated_identity=alice)
     assert record.audience == [portal.client_id]
     assert record.resource == []
+
+
+@pytest.mark.parametrize("who", ["linked", "unlinked", "inactive"])
+def test_a_scope_or_target_error_cannot_tell_a_linked_subject_from_another(
+    http, portal, external_idp, trust, alice, end_user, who
+):
+    """The terms are decided from the trust and the client before whom the token names."""
+    if who == "inactive":
+        end_user.is_active = False
+        end_user.save()
+    token = external_idp.id_token(sub="nobody" if who == "unlinked" else "alice")
+    refused(
+        lambda: exchange(http, portal, token, scope="write"),
+        status=400,
+        error="invalid_scope",
+        description=SCOPE_REFUSED,
+        reasons=["scope_exceeds_subject"],
+    )
+    refused(
+        lambda: exchange(http, portal, token, scope="read", audience="https://elsewhere.example/"),
+        status=400,
+        error="invalid_target",
+        description=TARGET_REFUSED,
+        reasons=["audience_exceeds_subject"],
+    )

@@ -19,6 +19,8 @@ log. Which check runs first must not tell either: see ``TokenExchangeGrant.decid
 
 from __future__ import annotations
 
+from typing import Any
+
 from oauthlib.oauth2.rfc6749 import errors
 
 
@@ -47,6 +49,9 @@ class Refusal(Exception):
         # A trusted issuer's verified token refused for whom it names: {"iss", "sub"}, for the
         # audit row (token_exchange.tokens.external).
         self.external: dict[str, str] | None = None
+        # A trusted issuer's verified token refused for whom it names: the VerifiedToken of what
+        # it says besides (scope, audience), so the terms can be decided first (the grant).
+        self.presented: Any = None
 
     def as_oauth2_error(self) -> errors.OAuth2Error:
         return self.error_class(description=self.description)

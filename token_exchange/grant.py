@@ -391,8 +391,9 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
            the claims alone: a named subject carries none (no scope, audience or expiry of its
            own), so ``invalid_scope`` and ``invalid_target`` are answered the same whoever it
            names;
-        3. then the waiting refusal of a named subject, and the rules about users (who may act for
-           whom, ``may_act``, an ended admin-started impersonation), all as :data:`REFUSED`.
+        3. then the waiting refusal of a named subject (or of a trusted issuer's token refused for
+           whom it names: unlinked, inactive, an admin), and the rules about users (who may act
+           for whom, ``may_act``, an ended admin-started impersonation), all as :data:`REFUSED`.
 
         A subject access or ID token is refused before its terms: the client holds it, and a
         token that names an unknown or inactive user is simply invalid. The only user-dependent
@@ -426,13 +427,18 @@ class TokenExchangeGrant(GrantTypeBase):  # type: ignore[misc]
             # (503) here, before its sub is read: the answer says nothing about whom it names.
             subject = self.read_subject(params, client, issuer, context, external=external)
         except InvalidSubjectToken as refusal:
-            if not named:
+            if not named and refusal.presented is None:
                 raise
             waiting = refusal
         actor = self.read_actor(params, client, issuer, context) if params.actor_token is not None else None
 
         # 2. The terms, from claims only.
-        claims = PresentedClaims.named(params.subject_token_type) if named else PresentedClaims.of(subject)
+        if named:
+            claims = PresentedClaims.named(params.subject_token_type)
+        else:
+            # A trusted issuer's token refused for whom it names: what it says besides.
+            presented = subject if subject is not None else waiting.presented if waiting is not None else None
+            claims = PresentedClaims.of(presented)
         # The readers of named subjects promise it; the terms must not depend on whom they name.
         assert subject is None or PresentedClaims.of(subject) == claims
         client_scopes = frozenset(

@@ -28,11 +28,20 @@ def refused(refusal: type[Refusal], error: FederationRefusal) -> Refusal:
 
 
 def read_external(value: str, token_type: str, refusal: type[Refusal], *, client: Any) -> VerifiedToken:
+    """The verified token and the user it stands for; else ``refusal``. A token refused for whom
+    it names (unlinked, inactive, an admin) carries what the token says besides
+    (``presented``), so the grant builds the terms before it answers, as for a named subject:
+    ``invalid_scope`` cannot tell a linked subject from another."""
     try:
         token = verify(value, client=client, presented_as=token_type)
-        user, link = identities.user_of(token)
     except FederationRefusal as error:
         raise refused(refusal, error) from error
+    try:
+        user, link = identities.user_of(token)
+    except FederationRefusal as error:
+        exc = refused(refusal, error)
+        exc.presented = verified_token(token, token_type, user=None, link=None, client=client)
+        raise exc from error
     return verified_token(token, token_type, user=user, link=link, client=client)
 
 
@@ -41,6 +50,7 @@ def verified_token(
 ) -> VerifiedToken:
     trust = token.trust
     jti = token.claims.get("jti")
+    link_id = link.pk if link is not None else 0
     return VerifiedToken(
         token_type=token_type,
         user=user,
@@ -50,8 +60,8 @@ def verified_token(
         default_audience=(client.client_id,),
         resource=(),
         expires=None,  # this server's lifetimes: the other domain's exp bounded the token's use
-        reference=f"external:{link.pk}:{jti}"
+        reference=f"external:{link_id}:{jti}"
         if isinstance(jti, str) and len(jti) <= 64
-        else f"external:{link.pk}",
-        federated=Federated(issuer=trust.issuer, subject=token.subject, identity_id=link.pk),
+        else f"external:{link_id}",
+        federated=Federated(issuer=trust.issuer, subject=token.subject, identity_id=link_id),
     )
