@@ -283,6 +283,17 @@ def test_w011_throttle_cache_per_process(backend, expected):
     assert checks.W011.msg.startswith("TOKEN_EXCHANGE['THROTTLE_CACHE'] is a per-process cache")
 
 
+def test_e017_the_allauth_resolver_without_allauth():
+    with override_settings(TOKEN_EXCHANGE={"FEDERATION_RESOLVER": "token_exchange.contrib.allauth.resolve"}):
+        assert [m.id for m in checks.check_federation_resolver()] == ["token_exchange.E017"]
+    assert checks.check_federation_resolver() == []
+    assert checks.E017.msg == (
+        "TOKEN_EXCHANGE['FEDERATION_RESOLVER'] is token_exchange.contrib.allauth.resolve, but "
+        "'allauth.socialaccount' is not in INSTALLED_APPS: the first unlinked subject of a trusted "
+        "issuer would fail with a server error."
+    )
+
+
 def test_w017_keys_over_plain_http_on_loopback():
     with override_settings(TOKEN_EXCHANGE={"FEDERATION_ALLOW_HTTP_LOOPBACK": True}):
         assert [m.id for m in checks.check_federation_loopback()] == ["token_exchange.W017"]

@@ -662,6 +662,32 @@ def check_client_authentication(app_configs: Any = None, **kwargs: Any) -> list[
     return [] if client_assertion.dot_client_authentication_installed() else [E011]
 
 
+E017 = Error(
+    "TOKEN_EXCHANGE['FEDERATION_RESOLVER'] is token_exchange.contrib.allauth.resolve, but "
+    "'allauth.socialaccount' is not in INSTALLED_APPS: the first unlinked subject of a trusted "
+    "issuer would fail with a server error.",
+    hint="Install django-allauth (pip install 'django-token-exchange[allauth]') and add "
+    "'allauth.socialaccount' to INSTALLED_APPS, or name another resolver.",
+    id="token_exchange.E017",
+)
+_ALLAUTH_RESOLVER = "token_exchange.contrib.allauth.resolve"
+
+
+@register()
+def check_federation_resolver(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.apps import apps
+
+    value = (getattr(settings, "TOKEN_EXCHANGE", None) or {}).get("FEDERATION_RESOLVER")
+    named = (
+        value
+        if isinstance(value, str)
+        else f"{getattr(value, '__module__', '')}.{getattr(value, '__name__', '')}"
+    )
+    if named == _ALLAUTH_RESOLVER and not apps.is_installed("allauth.socialaccount"):
+        return [E017]
+    return []
+
+
 E008 = "token_exchange.E008"
 
 
