@@ -6,11 +6,11 @@ database, no clock, no settings: the caller passes the issuer's rules and ``now`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
 from token_exchange.constants import ACCESS_TOKEN_TYPE, CLIENT_KEY_ALGORITHMS, ID_TOKEN_TYPE, JWT_TYPE
+from token_exchange.jwt import validity
 from token_exchange.parameters import storable
 
 # Headers that carry a key or say where to fetch one (RFC 7515 §4.1.2-4.1.6). The issuer's keys
@@ -80,17 +80,6 @@ def kind_refusal(
     return None
 
 
-def numeric_date(value: object) -> float | None:
-    """RFC 7519 §2 NumericDate: a finite JSON number (not a boolean)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def audience_refusal(aud: object, *, accepted: Collection[str]) -> str | None:
     """``aud`` (a string or a list of strings) names at least one accepted audience."""
     values = [aud] if isinstance(aud, str) else aud
@@ -134,22 +123,11 @@ def claims_refusal(
     reason = audience_refusal(claims.get("aud"), accepted=audiences)
     if reason is not None:
         return reason
-    exp = numeric_date(claims.get("exp"))
-    iat = numeric_date(claims.get("iat"))
-    if exp is None or iat is None:
-        return "missing_exp_or_iat"
-    if exp <= now - leeway:
-        return "expired"
-    if iat > now + leeway:
-        return "issued_in_the_future"
-    if "nbf" in claims:
-        nbf = numeric_date(claims["nbf"])
-        if nbf is None or nbf > now + leeway:
-            return "not_yet_valid"
-    if now - iat > max_age + leeway:
-        return "too_old"
-    if exp <= iat or exp - iat > max_lifetime:
-        return "lifetime_too_long"
+    reason, _exp, iat = validity.refusal(claims, now=now, leeway=leeway, max_lifetime=max_lifetime)
+    if reason is None and now - iat > max_age + leeway:
+        reason = "too_old"
+    if reason is not None:
+        return reason
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub or len(sub) > MAX_SUBJECT_LENGTH or not storable(sub):
         return "malformed_subject"

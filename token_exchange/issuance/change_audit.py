@@ -354,88 +354,73 @@ def _deleting(sender: type[Model], instance: Any, **_: Any) -> None:
         _write(spec, instance, action="deleted", before=before, after=None)
 
 
-_GROUPS_BEFORE = "_token_exchange_audit_groups"
+@dataclass(frozen=True)
+class AuditedRelation:
+    """A many-to-many field whose changes are audited as changes of its owner's rows."""
 
+    owner: Callable[[], type[Model]]  # the model that declares the field (the user model, ...)
+    field: str  # its name, and the payload's key
+    values: Callable[[Any], list[str]]  # what the payload shows of an owner's related rows
 
-def _group_ids(user: Any) -> list[str]:
-    return sorted(str(pk) for pk in user.groups.values_list("pk", flat=True))
+    @property
+    def key(self) -> str:
+        return f"_token_exchange_audit_{self.field}"
 
+    def changing(
+        self, sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any = None, **_: Any
+    ) -> None:
+        """``m2m_changed`` of the field's table: before the change, remember each affected
+        owner's values; after it, write one ``*.changed`` row per owner whose values changed.
 
-def _groups_changing(
-    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any = None, **_: Any
-) -> None:
-    """``m2m_changed`` of the user-to-group table: before the change, remember each affected
-    user's groups; after it, write one ``user.changed`` row per user whose groups changed.
-
-    From the user's side (``user.groups.add``, the user admin's form) that is one user; from a
-    group's side (``group.user_set.add``, ``clear``) every user it names.
-    """
-    if not action.startswith(("pre_", "post_")):
-        return
-    User = get_user_model()
-    if not reverse:
-        users = [instance]
-    elif action.endswith("_clear"):
-        users = list(User._default_manager.filter(groups=instance)) if action == "pre_clear" else []
-        users = users or instance.__dict__.get(_GROUPS_BEFORE + "_users", [])
-        instance.__dict__[_GROUPS_BEFORE + "_users"] = users
-    else:
-        users = list(User._default_manager.filter(pk__in=pk_set or ()))
-    remembered: dict[Any, list[str]] = instance.__dict__.setdefault(_GROUPS_BEFORE, {})
-    for user in users:
-        if action.startswith("pre_"):
-            remembered[user.pk] = _group_ids(user)
-            continue
-        before = remembered.pop(user.pk, None)
-        after = _group_ids(user)
-        if before is not None and before != after:
-            _write(_SPECS[User], user, action="changed", before={"groups": before}, after={"groups": after})
-    if action.startswith("post_"):
-        instance.__dict__.pop(_GROUPS_BEFORE + "_users", None)
-
-
-_ISSUERS_BEFORE = "_token_exchange_audit_trusted_issuers"
-
-
-def _issuer_names(policy: ClientPolicy) -> list[str]:
-    return sorted(policy.trusted_issuers.values_list("issuer", flat=True))
-
-
-def _trusted_issuers_changing(
-    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any = None, **_: Any
-) -> None:
-    """``m2m_changed`` of the policy-to-trusted-issuer table: one ``client_policy.changed`` row
-    per client policy whose trusted issuers changed, from either side (the policy's form, or
-    ``issuer.client_policies.add``/``clear``)."""
-    if not action.startswith(("pre_", "post_")):
-        return
-    if not reverse:
-        policies = [instance]
-    elif action.endswith("_clear"):
-        policies = (
-            list(ClientPolicy.objects.filter(trusted_issuers=instance)) if action == "pre_clear" else []
-        )
-        policies = policies or instance.__dict__.get(_ISSUERS_BEFORE + "_policies", [])
-        instance.__dict__[_ISSUERS_BEFORE + "_policies"] = policies
-    else:
-        policies = list(ClientPolicy.objects.filter(pk__in=pk_set or ()))
-    remembered: dict[Any, list[str]] = instance.__dict__.setdefault(_ISSUERS_BEFORE, {})
-    for policy in policies:
-        if action.startswith("pre_"):
-            remembered[policy.pk] = _issuer_names(policy)
-            continue
-        before = remembered.pop(policy.pk, None)
-        after = _issuer_names(policy)
-        if before is not None and before != after:
-            _write(
-                _SPECS[ClientPolicy],
-                policy,
-                action="changed",
-                before={"trusted_issuers": before},
-                after={"trusted_issuers": after},
+        From the owner's side (``user.groups.add``, the owner's admin form) that is one owner;
+        from the other side (``group.user_set.add``, ``clear``) every owner it names.
+        """
+        if not action.startswith(("pre_", "post_")):
+            return
+        model = self.owner()
+        if not reverse:
+            owners = [instance]
+        elif action.endswith("_clear"):
+            owners = (
+                list(model._default_manager.filter(**{self.field: instance})) if action == "pre_clear" else []
             )
-    if action.startswith("post_"):
-        instance.__dict__.pop(_ISSUERS_BEFORE + "_policies", None)
+            owners = owners or instance.__dict__.get(self.key + "_owners", [])
+            instance.__dict__[self.key + "_owners"] = owners
+        else:
+            owners = list(model._default_manager.filter(pk__in=pk_set or ()))
+        remembered: dict[Any, list[str]] = instance.__dict__.setdefault(self.key, {})
+        for owner in owners:
+            if action.startswith("pre_"):
+                remembered[owner.pk] = self.values(owner)
+                continue
+            before = remembered.pop(owner.pk, None)
+            after = self.values(owner)
+            if before is not None and before != after:
+                _write(
+                    _SPECS[model],
+                    owner,
+                    action="changed",
+                    before={self.field: before},
+                    after={self.field: after},
+                )
+        if action.startswith("post_"):
+            instance.__dict__.pop(self.key + "_owners", None)
+
+
+# Group membership decides who may impersonate whom (the default organization); a client policy's
+# trusted issuers decide whose tokens the client may present.
+_RELATIONS = (
+    AuditedRelation(
+        get_user_model,
+        "groups",
+        lambda user: sorted(str(pk) for pk in user.groups.values_list("pk", flat=True)),
+    ),
+    AuditedRelation(
+        lambda: ClientPolicy,
+        "trusted_issuers",
+        lambda policy: sorted(policy.trusted_issuers.values_list("issuer", flat=True)),
+    ),
+)
 
 
 _SPECS: dict[type[Model], Audited] = {}
@@ -449,12 +434,11 @@ def connect_receivers() -> None:
         pre_save.connect(_remember, sender=model, dispatch_uid=f"{uid}.pre_save")
         post_save.connect(_saved, sender=model, dispatch_uid=f"{uid}.post_save")
         pre_delete.connect(_deleting, sender=model, dispatch_uid=f"{uid}.pre_delete")
-    through = get_user_model()._meta.get_field("groups").remote_field.through
-    m2m_changed.connect(
-        _groups_changing, sender=through, dispatch_uid="token_exchange.issuance.change_audit.groups"
-    )
-    m2m_changed.connect(
-        _trusted_issuers_changing,
-        sender=ClientPolicy.trusted_issuers.through,
-        dispatch_uid="token_exchange.issuance.change_audit.trusted_issuers",
-    )
+    for relation in _RELATIONS:
+        field: Any = relation.owner()._meta.get_field(relation.field)
+        through = field.remote_field.through
+        m2m_changed.connect(
+            relation.changing,
+            sender=through,
+            dispatch_uid=f"token_exchange.issuance.change_audit.{relation.field}",
+        )

@@ -30,7 +30,7 @@ from token_exchange.client_keys import InvalidKey, choose_key, jwks, parse_publi
 from token_exchange.conf import token_exchange_settings
 from token_exchange.constants import CLIENT_KEY_ALGORITHMS
 from token_exchange.db.lookups import PreparedLookup
-from token_exchange.jwt import jose, replay
+from token_exchange.jwt import jose, replay, validity
 from token_exchange.models import ClientKey
 from token_exchange.parameters import encodable
 
@@ -72,17 +72,6 @@ def header_refusal(header: Mapping[str, Any], *, allowed_typ: Collection[str]) -
     return None
 
 
-def _numeric_date(value: object) -> float | None:
-    """RFC 7519 §2 NumericDate: a finite JSON number (not a boolean)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)  # an int beyond 1e308 overflows
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def audience_matches(aud: object, accepted: Collection[str]) -> bool:
     """``aud`` names this server and nothing else: a string, or a list of only accepted values.
 
@@ -110,20 +99,9 @@ def claims_refusal(
         return "wrong_issuer"
     if not audience_matches(claims.get("aud"), audiences):
         return "wrong_audience"
-    exp = _numeric_date(claims.get("exp"))
-    iat = _numeric_date(claims.get("iat"))
-    if exp is None or iat is None:
-        return "missing_exp_or_iat"
-    if exp <= now - leeway:
-        return "expired"
-    if iat > now + leeway:
-        return "issued_in_the_future"
-    if "nbf" in claims:
-        nbf = _numeric_date(claims["nbf"])
-        if nbf is None or nbf > now + leeway:
-            return "not_yet_valid"
-    if exp <= iat or exp - iat > MAX_LIFETIME_SECONDS:
-        return "lifetime_too_long"
+    reason, _exp, _iat = validity.refusal(claims, now=now, leeway=leeway, max_lifetime=MAX_LIFETIME_SECONDS)
+    if reason is not None:
+        return reason
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH or not encodable(jti):
         return "missing_jti"
