@@ -908,7 +908,8 @@ def test_staff_are_reached_only_through_a_link_an_admin_made(http, portal, exter
     trust.match_verified_email = True
     trust.save()
     token = external_idp.id_token(sub="bob", email=end_user.email, email_verified=True)
-    assert exchange(http, portal, token, scope="read").status_code == 200
+    issued = exchange(http, portal, token, scope="read offline_access")
+    assert issued.status_code == 200
     link = FederatedIdentity.objects.get(issuer=trust, subject="bob")
     assert link.linked_by == FederatedIdentity.LinkedBy.AUTOMATIC
     end_user.is_staff = True  # promoted after the automatic link
@@ -920,6 +921,13 @@ def test_staff_are_reached_only_through_a_link_an_admin_made(http, portal, exter
         description=TOKEN_REFUSED,
         reasons=["admin_subject_not_linked_by_an_admin"],
     )
+    # What the automatic link issued ended with the promotion: its refresh token too.
+    assert not _alive(issued.json()["access_token"])
+    refreshed = http.post(
+        {"grant_type": "refresh_token", "refresh_token": issued.json()["refresh_token"]},
+        auth=(portal.client_id, portal.plain_secret),
+    )
+    assert refreshed.status_code == 400, refreshed.text
     # A link an admin made reaches them.
     link.delete()
     FederatedIdentity.objects.create(issuer=trust, subject="bob", user=end_user)
@@ -959,3 +967,14 @@ def test_a_scope_or_target_error_cannot_tell_a_linked_subject_from_another(
         description=TARGET_REFUSED,
         reasons=["audience_exceeds_subject"],
     )
+
+
+def test_an_email_no_column_can_hold_matches_nobody(http, portal, external_idp, trust, end_user):
+    trust.match_verified_email = True
+    trust.create_users = True
+    trust.save()
+    token = external_idp.id_token(sub="nul", email="end-user\x00@example.com", email_verified=True)
+    response = exchange(http, portal, token, scope="read")
+    # Not matched (and no 503 on PostgreSQL): a user is created, without that email.
+    assert response.status_code == 200, response.text
+    assert FederatedIdentity.objects.get(issuer=trust, subject="nul").user.email == ""

@@ -77,7 +77,11 @@ def resolve(trust: TrustedIssuer, claims: dict[str, Any]) -> Any:
     # ASCII only, compared exactly once lowercased: the database's case folding would match
     # a long s (U+017F) to an s, or a dotless i (U+0131) to an i (PostgreSQL's UPPER).
     verified = (
-        claims.get("email_verified") is True and isinstance(email, str) and "@" in email and email.isascii()
+        claims.get("email_verified") is True
+        and isinstance(email, str)
+        and "@" in email
+        and email.isascii()
+        and email.isprintable()  # no NUL (PostgreSQL refuses it) nor any other control character
     )
     email_field = User.get_email_field_name()
     if trust.match_verified_email and verified and isinstance(email, str):

@@ -8,6 +8,7 @@ site's code: these are model signals, not admin hooks)
   subject or user,
 * disables a trusted issuer, or changes its ``issuer`` or its ``jwks_uri``,
 * takes a trusted issuer off a client's policy, or deletes the policy (that client's tokens),
+* makes a user linked automatically staff or a superuser (what those links issued),
 
 those tokens are revoked, and with them everything exchanged from them, in the transaction of
 the change, with one ``tokens.revoked`` audit row (reason ``trust_withdrawn``). A token a
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
 
+from token_exchange.conf import token_exchange_settings
 from token_exchange.issuance import lineage
 from token_exchange.models import ClientPolicy, ExchangedToken, FederatedIdentity, TrustedIssuer
 
@@ -94,6 +97,19 @@ def _issuer_saved(sender: Any, instance: TrustedIssuer, raw: bool = False, **_: 
         revoke(Q(federated_identity__issuer=instance))
 
 
+def _user_saved(sender: Any, instance: Any, raw: bool = False, update_fields: Any = None, **_: Any) -> None:
+    """A user who became staff or a superuser: what automatic links issued for them ends (only a
+    link an admin made reaches an admin subject, ``identities``; a refresh would not ask)."""
+    if raw or (update_fields is not None and not set(update_fields) & {"is_staff", "is_superuser"}):
+        return  # a login's last_login, and the like
+    if token_exchange_settings.IS_ADMIN_SUBJECT(instance):
+        revoke(
+            Q(federated_identity__user=instance)
+            & Q(federated_identity__linked_by=FederatedIdentity.LinkedBy.AUTOMATIC),
+            subject=instance,
+        )
+
+
 def _policy_deleting(sender: Any, instance: ClientPolicy, **_: Any) -> None:
     """A client policy deleted (its trusted issuers go with it, without ``m2m_changed``)."""
     revoke(Q(federated_identity__isnull=False) & _of_clients([instance.application_id]))
@@ -136,6 +152,7 @@ def connect_receivers() -> None:
     pre_save.connect(_issuer_saving, sender=TrustedIssuer, dispatch_uid=f"{uid}.issuer_saving")
     post_save.connect(_issuer_saved, sender=TrustedIssuer, dispatch_uid=f"{uid}.issuer_saved")
     pre_delete.connect(_policy_deleting, sender=ClientPolicy, dispatch_uid=f"{uid}.policy_deleting")
+    post_save.connect(_user_saved, sender=get_user_model(), dispatch_uid=f"{uid}.user_saved")
     m2m_changed.connect(
         _policy_issuers_changed, sender=ClientPolicy.trusted_issuers.through, dispatch_uid=f"{uid}.policy"
     )
