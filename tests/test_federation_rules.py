@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from token_exchange import trusted_issuers
 from token_exchange.constants import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TYPE, USER_ID_TYPE
-from token_exchange.federation import issuers, jwks, rules
+from token_exchange.federation import jwks, rules
 from token_exchange.tokens.registry import EXTERNAL, OURS, route
 
 NOW = 1_800_000_000.0
@@ -181,7 +182,7 @@ def test_route(token_type, iss, beside_actor, expected):
     ],
 )
 def test_fetchable(uri, loopback_allowed, expected):
-    assert issuers.fetchable(uri, allow_http_loopback=loopback_allowed) is expected
+    assert trusted_issuers.fetchable(uri, allow_http_loopback=loopback_allowed) is expected
 
 
 RSA_A = {"kty": "RSA", "kid": "a", "n": "x", "e": "AQAB"}

@@ -25,6 +25,7 @@ from token_exchange import constants
 from token_exchange.client_keys import InvalidKey, parse_public_key
 from token_exchange.conf import token_exchange_settings
 from token_exchange.db.lookups import PreparedLookup
+from token_exchange.trusted_issuers import configuration_errors as trusted_issuer_errors
 
 if TYPE_CHECKING:
     from django.db.models.fields.related_descriptors import ManyRelatedManager
@@ -481,10 +482,7 @@ class TrustedIssuer(models.Model):
         return f"{self.name} ({self.issuer})"
 
     def clean(self) -> None:
-        # Imported here: the rules module reads the settings and the constants only.
-        from token_exchange.federation import issuers
-
-        errors = issuers.configuration_errors(self)
+        errors = trusted_issuer_errors(self)
         if errors:
             raise ValidationError(errors)
 

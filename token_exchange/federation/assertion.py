@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from token_exchange.conf import token_exchange_settings
-from token_exchange.federation import issuers, jwks, rules
+from token_exchange.federation import jwks, rules
 from token_exchange.jwt import jose
 from token_exchange.models import TrustedIssuer
 from token_exchange.parameters import storable
@@ -53,6 +53,15 @@ class VerifiedExternalToken:
         return {"iss": self.trust.issuer, "sub": self.subject}
 
 
+def for_client(client: Any, iss: str) -> TrustedIssuer | None:
+    """The enabled trusted issuer ``iss`` (exactly) that ``client``'s policy names, or None: one
+    query. An issuer the client's policy does not name is no issuer at all for this client."""
+    found: TrustedIssuer | None = TrustedIssuer.objects.filter(
+        issuer=iss, enabled=True, client_policies__application=client
+    ).first()
+    return found
+
+
 def unverified_issuer(value: str) -> str | None:
     """The ``iss`` a compact JWS says it has, unverified (to route it, never to trust it)."""
     try:
@@ -81,7 +90,7 @@ def verify(
         raise FederationRefusal("malformed_jwt") from None
     iss = unverified.get("iss")
     # Compared with a column: never a NUL byte or a lone surrogate (a 503 or a 500 otherwise).
-    trust = issuers.for_client(client, iss) if isinstance(iss, str) and iss and storable(iss) else None
+    trust = for_client(client, iss) if isinstance(iss, str) and iss and storable(iss) else None
     if trust is None:
         # The reason our own readers give for an iss they do not accept: to this client, this iss
         # is nobody's it may present.

@@ -35,9 +35,9 @@ from django.core.cache import caches
 from jwcrypto import jwk
 
 from token_exchange.conf import token_exchange_settings
-from token_exchange.federation.issuers import PRIVATE_MEMBERS, fetchable, usable_public_key
 from token_exchange.models import TrustedIssuer
 from token_exchange.resource_server import download
+from token_exchange.trusted_issuers import PRIVATE_MEMBERS, fetchable, usable_public_key
 
 logger = logging.getLogger("token_exchange")
 

@@ -1,4 +1,6 @@
-"""Which trusted issuer a client may present a token of, and what a ``TrustedIssuer`` row may say."""
+"""What a ``TrustedIssuer`` row may say (``token_exchange.federation``): its key URL, its pasted
+keys, its rules. Below the models (``TrustedIssuer.clean`` asks here, as ``ClientKey`` asks
+``client_keys``); it reads no table."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from jwcrypto import jwk
 from token_exchange.client_keys import MIN_RSA_BITS
 from token_exchange.conf import token_exchange_settings
 from token_exchange.constants import CLIENT_KEY_ALGORITHMS
-from token_exchange.models import TrustedIssuer
 
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
@@ -55,15 +56,6 @@ def fetchable(uri: str, *, allow_http_loopback: bool) -> bool:
     return parts.scheme == "http" and allow_http_loopback and is_loopback(host)
 
 
-def for_client(client: Any, iss: str) -> TrustedIssuer | None:
-    """The enabled trusted issuer ``iss`` (exactly) that ``client``'s policy names, or None: one
-    query. An issuer the client's policy does not name is no issuer at all for this client."""
-    found: TrustedIssuer | None = TrustedIssuer.objects.filter(
-        issuer=iss, enabled=True, client_policies__application=client
-    ).first()
-    return found
-
-
 def _is_string_list(value: Any, *, nonempty: bool = False) -> bool:
     return (
         isinstance(value, list)
@@ -94,8 +86,9 @@ def jwks_errors(value: Any) -> str | None:
     return None
 
 
-def configuration_errors(row: TrustedIssuer) -> dict[str, str]:
-    """Field by field, what is wrong with a trusted issuer's configuration (the admin's form shows it)."""
+def configuration_errors(row: Any) -> dict[str, str]:
+    """Field by field, what is wrong with a trusted issuer's configuration (a ``TrustedIssuer``
+    row, whose ``clean`` calls this; the admin's form shows it). Reads the row, nothing else."""
     errors: dict[str, str] = {}
     if not row.issuer or any(char.isspace() for char in row.issuer):
         errors["issuer"] = _("The exact iss of its tokens, without spaces.")
