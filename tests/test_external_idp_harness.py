@@ -24,7 +24,7 @@ def verify(token: str, idp: ExternalIdP, *, audience: str) -> dict[str, Any]:
     kid = jwt.get_unverified_header(token)["kid"]
     [key] = [key for key in keys.keys if key.key_id == kid]
     claims: dict[str, Any] = jwt.decode(
-        token, key=key, algorithms=["RS256"], audience=audience, issuer=idp.issuer
+        token, key=key.key, algorithms=["RS256"], audience=audience, issuer=idp.issuer
     )
     return claims
 
